@@ -1,0 +1,165 @@
+//! Server configuration: every knob, its default and its trade-off, in one place.
+//!
+//! The struct doubles as the command line (clap derive), so `ringcast --help` and this file
+//! cannot disagree. Tests build it with [`Config::default`] and change what they need.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What to do with a subscriber whose queue of unsent bytes reaches `--max-backlog`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowPolicy {
+    /// Close it with 1008 (policy violation): it never misses a message silently.
+    Close,
+    /// Keep it, skip the messages that do not fit, and count them.
+    Drop,
+}
+
+/// ringcast: a WebSocket broadcast server on io_uring.
+///
+/// Clients connect to ws://HOST:PORT/<channel>; every message a client sends is relayed,
+/// unchanged, to every other client on the same channel.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ringcast", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+
+    /// Worker threads, each with its own io_uring and SO_REUSEPORT listener.
+    /// Default: the number of cores.
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Pin worker thread i to core i (mod the number of cores).
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Largest message accepted, in bytes (larger: close 1009).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_message: usize,
+
+    /// Cap on a subscriber's queued, unsent bytes: a message that finds the cap reached
+    /// triggers --slow-policy. Higher rides out longer stalls and bursts of large messages
+    /// (keep it above --max-message if such messages come back to back); lower bounds how far
+    /// behind a subscriber may fall (the cap plus one message).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub max_backlog: usize,
+
+    /// What happens to a subscriber over --max-backlog.
+    #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
+    pub slow_policy: SlowPolicy,
+
+    /// Seconds a client has to complete its upgrade request.
+    #[arg(long, default_value = "10.0", value_parser = parse_secs)]
+    pub handshake_timeout: SecsArg,
+
+    /// Largest accepted HTTP request header block, in bytes (larger: 431).
+    #[arg(long, default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// Connections held at once; beyond it a handshake gets 503. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Seconds between server pings to an idle client. 0: never ping.
+    #[arg(long, default_value = "0.0", value_parser = parse_secs)]
+    pub ping_interval: SecsArg,
+
+    /// Seconds a client may stay silent (no frame, no pong) before it is closed
+    /// (needs --ping-interval).
+    #[arg(long, default_value = "30.0", value_parser = parse_secs)]
+    pub ping_timeout: SecsArg,
+
+    /// Seconds to wait for the peer's close frame and TCP close after we send a close.
+    #[arg(long, default_value = "2.0", value_parser = parse_secs)]
+    pub close_timeout: SecsArg,
+
+    /// Seconds given to clients to finish the closing handshake on SIGINT/SIGTERM.
+    #[arg(long, default_value = "5.0", value_parser = parse_secs)]
+    pub shutdown_timeout: SecsArg,
+
+    /// A path that echoes each message back to its sender instead of relaying it
+    /// (for conformance suites). Off by default.
+    #[arg(long)]
+    pub echo_path: Option<String>,
+
+    /// Print a line of counters every this many seconds. 0: off.
+    #[arg(long, default_value = "0.0", value_parser = parse_secs)]
+    pub stats_interval: SecsArg,
+
+    /// Submission queue entries per io_uring. A 1,000-way fan-out needs room for 1,000 sends
+    /// in flight; too small a ring overflows into the kernel's slow path.
+    #[arg(long, default_value_t = 4096)]
+    pub ring_entries: u32,
+}
+
+/// A duration given in (fractional) seconds on the command line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SecsArg(pub Duration);
+
+impl std::fmt::Display for SecsArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+impl From<f64> for SecsArg {
+    fn from(secs: f64) -> Self {
+        SecsArg(Duration::from_secs_f64(secs))
+    }
+}
+
+fn parse_secs(s: &str) -> Result<SecsArg, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
+    Duration::try_from_secs_f64(secs)
+        .map(SecsArg)
+        .map_err(|e| format!("{s:?} is not a valid duration: {e}"))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["ringcast"])
+    }
+}
+
+impl Config {
+    /// The worker thread count: `--threads`, or one per core.
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    /// `Some(d)` for a non-zero duration.
+    pub fn enabled(d: SecsArg) -> Option<Duration> {
+        (!d.0.is_zero()).then_some(d.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(c.max_message, 16 << 20);
+        assert_eq!(c.max_backlog, 8 << 20);
+        assert_eq!(c.slow_policy, SlowPolicy::Close);
+        assert_eq!(c.handshake_timeout.0, Duration::from_secs(10));
+        assert_eq!(Config::enabled(c.ping_interval), None);
+    }
+
+    #[test]
+    fn parses_fractional_seconds_and_rejects_nonsense() {
+        let c = Config::try_parse_from(["ringcast", "--handshake-timeout", "0.5"]).unwrap();
+        assert_eq!(c.handshake_timeout.0, Duration::from_millis(500));
+        assert!(Config::try_parse_from(["ringcast", "--handshake-timeout", "-1"]).is_err());
+        assert!(Config::try_parse_from(["ringcast", "--slow-policy", "maybe"]).is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! One client connection, from its first byte to its close.
+//!
+//! The upgrade request is read (in as many pieces as the client sends it, within
+//! `--handshake-timeout`) and answered: `101` and a WebSocket, `200` with metrics for
+//! `GET /metrics`, or an HTTP error with its reason. A WebSocket then subscribes to the channel
+//! named by its path, and this task becomes its reader: every message is encoded once and
+//! published; pings are answered; a close or a protocol violation starts the closing handshake.
+//! Writing is the [`Subscriber`]'s job.
+//!
+//! Reads go into a buffer that starts small (most subscribers never send) and doubles when a
+//! read fills it, up to 64 KiB: a publisher's read then carries hundreds of messages.
+
+use crate::close::CloseCode;
+use crate::frame::OpCode;
+use crate::handshake::{self, HandshakeError, Request};
+use crate::message::{Event, MessageReader, ProtocolError, Role};
+use crate::metrics::ThreadMetrics;
+use crate::server::Worker;
+use crate::shared_frame::SharedFrame;
+use crate::subscriber::Subscriber;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// A new connection's read buffer: enough for an upgrade request or a few small frames.
+const INITIAL_READ_BYTES: usize = 2048;
+
+/// Reads grow up to this; only a single frame larger than it grows the buffer further.
+const MAX_READ_BYTES: usize = 64 * 1024;
+
+/// After this many reads in a row that used less than a quarter of a grown buffer, it shrinks
+/// back to [`INITIAL_READ_BYTES`].
+const SHRINK_AFTER_SMALL_READS: u32 = 64;
+
+/// How long a rejected client gets to read its HTTP error before the socket closes.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Why the handshake did not produce a request.
+enum HandshakeEnd {
+    /// The peer went away or the socket failed: nothing to answer.
+    Gone,
+    Rejected(HandshakeError),
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+    let stream = Rc::new(stream);
+    let _ = stream.set_nodelay(true);
+    let id = worker.register(&stream);
+    ThreadMetrics::add(&worker.thread_metrics.connections_total, 1);
+
+    let timeout = worker.config.handshake_timeout.0;
+    let request = tokio::time::timeout(timeout, read_request(&stream, &worker)).await;
+    match request {
+        Err(_elapsed) => {
+            worker.thread_metrics.handshake_failed("timeout");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Ok(Err(HandshakeEnd::Gone)) => {}
+        Ok(Err(HandshakeEnd::Rejected(err))) => {
+            worker.thread_metrics.handshake_failed(err.metric_label());
+            tracing::debug!(id, %err, "handshake rejected");
+            reject(&stream, handshake::error_response(&err)).await;
+        }
+        Ok(Ok((Request::Get { path }, _))) if path == "/metrics" => {
+            let body = worker.metrics.snapshot().prometheus();
+            reject(&stream, handshake::plain_response(200, &body)).await;
+        }
+        Ok(Ok((Request::Get { .. }, _))) => {
+            let err = HandshakeError {
+                status: 400,
+                reason: "not a WebSocket upgrade (missing Upgrade: websocket); GET /metrics serves metrics",
+            };
+            worker.thread_metrics.handshake_failed(err.metric_label());
+            reject(&stream, handshake::error_response(&err)).await;
+        }
+        Ok(Ok((Request::Upgrade { path, accept_key }, leftover))) => {
+            if worker.try_admit() {
+                let response = handshake::accept_response(&accept_key).into_bytes();
+                let (written, _) = stream.write_all(response).await;
+                if written.is_ok() {
+                    run_websocket(&worker, &stream, id, path, leftover).await;
+                }
+                worker.release();
+            } else {
+                worker.thread_metrics.handshake_failed("over_capacity");
+                let body = "server is at --max-connections; try again later\n";
+                reject(&stream, handshake::plain_response(503, body)).await;
+            }
+        }
+    }
+    worker.unregister(id);
+}
+
+/// Reads until a whole request is in; returns it with the bytes that followed it.
+async fn read_request(
+    stream: &TcpStream,
+    worker: &Worker,
+) -> Result<(Request, Vec<u8>), HandshakeEnd> {
+    let mut buf = Vec::with_capacity(INITIAL_READ_BYTES);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let filled = buf.len();
+        let (result, slice) = stream.read(buf.slice(filled..)).await;
+        buf = slice.into_inner();
+        match result {
+            Ok(0) | Err(_) => return Err(HandshakeEnd::Gone),
+            Ok(_) => {}
+        }
+        match handshake::parse_request(&buf, worker.config.max_header_bytes) {
+            Ok(Some((request, consumed))) => {
+                buf.drain(..consumed);
+                return Ok((request, buf));
+            }
+            Ok(None) => {}
+            Err(err) => return Err(HandshakeEnd::Rejected(err)),
+        }
+    }
+}
+
+/// Sends a final HTTP response, then closes without resetting, so the client reads it.
+async fn reject(stream: &TcpStream, response: Vec<u8>) {
+    let (written, _) = stream.write_all(response).await;
+    if written.is_ok() && stream.shutdown(Shutdown::Write).is_ok() {
+        let drain = async {
+            loop {
+                let (result, _) = stream.read(vec![0u8; 512]).await;
+                if !matches!(result, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// The life of an upgraded connection.
+async fn run_websocket(
+    worker: &Rc<Worker>,
+    stream: &Rc<TcpStream>,
+    id: u64,
+    path: String,
+    leftover: Vec<u8>,
+) {
+    let config = &worker.config;
+    let subscriber = Subscriber::new(
+        id,
+        stream.clone(),
+        worker.thread_metrics.clone(),
+        config.max_backlog,
+        config.slow_policy,
+        config.close_timeout.0,
+    );
+    tokio_uring::spawn(subscriber.clone().run_writer());
+    let echo = config.echo_path.as_deref() == Some(path.as_str());
+    let channel: Arc<str> = Arc::from(path);
+    if !echo {
+        worker.fanout.subscribe(&channel, subscriber.clone());
+    }
+    worker.add_subscriber(&subscriber);
+    ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
+    if worker.is_shutting_down() {
+        subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
+    }
+
+    let mut link = Link {
+        worker,
+        subscriber: &subscriber,
+        channel: &channel,
+        echo,
+    };
+    link.read_loop(stream, leftover).await;
+
+    if !echo {
+        worker.fanout.unsubscribe(&channel, id);
+    }
+    subscriber.finish();
+    worker.remove_subscriber(id);
+    worker
+        .thread_metrics
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// What the reader needs to act on what it reads.
+struct Link<'a> {
+    worker: &'a Rc<Worker>,
+    subscriber: &'a Rc<Subscriber>,
+    channel: &'a Arc<str>,
+    echo: bool,
+}
+
+impl Link<'_> {
+    /// Reads until the peer closes TCP, the socket fails, or the close timer shuts it down.
+    async fn read_loop(&mut self, stream: &TcpStream, mut buf: Vec<u8>) {
+        let mut reader = MessageReader::new(Role::Server, self.worker.config.max_message);
+        let mut start = 0;
+        let mut small_reads = 0u32;
+        if buf.capacity() < INITIAL_READ_BYTES {
+            buf.reserve(INITIAL_READ_BYTES - buf.len());
+        }
+        loop {
+            if self.subscriber.is_closing() {
+                // Closing: the peer's remaining bytes are read only to see its TCP close.
+                buf.clear();
+                start = 0;
+            } else {
+                start = self.process(&mut reader, &mut buf, start).await;
+                if start == buf.len() {
+                    buf.clear();
+                } else {
+                    buf.drain(..start);
+                }
+                start = 0;
+            }
+            if buf.len() == buf.capacity() {
+                // A frame larger than the buffer: make room for more of it.
+                buf.reserve(buf.capacity());
+            }
+            let filled = buf.len();
+            let spare = buf.capacity() - filled;
+            let (result, slice) = stream.read(buf.slice(filled..)).await;
+            buf = slice.into_inner();
+            let n = match result {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if n == spare && buf.capacity() < MAX_READ_BYTES {
+                buf.reserve(buf.capacity());
+                small_reads = 0;
+            } else if n < buf.capacity() / 4 && buf.capacity() > INITIAL_READ_BYTES {
+                small_reads += 1;
+                if small_reads >= SHRINK_AFTER_SMALL_READS && buf.len() < INITIAL_READ_BYTES {
+                    let mut smaller = Vec::with_capacity(INITIAL_READ_BYTES);
+                    smaller.extend_from_slice(&buf);
+                    buf = smaller;
+                    small_reads = 0;
+                }
+            } else {
+                small_reads = 0;
+            }
+        }
+    }
+
+    /// Handles every complete frame in `buf[start..]`; returns where the unread bytes start.
+    async fn process(
+        &mut self,
+        reader: &mut MessageReader,
+        buf: &mut [u8],
+        mut start: usize,
+    ) -> usize {
+        loop {
+            let event = match reader.next_event(&mut buf[start..]) {
+                Ok(None) => return start,
+                Ok(Some((consumed, event))) => {
+                    start += consumed;
+                    event
+                }
+                Err(err) => {
+                    self.fail(err);
+                    return start;
+                }
+            };
+            match event {
+                None | Some(Event::Pong(_)) => {}
+                Some(Event::Message { opcode, payload }) => {
+                    let frame = SharedFrame::encode(opcode, payload);
+                    if self.echo {
+                        ThreadMetrics::add(&self.worker.thread_metrics.messages_in, 1);
+                        self.subscriber.deliver(&frame);
+                        ThreadMetrics::add(&self.worker.thread_metrics.deliveries_out, 1);
+                    } else {
+                        self.worker
+                            .fanout
+                            .publish(self.channel, self.subscriber.id, frame)
+                            .await;
+                    }
+                }
+                Some(Event::Ping(payload)) => self.subscriber.send_control(OpCode::Pong, payload),
+                Some(Event::Close { code, .. }) => {
+                    // Echo the peer's code (§5.5.1), then wait for its TCP close.
+                    let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
+                    self.subscriber.close_with_payload(&payload);
+                    return start;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, err: ProtocolError) {
+        ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
+        tracing::debug!(id = self.subscriber.id, %err, "protocol violation");
+        self.subscriber.close(err.code, err.reason, false);
+    }
+}

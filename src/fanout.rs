@@ -1,0 +1,123 @@
+//! Channels and the fan-out of a message to their subscribers, within a worker thread and
+//! across threads.
+//!
+//! Each worker thread keeps its own map from channel name to the subscribers connected to that
+//! thread, touched only by that thread (no locks on the hot path). A message is encoded once
+//! into a [`SharedFrame`]; the publishing thread queues it for its local subscribers and hands
+//! the same frame to every other thread's inbox, where that thread queues it for its own.
+//! Inboxes are bounded: a thread that falls behind slows the publishers that feed it (their
+//! reads pause) instead of growing memory.
+
+use crate::metrics::{Metrics, ThreadMetrics};
+use crate::shared_frame::SharedFrame;
+use crate::subscriber::{Delivery, Subscriber};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Frames queued in a thread's inbox before publishers on other threads wait.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// A frame published on another thread, for this thread's subscribers of `channel`.
+#[derive(Debug)]
+pub struct Forward {
+    pub channel: Arc<str>,
+    pub frame: SharedFrame,
+}
+
+/// One worker thread's channels, and the way to the other threads' channels.
+pub struct FanOut {
+    channels: RefCell<HashMap<Arc<str>, Vec<Rc<Subscriber>>>>,
+    /// The inboxes of the other worker threads.
+    peers: Vec<mpsc::Sender<Forward>>,
+    metrics: Arc<Metrics>,
+    thread_metrics: Arc<ThreadMetrics>,
+}
+
+impl FanOut {
+    pub fn new(
+        peers: Vec<mpsc::Sender<Forward>>,
+        metrics: Arc<Metrics>,
+        thread_metrics: Arc<ThreadMetrics>,
+    ) -> Self {
+        FanOut {
+            channels: RefCell::default(),
+            peers,
+            metrics,
+            thread_metrics,
+        }
+    }
+
+    pub fn subscribe(&self, channel: &Arc<str>, subscriber: Rc<Subscriber>) {
+        let mut channels = self.channels.borrow_mut();
+        let subscribers = channels.entry(channel.clone()).or_default();
+        if subscribers.is_empty() {
+            self.metrics.channel_on_thread(channel, 1);
+        }
+        subscribers.push(subscriber);
+    }
+
+    pub fn unsubscribe(&self, channel: &Arc<str>, id: u64) {
+        let mut channels = self.channels.borrow_mut();
+        let Some(subscribers) = channels.get_mut(channel) else {
+            return;
+        };
+        if let Some(i) = subscribers.iter().position(|s| s.id == id) {
+            subscribers.swap_remove(i);
+        }
+        if subscribers.is_empty() {
+            channels.remove(channel);
+            self.metrics.channel_on_thread(channel, -1);
+        }
+    }
+
+    /// Sends `frame` to every subscriber of `channel` on every thread, except `sender`.
+    ///
+    /// Waits only when another thread's inbox is full.
+    pub async fn publish(&self, channel: &Arc<str>, sender: u64, frame: SharedFrame) {
+        ThreadMetrics::add(&self.thread_metrics.messages_in, 1);
+        self.deliver_local(channel, &frame, Some(sender));
+        for peer in &self.peers {
+            let forward = Forward {
+                channel: channel.clone(),
+                frame: frame.clone(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(forward)) = peer.try_send(forward) {
+                // The other thread is behind: wait for room, pausing this publisher's reads.
+                let _ = peer.send(forward).await;
+            }
+        }
+    }
+
+    /// Queues `frame` for this thread's subscribers of `channel`, except `exclude`.
+    pub fn deliver_local(&self, channel: &str, frame: &SharedFrame, exclude: Option<u64>) {
+        let channels = self.channels.borrow();
+        let Some(subscribers) = channels.get(channel) else {
+            return;
+        };
+        let mut queued = 0u64;
+        for s in subscribers {
+            if Some(s.id) != exclude && s.deliver(frame) == Delivery::Queued {
+                queued += 1;
+            }
+        }
+        ThreadMetrics::add(&self.thread_metrics.deliveries_out, queued);
+    }
+
+    /// Delivers what other threads publish, until every sender is gone.
+    pub async fn run_inbox(self: Rc<Self>, mut inbox: mpsc::Receiver<Forward>) {
+        let mut batch = Vec::with_capacity(256);
+        while inbox.recv_many(&mut batch, 256).await > 0 {
+            for forward in batch.drain(..) {
+                self.deliver_local(&forward.channel, &forward.frame, None);
+            }
+        }
+    }
+
+    /// Subscribers on this thread, all channels.
+    pub fn subscriber_count(&self) -> usize {
+        self.channels.borrow().values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,340 @@
+//! The runtime: one OS thread per core, each with its own tokio-uring runtime, its own
+//! SO_REUSEPORT listener (the kernel spreads connections over them), and its own channels.
+//!
+//! [`Server::bind`] opens the listeners (port 0 becomes one free port shared by all threads);
+//! [`Server::run`] starts the workers and serves until the `shutdown` future it is given
+//! completes, then stops accepting, sends close 1001 to every client, waits up to
+//! `--shutdown-timeout` for them to finish the closing handshake, and returns.
+
+use crate::close::CloseCode;
+use crate::config::Config;
+use crate::connection;
+use crate::fanout::{FanOut, Forward, INBOX_CAPACITY};
+use crate::metrics::{Metrics, ThreadMetrics};
+use crate::subscriber::Subscriber;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio_uring::net::{TcpListener, TcpStream};
+
+/// Errors that stop the server.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start worker thread {index}: {source}")]
+    Spawn { index: usize, source: io::Error },
+    #[error("worker thread {index} failed: {source}")]
+    Worker { index: usize, source: io::Error },
+    #[error("worker thread {index} panicked")]
+    Panicked { index: usize },
+    #[error("cannot start the signal runtime: {0}")]
+    Runtime(io::Error),
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    config: Arc<Config>,
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Opens one listener per worker thread on `config.listen`.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let threads = config.worker_threads();
+        let bind_err = |addr, source| ServerError::Bind { addr, source };
+        let first = reuseport_listener(config.listen).map_err(|e| bind_err(config.listen, e))?;
+        let local_addr = first.local_addr().map_err(|e| bind_err(config.listen, e))?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(reuseport_listener(local_addr).map_err(|e| bind_err(local_addr, e))?);
+        }
+        Ok(Server {
+            config: Arc::new(config),
+            listeners,
+            local_addr,
+        })
+    }
+
+    /// The address clients connect to (with the real port when `--listen` gave port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn threads(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully. Blocks the caller.
+    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let threads = self.listeners.len();
+        let metrics = Arc::new(Metrics::new(threads));
+        let (inbox_senders, inboxes): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| mpsc::channel::<Forward>(INBOX_CAPACITY))
+            .unzip();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<ServerError>();
+        let admitted = Arc::new(AtomicUsize::new(0));
+        let stats = crate::stats::spawn_reporter(self.config.stats_interval.0, metrics.clone());
+
+        let mut handles = Vec::with_capacity(threads);
+        for (index, (listener, inbox)) in self.listeners.into_iter().zip(inboxes).enumerate() {
+            let peers = inbox_senders
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != index)
+                .map(|(_, s)| s.clone())
+                .collect();
+            let shared = Shared {
+                config: self.config.clone(),
+                metrics: metrics.clone(),
+                admitted: admitted.clone(),
+            };
+            let stop = stop_rx.clone();
+            let failed = failed_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("ringcast-{index}"))
+                .spawn(move || {
+                    if let Err(source) = worker_main(index, listener, inbox, peers, shared, stop) {
+                        let _ = failed.send(ServerError::Worker { index, source });
+                    }
+                })
+                .map_err(|source| ServerError::Spawn { index, source })?;
+            handles.push(handle);
+        }
+        drop(inbox_senders);
+        drop(failed_tx);
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?;
+        let failure = runtime.block_on(async {
+            tokio::select! {
+                () = shutdown => None,
+                Some(err) = failed_rx.recv() => Some(err),
+            }
+        });
+        let _ = stop_tx.send(true);
+        let mut result = failure.map_or(Ok(()), Err);
+        for (index, handle) in handles.into_iter().enumerate() {
+            if handle.join().is_err() && result.is_ok() {
+                result = Err(ServerError::Panicked { index });
+            }
+        }
+        if let Ok(err) = failed_rx.try_recv() {
+            result = result.and(Err(err));
+        }
+        drop(stats);
+        result
+    }
+}
+
+/// What every worker thread shares.
+struct Shared {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    /// Upgraded connections across all threads, for `--max-connections`.
+    admitted: Arc<AtomicUsize>,
+}
+
+/// One worker thread's state, shared by its tasks.
+pub(crate) struct Worker {
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) thread_metrics: Arc<ThreadMetrics>,
+    pub(crate) fanout: Rc<FanOut>,
+    admitted: Arc<AtomicUsize>,
+    next_id: Cell<u64>,
+    /// Every open socket of this thread, upgraded or not.
+    streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
+    /// The upgraded connections.
+    subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
+    shutting_down: Cell<bool>,
+}
+
+impl Worker {
+    /// Records a new socket; returns its connection id (unique across threads).
+    pub(crate) fn register(&self, stream: &Rc<TcpStream>) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.streams.borrow_mut().insert(id, stream.clone());
+        id
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.streams.borrow_mut().remove(&id);
+    }
+
+    pub(crate) fn add_subscriber(&self, subscriber: &Rc<Subscriber>) {
+        self.subscribers
+            .borrow_mut()
+            .insert(subscriber.id, subscriber.clone());
+    }
+
+    pub(crate) fn remove_subscriber(&self, id: u64) {
+        self.subscribers.borrow_mut().remove(&id);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Takes a place under `--max-connections`; `false` when the server is full.
+    pub(crate) fn try_admit(&self) -> bool {
+        let limit = self.config.max_connections;
+        let before = self.admitted.fetch_add(1, Ordering::Relaxed);
+        if limit != 0 && before >= limit {
+            self.admitted.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release(&self) {
+        self.admitted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn pin_to_core(index: usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(index % cores, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(
+                index,
+                "could not pin worker thread: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+fn worker_main(
+    index: usize,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<Forward>,
+    peers: Vec<mpsc::Sender<Forward>>,
+    shared: Shared,
+    stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    if shared.config.pin {
+        pin_to_core(index);
+    }
+    let mut builder = tokio_uring::builder();
+    builder.entries(shared.config.ring_entries);
+    let runtime = tokio_uring::Runtime::new(&builder)?;
+    runtime.block_on(async move {
+        let thread_metrics = shared.metrics.threads[index].clone();
+        let fanout = Rc::new(FanOut::new(
+            peers,
+            shared.metrics.clone(),
+            thread_metrics.clone(),
+        ));
+        tokio_uring::spawn(fanout.clone().run_inbox(inbox));
+        let worker = Rc::new(Worker {
+            config: shared.config,
+            metrics: shared.metrics,
+            thread_metrics,
+            fanout,
+            admitted: shared.admitted,
+            // Ids are unique across threads: the thread index is in the top bits.
+            next_id: Cell::new((index as u64) << 48),
+            streams: RefCell::default(),
+            subscribers: RefCell::default(),
+            shutting_down: Cell::new(false),
+        });
+        let listener = TcpListener::from_std(listener);
+        accept_loop(&worker, &listener, stop).await;
+        // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.
+        unsafe {
+            libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        drain(&worker).await;
+    });
+    Ok(())
+}
+
+async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    tokio_uring::spawn(connection::serve(worker.clone(), stream));
+                }
+                Err(err) => {
+                    // Out of descriptors or a connection reset before accept: keep serving.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Graceful shutdown of one worker: close 1001 to every client, wait for the closing
+/// handshakes up to `--shutdown-timeout`, then shut down whatever is left.
+async fn drain(worker: &Rc<Worker>) {
+    worker.shutting_down.set(true);
+    let upgraded: Vec<Rc<Subscriber>> = worker.subscribers.borrow().values().cloned().collect();
+    for subscriber in &upgraded {
+        subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
+    }
+    drop(upgraded);
+    // Connections still in their handshake are not waited for.
+    let handshaking: Vec<Rc<TcpStream>> = {
+        let subscribers = worker.subscribers.borrow();
+        worker
+            .streams
+            .borrow()
+            .iter()
+            .filter(|(id, _)| !subscribers.contains_key(id))
+            .map(|(_, s)| s.clone())
+            .collect()
+    };
+    for stream in handshaking {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    let deadline = Instant::now() + worker.config.shutdown_timeout.0;
+    while !worker.streams.borrow().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let remaining: Vec<Rc<TcpStream>> = worker.streams.borrow().values().cloned().collect();
+    if !remaining.is_empty() {
+        tracing::warn!(
+            count = remaining.len(),
+            "closing connections that did not finish in time"
+        );
+    }
+    for stream in remaining {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !worker.streams.borrow().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,103 @@
+//! A frame encoded once and shared by every subscriber it goes to.
+//!
+//! A broadcast is encoded (header + payload) into a single reference-counted allocation; each
+//! subscriber's queue holds a [`SharedFrame`] pointing at it, never a copy, and the kernel reads
+//! the same bytes for every socket. `Arc` (not `Rc`) so that a frame published on one worker
+//! thread reaches the subscribers of the others without being encoded again. A `start` offset
+//! lets a partially written frame resume where the kernel stopped.
+
+use crate::frame::{encode_header, OpCode, MAX_HEADER_LEN};
+use std::sync::Arc;
+use tokio_uring::buf::IoBuf;
+
+/// An encoded frame, or the unwritten tail of one.
+#[derive(Debug, Clone)]
+pub struct SharedFrame {
+    bytes: Arc<[u8]>,
+    start: usize,
+}
+
+impl SharedFrame {
+    /// Encodes an unmasked, final frame (the server's side of the wire) in one allocation.
+    pub fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let header_len = encode_header(&mut header, true, opcode, None, payload.len() as u64);
+        let mut bytes = Arc::<[u8]>::new_uninit_slice(header_len + payload.len());
+        if let Some(dst) = Arc::get_mut(&mut bytes) {
+            dst[..header_len].write_copy_of_slice(&header[..header_len]);
+            dst[header_len..].write_copy_of_slice(payload);
+        }
+        // SAFETY: `new_uninit_slice` returns a unique Arc, so `get_mut` succeeded and every byte
+        // was written above.
+        let bytes = unsafe { bytes.assume_init() };
+        SharedFrame { bytes, start: 0 }
+    }
+
+    /// Bytes still to be written.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes still to be written.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// Marks `n` more bytes as written.
+    pub fn advance(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.bytes.len());
+    }
+
+    /// How many queues (and in-flight writes) share this allocation.
+    pub fn share_count(&self) -> usize {
+        Arc::strong_count(&self.bytes)
+    }
+}
+
+// SAFETY: the bytes live in an `Arc` allocation that never moves or changes while any clone
+// exists, and the runtime holds a clone for as long as the kernel may read it.
+unsafe impl IoBuf for SharedFrame {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_slice().as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_frame;
+
+    #[test]
+    fn encodes_like_the_codec_and_shares_without_copying() {
+        for len in [0, 5, 125, 126, 70_000] {
+            let payload = vec![0xAB; len];
+            let f = SharedFrame::encode(OpCode::Binary, &payload);
+            assert_eq!(f.as_slice(), encode_frame(OpCode::Binary, &payload, None));
+            let g = f.clone();
+            assert_eq!(f.as_slice().as_ptr(), g.as_slice().as_ptr());
+            assert_eq!(f.share_count(), 2);
+        }
+    }
+
+    #[test]
+    fn advance_resumes_a_partial_write() {
+        let mut f = SharedFrame::encode(OpCode::Text, b"Hello");
+        f.advance(3);
+        assert_eq!(f.as_slice(), b"llo");
+        assert_eq!((f.len(), f.bytes_init(), f.bytes_total()), (3, 3, 3));
+        f.advance(10);
+        assert!(f.is_empty());
+    }
+}

@@ -11,6 +11,7 @@
 //! read fills it, up to 64 KiB: a publisher's read then carries hundreds of messages.
 
 use crate::close::CloseCode;
+use crate::config::Config;
 use crate::frame::OpCode;
 use crate::handshake::{self, HandshakeError, Request};
 use crate::message::{Event, MessageReader, ProtocolError, Role};
@@ -166,6 +167,9 @@ async fn run_websocket(
     }
     worker.add_subscriber(&subscriber);
     ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
+    if let Some(interval) = Config::enabled(config.ping_interval) {
+        subscriber.start_keepalive(interval, config.ping_timeout.0);
+    }
     if worker.is_shutting_down() {
         subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
     }
@@ -232,6 +236,7 @@ impl Link<'_> {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            self.subscriber.heard();
             if n == spare && buf.capacity() < MAX_READ_BYTES {
                 buf.reserve(buf.capacity());
                 small_reads = 0;

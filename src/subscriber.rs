@@ -17,12 +17,12 @@ use crate::config::SlowPolicy;
 use crate::frame::OpCode;
 use crate::metrics::ThreadMetrics;
 use crate::shared_frame::SharedFrame;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::Shutdown;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
@@ -67,6 +67,8 @@ pub struct Subscriber {
     policy: SlowPolicy,
     /// How long a close may take before the socket is shut down regardless.
     close_timeout: Duration,
+    /// When the peer last sent anything, for `--ping-timeout`.
+    last_heard: Cell<Instant>,
     me: Weak<Subscriber>,
 }
 
@@ -88,6 +90,7 @@ impl Subscriber {
             max_backlog,
             policy,
             close_timeout,
+            last_heard: Cell::new(Instant::now()),
             me: me.clone(),
         })
     }
@@ -177,6 +180,35 @@ impl Subscriber {
             tokio::time::sleep(timeout).await;
             if let Some(subscriber) = me.upgrade() {
                 subscriber.finish();
+            }
+        });
+    }
+
+    /// The peer sent something: it is alive.
+    pub fn heard(&self) {
+        self.last_heard.set(Instant::now());
+    }
+
+    /// Pings the peer every `interval` and closes it when it has been silent (no frame, no pong)
+    /// for `timeout`. The task holds no strong reference and ends with the connection.
+    pub fn start_keepalive(&self, interval: Duration, timeout: Duration) {
+        let me = self.me.clone();
+        tokio_uring::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(subscriber) = me.upgrade() else {
+                    return;
+                };
+                if subscriber.is_closing() {
+                    return;
+                }
+                if subscriber.last_heard.get().elapsed() >= timeout {
+                    subscriber.close(CloseCode::GOING_AWAY, "ping timeout", true);
+                    return;
+                }
+                subscriber.send_control(OpCode::Ping, b"ringcast");
             }
         });
     }

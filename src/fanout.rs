@@ -24,7 +24,7 @@ pub const INBOX_CAPACITY: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Forward {
     pub channel: Arc<str>,
-    pub frame: SharedFrame,
+    pub frame: Arc<[u8]>,
 }
 
 /// One worker thread's channels, and the way to the other threads' channels.
@@ -82,7 +82,7 @@ impl FanOut {
         for peer in &self.peers {
             let forward = Forward {
                 channel: channel.clone(),
-                frame: frame.clone(),
+                frame: frame.shared(),
             };
             if let Err(mpsc::error::TrySendError::Full(forward)) = peer.try_send(forward) {
                 // The other thread is behind: wait for room, pausing this publisher's reads.
@@ -111,7 +111,8 @@ impl FanOut {
         let mut batch = Vec::with_capacity(256);
         while inbox.recv_many(&mut batch, 256).await > 0 {
             for forward in batch.drain(..) {
-                self.deliver_local(&forward.channel, &forward.frame, None);
+                let frame = SharedFrame::from_shared(forward.frame);
+                self.deliver_local(&forward.channel, &frame, None);
             }
         }
     }

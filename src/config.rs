@@ -41,9 +41,10 @@ pub struct Config {
     pub max_message: usize,
 
     /// Cap on a subscriber's queued, unsent bytes: a message that finds the cap reached
-    /// triggers --slow-policy. Higher rides out longer stalls and bursts of large messages
-    /// (keep it above --max-message if such messages come back to back); lower bounds how far
-    /// behind a subscriber may fall (the cap plus one message).
+    /// triggers --slow-policy. While a message larger than the cap is queued, the cap widens by
+    /// --max-message, so one large message does not make a reader slow (a backlog is bounded by
+    /// the cap plus two maximum-size messages). Higher rides out longer stalls; lower bounds how
+    /// far behind a subscriber may fall.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub max_backlog: usize,
 
@@ -63,7 +64,7 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub max_connections: usize,
 
-    /// Seconds between server pings to an idle client. 0: never ping.
+    /// Seconds between the pings the server sends each client. 0: never ping.
     #[arg(long, default_value = "0.0", value_parser = parse_secs)]
     pub ping_interval: SecsArg,
 

@@ -18,7 +18,7 @@ use crate::message::{Event, MessageReader, ProtocolError, Role};
 use crate::metrics::ThreadMetrics;
 use crate::server::Worker;
 use crate::shared_frame::SharedFrame;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{QueueLimits, Subscriber};
 use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -82,10 +82,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         Ok(Ok((Request::Upgrade { path, accept_key }, leftover))) => {
             if worker.try_admit() {
                 let response = handshake::accept_response(&accept_key).into_bytes();
-                let (written, _) = stream.write_all(response).await;
-                if written.is_ok() {
-                    run_websocket(&worker, &stream, id, path, leftover).await;
-                }
+                run_websocket(&worker, &stream, id, path, response, leftover).await;
                 worker.release();
             } else {
                 worker.thread_metrics.handshake_failed("over_capacity");
@@ -142,12 +139,13 @@ async fn reject(stream: &TcpStream, response: Vec<u8>) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// The life of an upgraded connection.
+/// The life of an upgraded connection, from its `101` (`response`) on.
 async fn run_websocket(
     worker: &Rc<Worker>,
     stream: &Rc<TcpStream>,
     id: u64,
     path: String,
+    response: Vec<u8>,
     leftover: Vec<u8>,
 ) {
     let config = &worker.config;
@@ -155,11 +153,13 @@ async fn run_websocket(
         id,
         stream.clone(),
         worker.thread_metrics.clone(),
-        config.max_backlog,
-        config.slow_policy,
-        config.close_timeout.0,
+        QueueLimits {
+            max_backlog: config.max_backlog,
+            max_message: config.max_message,
+            policy: config.slow_policy,
+            close_timeout: config.close_timeout.0,
+        },
     );
-    tokio_uring::spawn(subscriber.clone().run_writer());
     let echo = config.echo_path.as_deref() == Some(path.as_str());
     let channel: Arc<str> = Arc::from(path);
     if !echo {
@@ -174,13 +174,20 @@ async fn run_websocket(
         subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
     }
 
-    let mut link = Link {
-        worker,
-        subscriber: &subscriber,
-        channel: &channel,
-        echo,
-    };
-    link.read_loop(stream, leftover).await;
+    // Subscribed before the 101 goes out, so a client holding its 101 gets every message
+    // published after it; what comes meanwhile waits in the queue until the writer starts.
+    let (written, _) = stream.write_all(response).await;
+    if written.is_ok() {
+        tokio_uring::spawn(subscriber.clone().run_writer());
+        let mut link = Link {
+            worker,
+            subscriber: &subscriber,
+            channel: &channel,
+            echo,
+            failed: false,
+        };
+        link.read_loop(stream, leftover).await;
+    }
 
     if !echo {
         worker.fanout.unsubscribe(&channel, id);
@@ -199,6 +206,8 @@ struct Link<'a> {
     subscriber: &'a Rc<Subscriber>,
     channel: &'a Arc<str>,
     echo: bool,
+    /// A protocol violation was read: the rest of the peer's bytes cannot be parsed.
+    failed: bool,
 }
 
 impl Link<'_> {
@@ -211,8 +220,8 @@ impl Link<'_> {
             buf.reserve(INITIAL_READ_BYTES - buf.len());
         }
         loop {
-            if self.subscriber.is_closing() {
-                // Closing: the peer's remaining bytes are read only to see its TCP close.
+            if self.subscriber.is_closing() && self.failed {
+                // Failed: the peer's remaining bytes are read only to see its TCP close.
                 buf.clear();
                 start = 0;
             } else {
@@ -275,6 +284,8 @@ impl Link<'_> {
             };
             match event {
                 None | Some(Event::Pong(_)) => {}
+                // Closing: only the peer's close frame matters now.
+                Some(Event::Message { .. }) if self.subscriber.is_closing() => {}
                 Some(Event::Message { opcode, payload }) => {
                     let frame = SharedFrame::encode(opcode, payload);
                     if self.echo {
@@ -290,16 +301,19 @@ impl Link<'_> {
                 }
                 Some(Event::Ping(payload)) => self.subscriber.send_control(OpCode::Pong, payload),
                 Some(Event::Close { code, .. }) => {
-                    // Echo the peer's code (§5.5.1), then wait for its TCP close.
+                    // Echo the peer's code (§5.5.1) unless our close went first; once our close
+                    // is written, the handshake is over and TCP is closed.
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
                     self.subscriber.close_with_payload(&payload);
+                    self.subscriber.peer_closed();
                     return start;
                 }
             }
         }
     }
 
-    fn fail(&self, err: ProtocolError) {
+    fn fail(&mut self, err: ProtocolError) {
+        self.failed = true;
         ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
         tracing::debug!(id = self.subscriber.id, %err, "protocol violation");
         self.subscriber.close(err.code, err.reason, false);

@@ -59,12 +59,28 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails with `AddrInUse` if anything already listens on `addr`, including another ringcast,
+/// whose SO_REUSEPORT group our listeners would otherwise silently join (the kernel would then
+/// split new connections between the two processes). Returns `addr` with its port (port 0
+/// picks a free one). SO_REUSEADDR, as on the listeners, so that connections of an earlier run
+/// still in TIME_WAIT do not count.
+fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())?;
+    probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound to a non-IP address"))
+}
+
 impl Server {
     /// Opens one listener per worker thread on `config.listen`.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let threads = config.worker_threads();
         let bind_err = |addr, source| ServerError::Bind { addr, source };
-        let first = reuseport_listener(config.listen).map_err(|e| bind_err(config.listen, e))?;
+        let addr = claim_port(config.listen).map_err(|e| bind_err(config.listen, e))?;
+        let first = reuseport_listener(addr).map_err(|e| bind_err(config.listen, e))?;
         let local_addr = first.local_addr().map_err(|e| bind_err(config.listen, e))?;
         let mut listeners = vec![first];
         for _ in 1..threads {

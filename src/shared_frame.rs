@@ -55,6 +55,11 @@ impl SharedFrame {
         self.bytes.len() - self.start
     }
 
+    /// The whole frame's length, however much of it is written.
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

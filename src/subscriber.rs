@@ -9,8 +9,11 @@
 //!
 //! The queue's bytes (queued plus in flight) are capped at `--max-backlog`: a message that
 //! finds the cap reached closes the subscriber with 1008 or is skipped for it, by
-//! `--slow-policy`. Frames are shared, so the queued bytes are mostly not the subscriber's own
-//! memory; the cap bounds how far behind a subscriber may fall.
+//! `--slow-policy`. A message larger than the cap itself (up to `--max-message`) widens the cap
+//! by `--max-message` while it is queued, so that a subscriber reading at full speed is not
+//! taken for slow because one large message is still on its way; a subscriber's backlog is thus
+//! bounded by the cap plus two maximum-size messages. Frames are shared, so the queued bytes are
+//! mostly not the subscriber's own memory; the cap bounds how far behind it may fall.
 
 use crate::close::{close_payload, CloseCode};
 use crate::config::SlowPolicy;
@@ -48,12 +51,28 @@ struct Outbox {
     frames: VecDeque<SharedFrame>,
     /// Bytes queued plus bytes in the write in flight.
     backlog_bytes: usize,
+    /// Frames longer than the cap itself, queued or in flight.
+    oversize_frames: usize,
     /// A close frame is queued: nothing more will be.
     closing: bool,
     /// The close frame has been written (and our side of TCP shut down).
     close_written: bool,
+    /// The peer's close frame has been received.
+    peer_closed: bool,
     /// The connection is over: the writer stops.
     finished: bool,
+}
+
+/// The bounds a subscriber's queue lives within (from [`crate::config::Config`]).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// `--max-backlog`.
+    pub max_backlog: usize,
+    /// `--max-message`: the largest frame payload that may be queued.
+    pub max_message: usize,
+    pub policy: SlowPolicy,
+    /// How long a close may take before the socket is shut down regardless.
+    pub close_timeout: Duration,
 }
 
 /// The outgoing side of one WebSocket connection.
@@ -63,10 +82,7 @@ pub struct Subscriber {
     outbox: RefCell<Outbox>,
     wake: Notify,
     metrics: Arc<ThreadMetrics>,
-    max_backlog: usize,
-    policy: SlowPolicy,
-    /// How long a close may take before the socket is shut down regardless.
-    close_timeout: Duration,
+    limits: QueueLimits,
     /// When the peer last sent anything, for `--ping-timeout`.
     last_heard: Cell<Instant>,
     me: Weak<Subscriber>,
@@ -77,9 +93,7 @@ impl Subscriber {
         id: u64,
         stream: Rc<TcpStream>,
         metrics: Arc<ThreadMetrics>,
-        max_backlog: usize,
-        policy: SlowPolicy,
-        close_timeout: Duration,
+        limits: QueueLimits,
     ) -> Rc<Self> {
         Rc::new_cyclic(|me| Subscriber {
             id,
@@ -87,24 +101,26 @@ impl Subscriber {
             outbox: RefCell::default(),
             wake: Notify::new(),
             metrics,
-            max_backlog,
-            policy,
-            close_timeout,
+            limits,
             last_heard: Cell::new(Instant::now()),
             me: me.clone(),
         })
     }
 
     /// Queues a broadcast. Never blocks. The subscriber is slow when its backlog has already
-    /// reached the cap before this message: its backlog never exceeds the cap plus one message,
-    /// and a message larger than the cap still reaches a subscriber that has caught up.
+    /// reached the cap (widened while an oversize message is queued) before this message.
     pub fn deliver(&self, frame: &SharedFrame) -> Delivery {
         let mut out = self.outbox.borrow_mut();
         if out.closing {
             return Delivery::Closing;
         }
-        if out.backlog_bytes >= self.max_backlog {
-            return match self.policy {
+        let allowance = if out.oversize_frames > 0 {
+            self.limits.max_message
+        } else {
+            0
+        };
+        if out.backlog_bytes >= self.limits.max_backlog + allowance {
+            return match self.limits.policy {
                 SlowPolicy::Drop => {
                     ThreadMetrics::add(&self.metrics.slow_dropped_messages, 1);
                     Delivery::Dropped
@@ -127,7 +143,7 @@ impl Subscriber {
         if out.closing {
             return;
         }
-        if out.backlog_bytes > self.max_backlog + CONTROL_HEADROOM {
+        if out.backlog_bytes > self.limits.max_backlog + CONTROL_HEADROOM {
             ThreadMetrics::add(&self.metrics.slow_closed, 1);
             drop(out);
             self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
@@ -145,9 +161,7 @@ impl Subscriber {
             return false;
         }
         if discard_queued {
-            let discarded: usize = out.frames.iter().map(SharedFrame::len).sum();
-            out.frames.clear();
-            out.backlog_bytes -= discarded;
+            self.clear_queue(&mut out);
         }
         out.closing = true;
         self.push(
@@ -175,7 +189,7 @@ impl Subscriber {
     /// that ends in time is freed at once.
     fn start_close_timer(&self) {
         let me = self.me.clone();
-        let timeout = self.close_timeout;
+        let timeout = self.limits.close_timeout;
         tokio_uring::spawn(async move {
             tokio::time::sleep(timeout).await;
             if let Some(subscriber) = me.upgrade() {
@@ -221,6 +235,18 @@ impl Subscriber {
         self.outbox.borrow().close_written
     }
 
+    /// The peer sent its close frame. Once ours is written too, the closing handshake is over
+    /// and the server closes TCP at once (§5.5.1) rather than wait for the peer's FIN.
+    pub fn peer_closed(&self) {
+        let mut out = self.outbox.borrow_mut();
+        out.peer_closed = true;
+        let done = out.close_written;
+        drop(out);
+        if done {
+            self.finish();
+        }
+    }
+
     /// Bytes queued or in flight.
     pub fn backlog_bytes(&self) -> usize {
         self.outbox.borrow().backlog_bytes
@@ -231,15 +257,30 @@ impl Subscriber {
     pub fn finish(&self) {
         let mut out = self.outbox.borrow_mut();
         out.finished = true;
-        let freed: usize = out.frames.iter().map(SharedFrame::len).sum();
-        out.frames.clear();
-        out.backlog_bytes -= freed;
+        self.clear_queue(&mut out);
         drop(out);
         let _ = self.stream.shutdown(Shutdown::Both);
         self.wake.notify_one();
     }
 
+    /// Drops the frames not yet handed to the kernel.
+    fn clear_queue(&self, out: &mut Outbox) {
+        for frame in out.frames.drain(..) {
+            out.backlog_bytes -= frame.len();
+            if self.is_oversize(&frame) {
+                out.oversize_frames -= 1;
+            }
+        }
+    }
+
+    fn is_oversize(&self, frame: &SharedFrame) -> bool {
+        frame.encoded_len() > self.limits.max_backlog
+    }
+
     fn push(&self, out: &mut Outbox, frame: SharedFrame) {
+        if self.is_oversize(&frame) {
+            out.oversize_frames += 1;
+        }
         out.backlog_bytes += frame.len();
         out.frames.push_back(frame);
         if out.frames.len() == 1 {
@@ -259,8 +300,16 @@ impl Subscriber {
             if batch.is_empty() {
                 if closing {
                     // Everything up to and including the close frame is written.
-                    self.outbox.borrow_mut().close_written = true;
-                    let _ = self.stream.shutdown(Shutdown::Write);
+                    let peer_closed = {
+                        let mut out = self.outbox.borrow_mut();
+                        out.close_written = true;
+                        out.peer_closed
+                    };
+                    if peer_closed {
+                        self.finish();
+                    } else {
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                    }
                     return;
                 }
                 self.wake.notified().await;
@@ -297,6 +346,9 @@ impl Subscriber {
         for (i, frame) in batch.iter_mut().enumerate() {
             if remaining >= frame.len() {
                 remaining -= frame.len();
+                if frame.encoded_len() > self.limits.max_backlog {
+                    out.oversize_frames -= 1;
+                }
             } else {
                 frame.advance(remaining);
                 unwritten = i;
@@ -304,6 +356,11 @@ impl Subscriber {
             }
         }
         if out.finished {
+            for frame in batch.drain(unwritten..) {
+                if self.is_oversize(&frame) {
+                    out.oversize_frames -= 1;
+                }
+            }
             batch.clear();
             return;
         }

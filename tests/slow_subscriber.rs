@@ -1,0 +1,293 @@
+//! Slow subscribers: a client that completes its upgrade and then never reads (raw TCP with a
+//! small SO_RCVBUF), under a small `--max-backlog`.
+//!
+//! Proves that under `--slow-policy close` the slow client is cut off (what it can still read is
+//! an in-order prefix of the stream, ended by close 1008 or by the TCP close) while the other
+//! subscribers get every message in order; that under `--slow-policy drop` the others get
+//! everything, the slow client stays connected and gets an in-order subset, and the messages it
+//! missed are exactly `ringcast_slow_dropped_messages_total`; that the server's peak memory
+//! stays far below what it relayed to the stalled client; and that a client flooding pings
+//! without reading the pongs is closed as slow, with memory bounded.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use ringcast::frame::{decode_header, OpCode};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Message `i`: its index, then a filler byte derived from it, `size` bytes in all.
+fn message(i: u32, size: usize) -> Vec<u8> {
+    let mut m = i.to_be_bytes().to_vec();
+    m.resize(size, (i as u8) ^ 0x5a);
+    m
+}
+
+fn index_of(payload: &[u8], size: usize) -> u32 {
+    let i = u32::from_be_bytes(payload[..4].try_into().unwrap());
+    assert_eq!(payload, message(i, size), "message {i} corrupted");
+    i
+}
+
+/// A raw client with a 4 KiB receive buffer that will not read until told to.
+async fn stalled_client(server: &Server, path: &str) -> Raw {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    Raw::upgrade(stream, server.addr, path).await
+}
+
+/// Publishes `count` binary messages of `size` bytes from `publisher`, `batch` at a time, and
+/// has each of `fast` read every batch before the next is sent (so a fast subscriber's backlog
+/// never exceeds one batch); asserts they got every message, in order.
+async fn publish_to_fast(publisher: &mut Ws, fast: &mut [Ws], count: u32, size: usize, batch: u32) {
+    within(
+        Duration::from_secs(60),
+        "publishing to the fast subscribers",
+        async {
+            let mut i = 0;
+            while i < count {
+                let end = (i + batch).min(count);
+                for j in i..end {
+                    publisher
+                        .feed(Message::binary(message(j, size)))
+                        .await
+                        .unwrap();
+                }
+                publisher.flush().await.unwrap();
+                for (n, ws) in fast.iter_mut().enumerate() {
+                    for j in i..end {
+                        match ws.next().await {
+                            Some(Ok(Message::Binary(b))) => {
+                                assert_eq!(index_of(&b, size), j, "fast subscriber {n}: order")
+                            }
+                            other => panic!("fast subscriber {n}, message {j}: {other:?}"),
+                        }
+                    }
+                }
+                i = end;
+            }
+        },
+    )
+    .await;
+}
+
+/// Everything the stalled client can read until the server closes its connection, as frames;
+/// the stream may end inside a frame only if no close frame came.
+async fn read_until_closed(raw: &mut Raw) -> (Vec<(OpCode, Vec<u8>)>, bool) {
+    let mut bytes = Vec::new();
+    within(STEP, "the slow client's connection to end", async {
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            match raw.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    while let Some((h, n)) = decode_header(&bytes[pos..]).expect("valid frame header") {
+        let end = pos + n + h.payload_len as usize;
+        if end > bytes.len() {
+            break;
+        }
+        assert!(h.fin && h.mask.is_none());
+        frames.push((h.opcode, bytes[pos + n..end].to_vec()));
+        pos = end;
+    }
+    let truncated = pos != bytes.len();
+    (frames, truncated)
+}
+
+#[tokio::test]
+async fn close_policy_cuts_off_the_slow_subscriber_only() {
+    let server = Server::start(&[
+        "--threads",
+        "2",
+        "--max-backlog",
+        "65536",
+        "--slow-policy",
+        "close",
+        "--close-timeout",
+        "1",
+    ]);
+    let mut slow = stalled_client(&server, "/s").await;
+    let mut publisher = ws(&server, "/s").await;
+    let mut fast = vec![ws(&server, "/s").await, ws(&server, "/s").await];
+    wait_connections(&server, 4).await;
+
+    const COUNT: u32 = 1000;
+    const SIZE: usize = 8192;
+    // Batches of 32 KiB: a subscriber that keeps up never reaches the 64 KiB cap.
+    publish_to_fast(&mut publisher, &mut fast, COUNT, SIZE, 4).await;
+
+    wait_metric(&server, "slow_closed_total", 1).await;
+    let (frames, truncated) = read_until_closed(&mut slow).await;
+    let mut data = 0u32;
+    let mut close = None;
+    for (k, (opcode, payload)) in frames.iter().enumerate() {
+        match opcode {
+            OpCode::Binary => {
+                assert!(close.is_none(), "data after the close frame");
+                assert_eq!(index_of(payload, SIZE), data, "slow client: order");
+                data += 1;
+            }
+            OpCode::Close => {
+                assert_eq!(k, frames.len() - 1, "close frame is the last frame");
+                close = Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            other => panic!("unexpected {other:?} frame"),
+        }
+    }
+    assert!(close.is_none() || !truncated);
+    assert!(
+        matches!(close, Some(1008) | None),
+        "slow client closed with {close:?}, want 1008"
+    );
+    // 64 KiB of backlog plus socket buffers is far less than the 8 MB sent.
+    assert!(
+        data < COUNT / 2,
+        "slow client got {data} of {COUNT}: it was never cut off"
+    );
+    wait_connections(&server, 3).await;
+    let m = metrics(&server).await;
+    assert_eq!(m["ringcast_slow_closed_total"], 1);
+    assert_eq!(m["ringcast_slow_dropped_messages_total"], 0);
+    assert_eq!(m["ringcast_messages_in_total"], COUNT as u64);
+}
+
+#[tokio::test]
+async fn drop_policy_skips_messages_and_counts_them() {
+    let server = Server::start(&[
+        "--threads",
+        "2",
+        "--max-backlog",
+        "262144",
+        "--slow-policy",
+        "drop",
+    ]);
+    let mut slow = stalled_client(&server, "/d").await;
+    let mut publisher = ws(&server, "/d").await;
+    let mut fast = vec![ws(&server, "/d").await, ws(&server, "/d").await];
+    wait_connections(&server, 4).await;
+    let (rss_before, _) = server.memory_kib();
+
+    // 32 MiB through a subscriber that reads nothing.
+    const COUNT: u32 = 512;
+    const SIZE: usize = 64 * 1024;
+    // Batches of 128 KiB, under the 256 KiB cap.
+    publish_to_fast(&mut publisher, &mut fast, COUNT, SIZE, 2).await;
+    let (_, peak) = server.memory_kib();
+
+    // Now the slow client reads: it gets an in-order subset, and the rest were counted as
+    // dropped (the count settles once every thread has delivered everything).
+    let mut got = Vec::new();
+    let deadline = Instant::now() + STEP;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), slow.read_frame()).await {
+            Ok(Some(f)) => {
+                assert_eq!(f.opcode, OpCode::Binary);
+                got.push(index_of(&f.payload, SIZE));
+            }
+            Ok(None) => panic!("slow client was disconnected under the drop policy"),
+            Err(_quiet) => {
+                let dropped = metric(&server, "slow_dropped_messages_total").await;
+                if got.len() as u64 + dropped == COUNT as u64 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "slow client got {} and {dropped} were dropped, of {COUNT}",
+                    got.len()
+                );
+            }
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "slow client: order");
+    assert!(
+        got.len() < COUNT as usize / 2,
+        "slow client got {} of {COUNT}: nothing was dropped",
+        got.len()
+    );
+    // Still subscribed: once caught up it gets the next message.
+    publisher
+        .send(Message::binary(message(COUNT, SIZE)))
+        .await
+        .unwrap();
+    let f = slow.expect_frame("message after catching up").await;
+    assert_eq!(index_of(&f.payload, SIZE), COUNT);
+    let m = metrics(&server).await;
+    assert_eq!(m["ringcast_slow_closed_total"], 0);
+    assert_eq!(m["ringcast_connections"], 4);
+
+    let growth_mib = peak.saturating_sub(rss_before) / 1024;
+    assert!(
+        growth_mib < 16,
+        "server peak RSS grew {growth_mib} MiB while relaying 32 MiB to a stalled client"
+    );
+}
+
+#[tokio::test]
+async fn ping_flood_from_a_client_that_never_reads_is_cut_off() {
+    // Pongs are never dropped, but a client that pings without reading them must not make the
+    // server queue pongs without bound: past the backlog cap (plus some headroom for control
+    // frames) it is closed as slow.
+    let server = Server::start(&[
+        "--threads",
+        "1",
+        "--max-backlog",
+        "16384",
+        "--close-timeout",
+        "0.5",
+    ]);
+    let mut flooder = stalled_client(&server, "/flood").await;
+    let mut bystander = ws(&server, "/flood").await;
+    wait_connections(&server, 2).await;
+    let (rss_before, _) = server.memory_kib();
+
+    let ping = whole(OpCode::Ping, &[0x70; 125]);
+    let flood: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 40_000)
+        .collect();
+    // The server may cut the connection while this is being written: errors are expected.
+    let _ = tokio::time::timeout(STEP, async {
+        use tokio::io::AsyncWriteExt;
+        flooder.stream.write_all(&flood).await
+    })
+    .await;
+    wait_metric(&server, "slow_closed_total", 1).await;
+    let (frames, _) = read_until_closed(&mut flooder).await;
+    let pongs = frames.iter().filter(|f| f.0 == OpCode::Pong).count();
+    assert!(
+        pongs < 40_000 / 2,
+        "{pongs} pongs: the flooder was never cut off"
+    );
+    if let Some((opcode, payload)) = frames.last().filter(|f| f.0 == OpCode::Close) {
+        assert_eq!(
+            (*opcode, &payload[..2]),
+            (OpCode::Close, &1008u16.to_be_bytes()[..])
+        );
+    }
+    let (_, peak) = server.memory_kib();
+    assert!(
+        peak.saturating_sub(rss_before) < 8 * 1024,
+        "peak RSS grew {} KiB under a ping flood",
+        peak.saturating_sub(rss_before)
+    );
+    // Others are unaffected.
+    let mut other = ws(&server, "/flood").await;
+    wait_connections(&server, 2).await;
+    send(&mut other, Message::text("still here")).await;
+    assert_eq!(
+        next_data(&mut bystander, "after the flood").await,
+        Message::text("still here")
+    );
+}

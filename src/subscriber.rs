@@ -111,7 +111,7 @@ impl Subscriber {
     /// reached the cap (widened while an oversize message is queued) before this message.
     pub fn deliver(&self, frame: &SharedFrame) -> Delivery {
         let mut out = self.outbox.borrow_mut();
-        if out.closing {
+        if out.closing || out.finished {
             return Delivery::Closing;
         }
         let allowance = if out.oversize_frames > 0 {
@@ -327,16 +327,19 @@ impl Subscriber {
         }
     }
 
-    /// Moves up to [`MAX_IOVECS`] queued frames into `batch`.
-    fn take_batch(&self, batch: &mut Vec<SharedFrame>) -> (bool, bool) {
+    /// The writer's first step: moves up to [`MAX_IOVECS`] queued frames into `batch`; returns
+    /// whether the subscriber is closing and whether it is finished. Public, with
+    /// [`Subscriber::complete_write`], so that a benchmark can drain a queue without a socket.
+    pub fn take_batch(&self, batch: &mut Vec<SharedFrame>) -> (bool, bool) {
         let mut out = self.outbox.borrow_mut();
         let n = out.frames.len().min(MAX_IOVECS);
         batch.extend(out.frames.drain(..n));
         (out.closing, out.finished)
     }
 
-    /// Accounts for a write of `written` bytes of `batch`, and puts back what it did not take.
-    fn complete_write(&self, batch: &mut Vec<SharedFrame>, written: usize) {
+    /// The writer's second step: accounts for a write of `written` bytes of `batch`, and puts
+    /// back at the front of the queue what the write did not take.
+    pub fn complete_write(&self, batch: &mut Vec<SharedFrame>, written: usize) {
         ThreadMetrics::add(&self.metrics.writes, 1);
         ThreadMetrics::add(&self.metrics.bytes_out, written as u64);
         let mut out = self.outbox.borrow_mut();

@@ -1,0 +1,308 @@
+//! The command line: `loadgen [run|sweep|connections] ...`, parsed with clap.
+//!
+//! Plain data only; [`crate::app`] turns it into sessions. Durations accept `30s`, `500ms`,
+//! `2m`, `150us` or a bare number of seconds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Parses `30s`, `500ms`, `150us`, `2m`, `1.5s` or `10` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 30s, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => x,
+        "ms" => x / 1e3,
+        "us" | "µs" => x / 1e6,
+        "ns" => x / 1e9,
+        "m" | "min" => x * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ns, us, ms, s, m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A list of rates (msg/s), as given to `--rates`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateList(pub Vec<f64>);
+
+/// Parses `1000,2000,5k,1.5M` into rates per second.
+pub fn parse_rates(s: &str) -> Result<RateList, String> {
+    s.split(',')
+        .map(|r| {
+            let r = r.trim();
+            let (num, mult) = match r.chars().last() {
+                Some('k' | 'K') => (&r[..r.len() - 1], 1e3),
+                Some('M' | 'm') => (&r[..r.len() - 1], 1e6),
+                _ => (r, 1.0),
+            };
+            num.parse::<f64>()
+                .ok()
+                .map(|x| x * mult)
+                .filter(|x| *x > 0.0 && x.is_finite())
+                .ok_or_else(|| format!("bad rate {r:?}"))
+        })
+        .collect::<Result<Vec<f64>, String>>()
+        .map(RateList)
+}
+
+/// Output format on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Open-loop fan-out load generator for relay-protocol WebSocket servers.
+///
+/// With no command, runs the default benchmark: starts the `ringcast` server on a free
+/// loopback port and sweeps 1,000 subscribers x 64-byte messages up to capacity (~1 minute).
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+    /// With no command: the options of `sweep` (the default benchmark).
+    #[command(flatten)]
+    pub default_sweep: SweepArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// One run at a constant publish rate.
+    Run(RunArgs),
+    /// Raise the rate step by step and report the capacity (zero loss, p99 within the SLO).
+    Sweep(SweepArgs),
+    /// Hold N idle subscribers; report connect rate and the server's memory per connection.
+    Connections(ConnectionsArgs),
+    /// ringcast side by side with the peer servers (peers/): capacity, latency, CPU, memory.
+    Compare(crate::compare::CompareArgs),
+}
+
+/// Options shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Server URL, ws://HOST:PORT/PATH. Without it loadgen starts the ringcast server itself.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Subscribers.
+    #[arg(short = 'c', long = "subscribers", default_value_t = 1000)]
+    pub subscribers: u32,
+    /// Publishers (spread evenly over the channels).
+    #[arg(short = 'p', long = "publishers", default_value_t = 1)]
+    pub publishers: u32,
+    /// Channels: with K > 1 the paths are PATH-0 .. PATH-(K-1).
+    #[arg(long, default_value_t = 1)]
+    pub channels: u32,
+    /// Message size in bytes (payload; at least 24 for the stamp).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Reader threads (default: one per core loadgen may use).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Pin loadgen's threads (one reader per core). Always done when loadgen starts the server
+    /// on a machine with 2+ cores.
+    #[arg(long)]
+    pub pin: bool,
+    /// CPUs for loadgen's threads, e.g. 1 or 2,3 (implies pinning).
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+    /// New connections per second during the ramp (0 = as fast as possible).
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Source addresses to spread connections over: A-B range or a,b,c list.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Timeout of one connect + upgrade.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Server binary to start when there is no --url (default: ringcast beside loadgen).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Server threads when loadgen starts the server.
+    #[arg(long, default_value_t = 1)]
+    pub server_threads: usize,
+    /// Extra argument for the started server (repeatable), e.g. --server-arg=--slow-policy=drop.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// PID of an external server, to report its CPU and memory from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Output directory (default: results/<UTC date-time>-<scenario>).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Parent of the default output directory.
+    #[arg(long, default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Write no files.
+    #[arg(long)]
+    pub no_files: bool,
+    /// Format of the summary on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// No live progress line.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Size of each provided receive buffer, KiB (two buffers per connection per thread).
+    #[arg(long, default_value_t = 16)]
+    pub recv_buf_kib: usize,
+    /// Busy-wait this many µs before each send time (sharper pacing, costs CPU).
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
+    /// Do not try to run the pacer thread under SCHED_FIFO (tried by default; needs
+    /// CAP_SYS_NICE, silently skipped without it).
+    #[arg(long)]
+    pub no_realtime_pacer: bool,
+    /// After the sends of a step, wait at most this long for outstanding deliveries.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub drain: Duration,
+    /// Testing aid: the first N subscribers stop reading (small receive buffer) at the start
+    /// for --stall-time, to provoke a slow-subscriber policy.
+    #[arg(long, default_value_t = 0)]
+    pub stall_subscribers: u32,
+    /// How long stalled subscribers stop reading.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub stall_time: Duration,
+    /// Exit with status 2 when any delivery was lost.
+    #[arg(long)]
+    pub fail_on_loss: bool,
+}
+
+/// `loadgen run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Total publish rate, messages per second (over all publishers).
+    #[arg(short = 'R', long = "rate", default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Measured duration.
+    #[arg(short = 'd', long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Warm-up before measuring (sent and counted, not in the latency histogram).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+}
+
+/// `loadgen sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Explicit rates (msg/s), e.g. 1000,2000,5k. Default: a doubling search.
+    #[arg(long, value_parser = parse_rates)]
+    pub rates: Option<RateList>,
+    /// First rate of the doubling search (msg/s).
+    #[arg(long, default_value_t = 500.0)]
+    pub start_rate: f64,
+    /// Highest rate the search tries (msg/s).
+    #[arg(long, default_value_t = 64_000.0)]
+    pub max_rate: f64,
+    /// Bisection steps between the last passing and the first failing rate.
+    #[arg(long, default_value_t = 2)]
+    pub refine: u32,
+    /// Repeat a failing step once before concluding.
+    #[arg(long)]
+    pub confirm: bool,
+    /// Measured duration of each step.
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    pub step_duration: Duration,
+    /// Warm-up of each step.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub step_warmup: Duration,
+    /// Latency objective: a step passes with zero loss and p99 at most this.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub slo_p99: Duration,
+}
+
+/// `loadgen connections`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// How long to hold the connections open.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub hold: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("3 parsecs").is_err());
+        assert_eq!(
+            parse_rates("1000,2k,1.5M").unwrap().0,
+            vec![1000.0, 2000.0, 1_500_000.0]
+        );
+        assert!(parse_rates("0").is_err());
+    }
+
+    #[test]
+    fn the_issue_command_lines_parse() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "run",
+            "--url",
+            "ws://127.0.0.1:9001/bench",
+            "-c",
+            "1000",
+            "-p",
+            "1",
+            "-R",
+            "2000",
+            "--size",
+            "64",
+            "-d",
+            "30s",
+            "--warmup",
+            "5s",
+        ])
+        .unwrap();
+        let Some(Commands::Run(r)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.rate, 2000.0);
+        assert_eq!(r.common.subscribers, 1000);
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "sweep",
+            "--rates",
+            "1000,2000,5000",
+            "--server-arg=--slow-policy=drop",
+        ])
+        .unwrap();
+        let Some(Commands::Sweep(s)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(s.rates.unwrap().0.len(), 3);
+        assert_eq!(s.common.server_args, vec!["--slow-policy=drop"]);
+        assert!(Cli::try_parse_from(["loadgen", "connections", "-c", "15000"]).is_ok());
+        assert!(Cli::try_parse_from(["loadgen"]).unwrap().command.is_none());
+        let bare = Cli::try_parse_from(["loadgen", "-o", "x", "-c", "10"]).unwrap();
+        assert!(bare.command.is_none());
+        assert_eq!(bare.default_sweep.common.subscribers, 10);
+    }
+}

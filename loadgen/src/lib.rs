@@ -1,0 +1,51 @@
+//! loadgen: an open-loop fan-out load generator for servers that speak the relay protocol
+//! (every data message a client sends goes to every other client of its channel).
+//!
+//! Layers, bottom up: [`clock`], [`schedule`], [`payload`] (what is sent and when);
+//! [`client`] (connect + upgrade), [`reader`] (io_uring receive side), [`pacer`] (send side),
+//! [`recorder`] (exact counts and histograms); [`session`] (steps on a set of connections),
+//! [`sweep`], [`connections`]; [`server_process`], [`machine`], [`limits`]; [`report`],
+//! [`hgrm`], [`plots`] (output); [`cli`] and [`app`] (the commands).
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod compare;
+pub mod compare_report;
+pub mod connections;
+pub mod hgrm;
+pub mod limits;
+pub mod machine;
+pub mod pacer;
+pub mod payload;
+pub mod plots;
+pub mod reader;
+pub mod recorder;
+pub mod report;
+pub mod schedule;
+pub mod server_process;
+pub mod session;
+pub mod sweep;
+
+use clap::Parser;
+
+/// Parses the command line and runs the command; returns the process exit status.
+pub fn main_with_args() -> i32 {
+    clock::init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        Some(cli::Commands::Run(a)) => app::run(&a),
+        Some(cli::Commands::Sweep(a)) => app::sweep(&a),
+        Some(cli::Commands::Connections(a)) => app::connections(&a),
+        Some(cli::Commands::Compare(a)) => return compare::main(&a),
+        None => app::sweep(&cli.default_sweep),
+    };
+    match result {
+        Ok(o) => o.exit_code,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}

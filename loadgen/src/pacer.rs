@@ -1,0 +1,241 @@
+//! The send side: one pacer thread sends every publisher's messages on schedule.
+//!
+//! tokio's timer has 1 ms granularity, which alone would add up to 1 ms of false latency, so
+//! the pacer sleeps with `clock_nanosleep(TIMER_ABSTIME)` at 1 ns timer slack (optionally
+//! spinning for the last microseconds) and writes through the publishers' blocking sockets
+//! (the reader threads read and discard what those sockets receive). When it wakes late, it
+//! sends every message already due at once, each stamped with its own intended time, in one
+//! write per publisher. The lag between intended and actual send time is reported: it is the
+//! pacer's own error, already included in the latencies (measured from intended times).
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use ringcast::frame::{encode_header, OpCode, MAX_HEADER_LEN};
+
+use crate::clock;
+use crate::payload::{Stamp, STAMP_LEN};
+use crate::reader::pin_current_thread;
+use crate::recorder::new_histogram;
+use crate::schedule::Schedule;
+
+/// A publisher's write side.
+#[derive(Debug)]
+pub struct PublisherSocket {
+    pub stream: TcpStream,
+    pub channel: u32,
+}
+
+/// Configuration of the pacer thread.
+#[derive(Debug)]
+pub struct PacerConfig {
+    pub publishers: Vec<PublisherSocket>,
+    pub channels: u32,
+    /// Total message size (payload bytes), >= STAMP_LEN.
+    pub size: usize,
+    pub run_tag: u32,
+    /// Busy-wait this long before each send time instead of sleeping.
+    pub spin_ns: u64,
+    pub cpus: Option<Vec<usize>>,
+    /// A write blocked longer than this fails the publisher (a stalled server must not hang
+    /// the run).
+    pub send_timeout: Duration,
+    /// Try to run the pacer under SCHED_FIFO.
+    pub realtime: bool,
+}
+
+/// What the pacer did in one step.
+#[derive(Debug)]
+pub struct PacerReport {
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub sent_per_channel: Vec<u64>,
+    /// Actual minus intended send time of every message, ns.
+    pub send_lag: Histogram<u64>,
+    /// Messages due to a publisher whose socket had failed.
+    pub unsent: u64,
+    pub failed_publishers: Vec<(u32, String)>,
+    pub write_calls: u64,
+    pub thread_cpu_ns: u64,
+    /// Intended time of the last message sent (ns).
+    pub last_intended_ns: u64,
+}
+
+/// Commands to the pacer.
+#[derive(Debug)]
+pub enum PacerCommand {
+    Step {
+        schedule: Schedule,
+        window_start_ns: u64,
+        window_end_ns: u64,
+        reply: Sender<PacerReport>,
+    },
+    Stop,
+}
+
+/// A running pacer.
+pub struct PacerHandle {
+    pub commands: Sender<PacerCommand>,
+    /// Messages sent in the current step so far.
+    pub live_sent: Arc<AtomicU64>,
+    pub join: JoinHandle<()>,
+}
+
+struct Publisher {
+    stream: TcpStream,
+    channel: u32,
+    seq: u64,
+    batch: Vec<u8>,
+    batch_msgs: u64,
+    failed: bool,
+}
+
+/// Starts the pacer thread.
+pub fn spawn(cfg: PacerConfig) -> io::Result<PacerHandle> {
+    let (tx, rx) = mpsc::channel();
+    let live = Arc::new(AtomicU64::new(0));
+    let live2 = live.clone();
+    for p in &cfg.publishers {
+        p.stream.set_write_timeout(Some(cfg.send_timeout))?;
+    }
+    let join = std::thread::Builder::new()
+        .name("pacer".into())
+        .spawn(move || pacer_main(cfg, rx, live2))?;
+    Ok(PacerHandle {
+        commands: tx,
+        live_sent: live,
+        join,
+    })
+}
+
+fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>) {
+    if let Some(cpus) = &cfg.cpus {
+        pin_current_thread(cpus);
+    }
+    clock::set_thread_timer_slack_1ns();
+    if cfg.realtime {
+        // Best effort: a SCHED_FIFO pacer wakes on time even when the readers keep its core
+        // busy. It sleeps between sends, so it takes little from them. Needs CAP_SYS_NICE.
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: valid sched_param; pid 0 = this thread.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    }
+    let mut pubs: Vec<Publisher> = cfg
+        .publishers
+        .into_iter()
+        .map(|p| Publisher {
+            stream: p.stream,
+            channel: p.channel,
+            seq: 0,
+            batch: Vec::with_capacity(64 * 1024),
+            batch_msgs: 0,
+            failed: false,
+        })
+        .collect();
+    let mut key_state: u64 = 0x2545_F491_4F6C_DD1D ^ clock::now_ns();
+    while let Ok(cmd) = rx.recv() {
+        let PacerCommand::Step {
+            schedule,
+            window_start_ns,
+            window_end_ns,
+            reply,
+        } = cmd
+        else {
+            return;
+        };
+        live.store(0, Ordering::Relaxed);
+        let mut report = PacerReport {
+            sent: 0,
+            sent_in_window: 0,
+            sent_per_channel: vec![0; cfg.channels.max(1) as usize],
+            send_lag: new_histogram(),
+            unsent: 0,
+            failed_publishers: Vec::new(),
+            write_calls: 0,
+            thread_cpu_ns: 0,
+            last_intended_ns: 0,
+        };
+        let total = schedule.total();
+        let mut next = 0u64;
+        let mut header = [0u8; MAX_HEADER_LEN];
+        while next < total {
+            let intended = schedule.intended_ns(next);
+            clock::wait_until_ns(intended, cfg.spin_ns);
+            let now = clock::now_ns();
+            let due = schedule.due_count(now).min(total).max(next + 1);
+            for i in next..due {
+                let p_idx = schedule.publisher_of(i) as usize;
+                let Some(p) = pubs.get_mut(p_idx) else {
+                    continue;
+                };
+                let intended_ns = schedule.intended_ns(i);
+                if p.failed {
+                    report.unsent += 1;
+                    continue;
+                }
+                key_state ^= key_state << 13;
+                key_state ^= key_state >> 7;
+                key_state ^= key_state << 17;
+                let key = (key_state as u32).to_le_bytes();
+                let hl = encode_header(
+                    &mut header,
+                    true,
+                    OpCode::Binary,
+                    Some(key),
+                    cfg.size as u64,
+                );
+                p.batch.extend_from_slice(&header[..hl]);
+                let start = p.batch.len();
+                p.batch.resize(start + cfg.size, 0);
+                Stamp {
+                    run_tag: cfg.run_tag,
+                    publisher: p_idx as u32,
+                    seq: p.seq,
+                    intended_ns,
+                }
+                .write(&mut p.batch[start..start + STAMP_LEN]);
+                ringcast::mask::apply_mask(&mut p.batch[start..], key);
+                p.seq += 1;
+                p.batch_msgs += 1;
+                report.sent += 1;
+                if let Some(c) = report.sent_per_channel.get_mut(p.channel as usize) {
+                    *c += 1;
+                }
+                if intended_ns >= window_start_ns && intended_ns < window_end_ns {
+                    report.sent_in_window += 1;
+                }
+                report
+                    .send_lag
+                    .saturating_record(now.saturating_sub(intended_ns).max(1));
+                report.last_intended_ns = intended_ns;
+            }
+            for (idx, p) in pubs.iter_mut().enumerate() {
+                if p.batch.is_empty() {
+                    continue;
+                }
+                report.write_calls += 1;
+                if let Err(e) = p.stream.write_all(&p.batch) {
+                    // Messages in a failed write may or may not have left: count them as sent
+                    // (the subscribers' counts say whether they arrived) and stop this publisher.
+                    p.failed = true;
+                    report.failed_publishers.push((idx as u32, e.to_string()));
+                }
+                p.batch.clear();
+                p.batch_msgs = 0;
+            }
+            live.store(report.sent, Ordering::Relaxed);
+            next = due;
+            if let Ok(PacerCommand::Stop) = rx.try_recv() {
+                return;
+            }
+        }
+        report.thread_cpu_ns = clock::thread_cpu_ns();
+        let _ = reply.send(report);
+    }
+}

@@ -1,0 +1,522 @@
+//! What subscribers measure: exact delivery counts, latency histograms, fan-out completion.
+//!
+//! Each reader thread owns one [`Recorder`] (no locks, no atomics on the hot path but one
+//! relaxed counter for the progress line); at the end of a step the main thread merges them.
+//! Counting is exact: every subscriber tracks, per publisher of its channel, the next sequence
+//! number it expects and the ranges it skipped, so a delivery is classified as in order, filling
+//! a gap (out of order), or a duplicate. Loss is what is left: expected deliveries (messages
+//! sent to a channel x its subscribers) minus distinct deliveries, after a drain.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::payload::Stamp;
+
+/// Highest latency the histograms can hold (1 hour, in ns); larger values are clamped.
+pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
+
+/// A new latency histogram: 1 ns .. 1 h, 3 significant figures.
+pub fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig 3).
+    Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| unreachable!())
+}
+
+/// How publishers and subscribers are spread over channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    pub channels: u32,
+    pub publishers: u32,
+    pub subscribers: u32,
+}
+
+impl Topology {
+    /// Channel of publisher `p` (publishers go round-robin over channels).
+    pub fn channel_of_publisher(&self, p: u32) -> u32 {
+        p % self.channels.max(1)
+    }
+    /// Channel of subscriber `s` (round-robin too).
+    pub fn channel_of_subscriber(&self, s: u32) -> u32 {
+        s % self.channels.max(1)
+    }
+    /// Index of publisher `p` among the publishers of its channel.
+    pub fn index_in_channel(&self, p: u32) -> u32 {
+        p / self.channels.max(1)
+    }
+    /// Publishers on channel `ch`.
+    pub fn publishers_in_channel(&self, ch: u32) -> u32 {
+        let k = self.channels.max(1);
+        (self.publishers + k - 1 - ch) / k
+    }
+    /// Subscribers on channel `ch`.
+    pub fn subscribers_in_channel(&self, ch: u32) -> u32 {
+        let k = self.channels.max(1);
+        (self.subscribers + k - 1 - ch) / k
+    }
+}
+
+/// Exact counts of what subscribers received in one step (mergeable by addition).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryCounts {
+    /// Distinct (subscriber, message) deliveries of messages of this step.
+    pub received: u64,
+    /// Deliveries of a message the subscriber already had.
+    pub duplicated: u64,
+    /// Deliveries that arrived after a later message of the same publisher.
+    pub out_of_order: u64,
+    /// Deliveries of messages of an earlier step (arrived after its drain; counted lost there).
+    pub late_from_earlier_step: u64,
+    /// Deliveries whose publisher belongs to another channel (must be 0).
+    pub cross_channel: u64,
+    /// Messages without our stamp or with another run's tag.
+    pub foreign: u64,
+    /// Frames that broke the protocol (masked, reserved opcode, bad length).
+    pub malformed: u64,
+    /// Subscriber connections that ended (EOF or error) during the step.
+    pub disconnects: u64,
+    /// Close frames received from the server.
+    pub server_close_frames: u64,
+    /// Pings received (and answered, on subscribers).
+    pub pings: u64,
+    /// Data frames received by publishers (read and discarded).
+    pub publisher_frames: u64,
+}
+
+impl DeliveryCounts {
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &DeliveryCounts) {
+        self.received += o.received;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.late_from_earlier_step += o.late_from_earlier_step;
+        self.cross_channel += o.cross_channel;
+        self.foreign += o.foreign;
+        self.malformed += o.malformed;
+        self.disconnects += o.disconnects;
+        self.server_close_frames += o.server_close_frames;
+        self.pings += o.pings;
+        self.publisher_frames += o.publisher_frames;
+    }
+}
+
+/// How one delivery relates to what the subscriber had from that publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    InOrder,
+    /// Skipped some sequence numbers (maybe lost, maybe coming later).
+    AfterGap,
+    /// Filled an earlier gap.
+    OutOfOrder,
+    Duplicate,
+}
+
+/// Per (subscriber, publisher): the next expected sequence number and the skipped ranges.
+#[derive(Debug, Clone, Default)]
+pub struct SeqTracker {
+    next: u64,
+    /// Half-open ranges [a, b) of sequence numbers skipped and not yet seen.
+    missing: Vec<(u64, u64)>,
+}
+
+/// Skipped ranges kept per (subscriber, publisher); past it the oldest are forgotten (a late
+/// arrival from those would then count as a duplicate, not as out of order).
+const MAX_MISSING_RANGES: usize = 1024;
+
+impl SeqTracker {
+    /// Classifies the arrival of `seq` and updates the state.
+    #[inline]
+    pub fn observe(&mut self, seq: u64) -> Arrival {
+        if seq == self.next {
+            self.next += 1;
+            return Arrival::InOrder;
+        }
+        if seq > self.next {
+            if self.missing.len() == MAX_MISSING_RANGES {
+                self.missing.remove(0);
+            }
+            self.missing.push((self.next, seq));
+            self.next = seq + 1;
+            return Arrival::AfterGap;
+        }
+        // seq < next: a gap being filled, or a duplicate.
+        match self.missing.iter().position(|&(a, b)| a <= seq && seq < b) {
+            Some(i) => {
+                let (a, b) = self.missing[i];
+                match (seq == a, seq + 1 == b) {
+                    (true, true) => {
+                        self.missing.remove(i);
+                    }
+                    (true, false) => self.missing[i].0 = a + 1,
+                    (false, true) => self.missing[i].1 = b - 1,
+                    (false, false) => {
+                        self.missing[i].1 = seq;
+                        self.missing.insert(i + 1, (seq + 1, b));
+                    }
+                }
+                Arrival::OutOfOrder
+            }
+            None => Arrival::Duplicate,
+        }
+    }
+}
+
+/// Fan-out of one message as seen by one reader thread: how many of its subscribers got it and
+/// when the last of them did (as latency from the intended time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanoutSlot {
+    pub count: u32,
+    pub max_latency_ns: u64,
+}
+
+/// Fan-out slots of one publisher, indexed by `seq - base`.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherFanout {
+    pub base: u64,
+    pub slots: Vec<FanoutSlot>,
+}
+
+/// Largest jump ahead in sequence numbers a fan-out table follows (a corrupt or foreign seq
+/// must not allocate gigabytes).
+const MAX_FANOUT_AHEAD: u64 = 1 << 26;
+
+/// Per-thread fan-out tables, one per publisher.
+#[derive(Debug, Clone, Default)]
+pub struct FanoutTable {
+    pub publishers: Vec<PublisherFanout>,
+}
+
+impl FanoutTable {
+    pub fn new(publishers: u32) -> FanoutTable {
+        FanoutTable {
+            publishers: vec![PublisherFanout::default(); publishers as usize],
+        }
+    }
+
+    #[inline]
+    pub fn record(&mut self, publisher: u32, seq: u64, latency_ns: u64) {
+        let Some(p) = self.publishers.get_mut(publisher as usize) else {
+            return;
+        };
+        if seq < p.base || seq - p.base > MAX_FANOUT_AHEAD {
+            return;
+        }
+        let i = (seq - p.base) as usize;
+        if i >= p.slots.len() {
+            p.slots.resize(i + 1, FanoutSlot::default());
+        }
+        let s = &mut p.slots[i];
+        s.count += 1;
+        s.max_latency_ns = s.max_latency_ns.max(latency_ns);
+    }
+
+    /// Moves the slots out (for merging) and continues after them.
+    pub fn take(&mut self) -> FanoutTable {
+        FanoutTable {
+            publishers: self
+                .publishers
+                .iter_mut()
+                .map(|p| {
+                    let slots = std::mem::take(&mut p.slots);
+                    let out = PublisherFanout {
+                        base: p.base,
+                        slots,
+                    };
+                    p.base += out.slots.len() as u64;
+                    out
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Merges the tables of all threads and records, for every message delivered to all
+/// `expected(publisher)` subscribers, the time its last subscriber got it.
+pub fn merge_fanout(
+    tables: &[FanoutTable],
+    expected: impl Fn(u32) -> u32,
+) -> (Histogram<u64>, u64) {
+    let mut hist = new_histogram();
+    let mut incomplete = 0u64;
+    let publishers = tables.iter().map(|t| t.publishers.len()).max().unwrap_or(0);
+    for p in 0..publishers {
+        let parts: Vec<&PublisherFanout> =
+            tables.iter().filter_map(|t| t.publishers.get(p)).collect();
+        let Some(lo) = parts
+            .iter()
+            .filter(|x| !x.slots.is_empty())
+            .map(|x| x.base)
+            .min()
+        else {
+            continue;
+        };
+        let hi = parts
+            .iter()
+            .map(|x| x.base + x.slots.len() as u64)
+            .max()
+            .unwrap_or(lo);
+        let mut merged = vec![FanoutSlot::default(); (hi - lo) as usize];
+        for part in &parts {
+            for (i, s) in part.slots.iter().enumerate() {
+                let m = &mut merged[(part.base - lo) as usize + i];
+                m.count += s.count;
+                m.max_latency_ns = m.max_latency_ns.max(s.max_latency_ns);
+            }
+        }
+        let want = expected(p as u32);
+        for m in merged.iter().filter(|m| m.count > 0) {
+            if m.count >= want {
+                hist.saturating_record(m.max_latency_ns.max(1));
+            } else {
+                incomplete += 1;
+            }
+        }
+    }
+    (hist, incomplete)
+}
+
+/// Latency figures of one histogram, in ns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min_ns: u64,
+    pub mean_ns: f64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p99_9_ns: u64,
+    pub p99_99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            min_ns: h.min(),
+            mean_ns: h.mean(),
+            p50_ns: h.value_at_quantile(0.50),
+            p90_ns: h.value_at_quantile(0.90),
+            p99_ns: h.value_at_quantile(0.99),
+            p99_9_ns: h.value_at_quantile(0.999),
+            p99_99_ns: h.value_at_quantile(0.9999),
+            max_ns: h.max(),
+        }
+    }
+}
+
+/// One reader thread's measurements for the current step.
+pub struct Recorder {
+    pub counts: DeliveryCounts,
+    /// Publish -> receive latency of messages intended inside the measurement window.
+    pub latency: Histogram<u64>,
+    pub fanout: FanoutTable,
+    pub run_tag: u32,
+    pub topology: Topology,
+    /// Messages intended before this belong to an earlier step.
+    pub step_start_ns: u64,
+    /// Measurement window [start, end) on intended times.
+    pub window_start_ns: u64,
+    pub window_end_ns: u64,
+}
+
+impl Recorder {
+    pub fn new(run_tag: u32, topology: Topology) -> Recorder {
+        let publishers = topology.publishers;
+        Recorder {
+            counts: DeliveryCounts::default(),
+            latency: new_histogram(),
+            fanout: FanoutTable::new(publishers),
+            run_tag,
+            topology,
+            step_start_ns: u64::MAX,
+            window_start_ns: u64::MAX,
+            window_end_ns: u64::MAX,
+        }
+    }
+
+    /// Records one data message received by a subscriber of `channel` whose per-publisher
+    /// trackers are `trackers` (indexed by the publisher's index in the channel).
+    #[inline]
+    pub fn on_message(
+        &mut self,
+        payload: &[u8],
+        channel: u32,
+        trackers: &mut [SeqTracker],
+        recv_ns: u64,
+    ) {
+        let Some(stamp) = Stamp::read(payload) else {
+            self.counts.foreign += 1;
+            return;
+        };
+        if stamp.run_tag != self.run_tag || stamp.publisher >= self.topology.publishers {
+            self.counts.foreign += 1;
+            return;
+        }
+        if self.topology.channel_of_publisher(stamp.publisher) != channel {
+            self.counts.cross_channel += 1;
+            return;
+        }
+        let Some(tracker) =
+            trackers.get_mut(self.topology.index_in_channel(stamp.publisher) as usize)
+        else {
+            self.counts.foreign += 1;
+            return;
+        };
+        let arrival = tracker.observe(stamp.seq);
+        if stamp.intended_ns < self.step_start_ns {
+            if arrival != Arrival::Duplicate {
+                self.counts.late_from_earlier_step += 1;
+            } else {
+                self.counts.duplicated += 1;
+            }
+            return;
+        }
+        match arrival {
+            Arrival::InOrder | Arrival::AfterGap => self.counts.received += 1,
+            Arrival::OutOfOrder => {
+                self.counts.received += 1;
+                self.counts.out_of_order += 1;
+            }
+            Arrival::Duplicate => {
+                self.counts.duplicated += 1;
+                return;
+            }
+        }
+        if stamp.intended_ns >= self.window_start_ns && stamp.intended_ns < self.window_end_ns {
+            let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
+            self.latency.saturating_record(latency_ns);
+            self.fanout.record(stamp.publisher, stamp.seq, latency_ns);
+        }
+    }
+
+    /// Takes this step's measurements and starts afresh.
+    pub fn take(&mut self) -> (DeliveryCounts, Histogram<u64>, FanoutTable) {
+        (
+            std::mem::take(&mut self.counts),
+            std::mem::replace(&mut self.latency, new_histogram()),
+            self.fanout.take(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_arrivals() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(0), Arrival::InOrder);
+        assert_eq!(t.observe(1), Arrival::InOrder);
+        assert_eq!(t.observe(5), Arrival::AfterGap); // 2,3,4 missing
+        assert_eq!(t.observe(3), Arrival::OutOfOrder);
+        assert_eq!(t.observe(3), Arrival::Duplicate);
+        assert_eq!(t.observe(2), Arrival::OutOfOrder);
+        assert_eq!(t.observe(4), Arrival::OutOfOrder);
+        assert_eq!(t.observe(4), Arrival::Duplicate);
+        assert_eq!(t.observe(5), Arrival::Duplicate);
+        assert_eq!(t.observe(6), Arrival::InOrder);
+        assert!(t.missing.is_empty());
+    }
+
+    #[test]
+    fn percentiles_of_a_fixture() {
+        // 1..=100,000 µs, once each: the p-th percentile is p% of 100 ms.
+        let mut h = new_histogram();
+        for us in 1..=100_000u64 {
+            h.record(us * 1_000).unwrap();
+        }
+        let s = LatencySummary::of(&h);
+        let close = |got: u64, want: u64| {
+            let err = (got as f64 - want as f64).abs() / want as f64;
+            assert!(err < 0.001, "{got} vs {want}");
+        };
+        assert_eq!(s.count, 100_000);
+        close(s.min_ns, 1_000);
+        close(s.p50_ns, 50_000_000);
+        close(s.p90_ns, 90_000_000);
+        close(s.p99_ns, 99_000_000);
+        close(s.p99_9_ns, 99_900_000);
+        close(s.p99_99_ns, 99_990_000);
+        close(s.max_ns, 100_000_000);
+        assert!((s.mean_ns - 50_000_500.0).abs() / 50_000_500.0 < 0.001);
+        // Merging per-thread histograms gives the same figures as one histogram.
+        let (mut a, mut b) = (new_histogram(), new_histogram());
+        for us in 1..=100_000u64 {
+            if us % 3 == 0 { &mut a } else { &mut b }
+                .record(us * 1_000)
+                .unwrap();
+        }
+        a.add(&b).unwrap();
+        assert_eq!(LatencySummary::of(&a), s);
+        assert_eq!(
+            LatencySummary::of(&new_histogram()),
+            LatencySummary::default()
+        );
+    }
+
+    #[test]
+    fn topology_spreads_evenly() {
+        let t = Topology {
+            channels: 3,
+            publishers: 4,
+            subscribers: 10,
+        };
+        assert_eq!(
+            (0..3)
+                .map(|c| t.publishers_in_channel(c))
+                .collect::<Vec<_>>(),
+            vec![2, 1, 1]
+        );
+        assert_eq!((0..3).map(|c| t.subscribers_in_channel(c)).sum::<u32>(), 10);
+        assert_eq!(t.channel_of_publisher(3), 0);
+        assert_eq!(t.index_in_channel(3), 1);
+    }
+
+    fn stamp(p: u32, seq: u64, t: u64) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        Stamp {
+            run_tag: 9,
+            publisher: p,
+            seq,
+            intended_ns: t,
+        }
+        .write(&mut b);
+        b
+    }
+
+    #[test]
+    fn recorder_counts_and_fanout() {
+        let topo = Topology {
+            channels: 1,
+            publishers: 1,
+            subscribers: 2,
+        };
+        let mut r = Recorder::new(9, topo);
+        r.step_start_ns = 0;
+        r.window_start_ns = 100;
+        r.window_end_ns = 1_000;
+        let mut a = vec![SeqTracker::default()];
+        let mut b = vec![SeqTracker::default()];
+        for seq in 0..3u64 {
+            let t = 50 + seq * 100; // 50 (warm-up), 150, 250
+            r.on_message(&stamp(0, seq, t), 0, &mut a, t + 10);
+            if seq != 2 {
+                r.on_message(&stamp(0, seq, t), 0, &mut b, t + 30);
+            }
+        }
+        r.on_message(&stamp(0, 1, 150), 0, &mut b, 500);
+        r.on_message(b"short", 0, &mut b, 500);
+        let (counts, hist, fanout) = r.take();
+        assert_eq!(counts.received, 5);
+        assert_eq!(counts.duplicated, 1);
+        assert_eq!(counts.foreign, 1);
+        assert_eq!(hist.len(), 3); // 150 x2, 250 x1
+        let (fan, incomplete) = merge_fanout(&[fanout], |_| 2);
+        assert_eq!(fan.len(), 1); // seq 1 reached both
+        assert_eq!(fan.max(), 30);
+        assert_eq!(incomplete, 1); // seq 2 reached one
+    }
+}

@@ -1,0 +1,285 @@
+//! Running the server under test ourselves: spawn, pin, find its port, read /proc, stop.
+//!
+//! With no `--url`, loadgen starts the server binary on a free loopback port (it is asked to
+//! bind port 0 and prints the address it got), pinned to its own core so that the two do not
+//! fight for one. Its CPU time and resident memory come from `/proc/PID/{stat,status}`; the
+//! same readers serve a server started by someone else when `--server-pid` is given.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Why the server could not be started.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(
+        "server binary {0} not found: build it with `cargo build --release` (or pass --server-bin)"
+    )]
+    NotFound(PathBuf),
+    #[error("building the server with `{command}` failed")]
+    Build { command: String },
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} did not print its listening address within {secs} s{detail}")]
+    NoAddress {
+        path: PathBuf,
+        secs: u64,
+        detail: String,
+    },
+}
+
+/// A server we started.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub command: String,
+}
+
+/// Finds `ringcast` beside the running executable. Under `cargo run` (the `CARGO` variable is
+/// set) it is first built with the same profile, so that a stale server is never measured.
+pub fn locate_default_server(allow_build: bool) -> Result<PathBuf, ServerError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    // Integration tests run from target/<profile>/deps.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let candidate = dir.join("ringcast");
+    if let (true, Ok(cargo)) = (allow_build, std::env::var("CARGO")) {
+        let profile = dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("release")
+            .to_owned();
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["build", "--quiet", "-p", "ringcast", "--bin", "ringcast"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        } else if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        let command = format!("{cmd:?}");
+        let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            return Err(ServerError::Build { command });
+        }
+    }
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(ServerError::NotFound(candidate))
+    }
+}
+
+/// Parses the address out of a line such as `ringcast listening on 127.0.0.1:PORT (2 threads)`.
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let word = rest.split_whitespace().next()?;
+    let word = word
+        .trim_start_matches("ws://")
+        .trim_end_matches(['/', ',', '.']);
+    word.parse().ok()
+}
+
+fn pin_to(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: as in reader::pin_current_thread; called in the child before exec.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl ServerProcess {
+    /// Starts `program args`, pinned to `cpus`, its stderr appended to `log` (or discarded),
+    /// and waits for its "listening on ADDR" line on stdout.
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        cpus: Option<Vec<usize>>,
+        log: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<ServerProcess, ServerError> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        match log.and_then(|p| std::fs::File::create(p).ok()) {
+            Some(f) => cmd.stderr(f),
+            None => cmd.stderr(Stdio::null()),
+        };
+        // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity) run in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The server must not outlive loadgen (Ctrl-C, crash).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                match &cpus {
+                    Some(c) => pin_to(c),
+                    None => Ok(()),
+                }
+            })
+        };
+        let command = format!("{} {}", program.display(), args.join(" "));
+        let mut child = cmd.spawn().map_err(|source| ServerError::Spawn {
+            path: program.to_owned(),
+            source,
+        })?;
+        let pid = child.id();
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let Some(out) = stdout else { return };
+            let mut sent = false;
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(addr) = parse_listening_line(&line) {
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                // Keep draining so the server never blocks on a full pipe.
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(a) => break a,
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(ServerError::NoAddress {
+                            path: program.to_owned(),
+                            secs: timeout.as_secs(),
+                            detail: format!(" (it exited: {status})"),
+                        });
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(ServerError::NoAddress {
+                            path: program.to_owned(),
+                            secs: timeout.as_secs(),
+                            detail: String::new(),
+                        });
+                    }
+                }
+            }
+        };
+        Ok(ServerProcess {
+            child,
+            pid,
+            addr,
+            command,
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns the exit status text.
+    pub fn stop(mut self, grace: Duration) -> String {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return s.to_string(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return self
+                        .child
+                        .wait()
+                        .map(|s| format!("{s} (killed after {grace:?})"))
+                        .unwrap_or_default();
+                }
+            }
+        }
+    }
+}
+
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Time the threads of `pid` spent runnable but waiting for a CPU, in ns, summed over its
+/// threads (from /proc/PID/task/*/schedstat). A busy machine shows here: time a thread wanted
+/// to run and could not.
+pub fn runqueue_wait_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// CPU time (user + system, all threads) of `pid` in ns.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some((utime + stime) * 1_000_000_000 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_lines() {
+        assert_eq!(
+            parse_listening_line("ringcast listening on 127.0.0.1:4242 (2 threads)"),
+            Some("127.0.0.1:4242".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listening_line("listening on 127.0.0.1:9001"),
+            Some("127.0.0.1:9001".parse().unwrap())
+        );
+        assert_eq!(parse_listening_line("starting"), None);
+    }
+
+    #[test]
+    fn reads_own_proc() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(cpu_ns(me).is_some());
+        assert!(runqueue_wait_ns(me).is_some());
+    }
+}

@@ -1,0 +1,365 @@
+//! Integration tests: loadgen against the real `ringcast` binary (started by loadgen itself,
+//! as in the no-`--url` mode), plus failure paths against tiny fake servers. Each test is
+//! bounded (a few seconds of load, a hard timeout on every process) and uses port 0.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use loadgen::report::Summary;
+
+/// The ringcast binary of this build profile, built once if needed.
+fn ringcast_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let profile = dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("debug")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "ringcast", "--bin", "ringcast"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building ringcast failed");
+        let bin = dir.join("ringcast");
+        assert!(bin.is_file(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs loadgen with `args`, killed after `timeout`.
+fn loadgen(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loadgen");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadgen {args:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+fn summary(o: &Output) -> Summary {
+    serde_json::from_str(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}); stdout:\n{}\nstderr:\n{}",
+            o.stdout, o.stderr
+        )
+    })
+}
+
+fn run_json(command: &str, extra: &[&str]) -> (Output, Summary) {
+    let bin = ringcast_bin();
+    let bin = bin.to_str().unwrap();
+    let mut args = vec![
+        command,
+        "--server-bin",
+        bin,
+        "--format",
+        "json",
+        "--no-files",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    let o = loadgen(&args, Duration::from_secs(60));
+    let s = summary(&o);
+    (o, s)
+}
+
+#[test]
+fn low_rate_run_delivers_exactly_messages_times_subscribers() {
+    let (o, s) = run_json(
+        "run",
+        &[
+            "-c",
+            "20",
+            "-R",
+            "200",
+            "-d",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--fail-on-loss",
+        ],
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let st = &s.steps[0];
+    assert_eq!(st.sent, 240, "0.2 s + 1 s at 200 msg/s");
+    assert_eq!(st.sent_in_window, 200);
+    assert_eq!(st.expected_deliveries, 240 * 20);
+    assert_eq!(st.received, st.expected_deliveries);
+    assert_eq!(st.lost, 0);
+    assert_eq!(st.counts.duplicated, 0);
+    assert_eq!(st.counts.out_of_order, 0);
+    assert_eq!(
+        st.counts.foreign + st.counts.malformed + st.counts.cross_channel,
+        0
+    );
+    assert_eq!(
+        st.latency.count,
+        200 * 20,
+        "window deliveries in the histogram"
+    );
+    assert_eq!(st.fanout.count, 200, "every window message reached all 20");
+    assert!(st.latency.p50_ns > 0 && st.latency.max_ns >= st.latency.p99_ns);
+    // "machine-busy" when other work shared the CPUs (CI, parallel tests).
+    assert!(
+        s.verdict == "ok" || s.verdict == "machine-busy",
+        "{}",
+        s.verdict
+    );
+    assert!(s.server.started_by_loadgen);
+    assert_eq!(s.connect.as_ref().unwrap().succeeded, 21);
+}
+
+#[test]
+fn drop_policy_with_a_stalled_subscriber_counts_the_loss() {
+    let (o, s) = run_json(
+        "run",
+        &[
+            "--server-arg=--slow-policy=drop",
+            "--server-arg=--max-backlog=262144",
+            "-c",
+            "3",
+            "-R",
+            "1000",
+            "--size",
+            "8192",
+            "-d",
+            "2s",
+            "--warmup",
+            "0s",
+            "--stall-subscribers",
+            "1",
+            "--stall-time",
+            "1500ms",
+            "--drain",
+            "2s",
+            "--fail-on-loss",
+        ],
+    );
+    assert_eq!(o.code, 2, "--fail-on-loss exits 2; stderr: {}", o.stderr);
+    let st = &s.steps[0];
+    assert!(st.lost > 0, "loss expected: {st:?}");
+    assert!(
+        st.lost < st.sent,
+        "only the stalled subscriber loses: {st:?}"
+    );
+    assert_eq!(st.received + st.lost, st.expected_deliveries);
+    assert!(st.received >= 2 * st.sent, "the two others get everything");
+    assert_eq!(st.counts.disconnects, 0, "drop keeps the subscriber");
+    assert_eq!(s.verdict, "loss");
+    assert!(s.warnings.iter().any(|w| w.starts_with("LOSS")));
+}
+
+#[test]
+fn channels_are_kept_apart() {
+    let (o, s) = run_json(
+        "run",
+        &[
+            "--channels",
+            "3",
+            "-p",
+            "3",
+            "-c",
+            "9",
+            "-R",
+            "300",
+            "-d",
+            "1s",
+            "--warmup",
+            "0s",
+        ],
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let st = &s.steps[0];
+    assert_eq!(st.sent, 300);
+    // Each message reaches the 3 subscribers of its channel only.
+    assert_eq!(st.expected_deliveries, 900);
+    assert_eq!(st.received, 900);
+    assert_eq!(st.counts.cross_channel, 0);
+    assert_eq!(st.counts.foreign, 0);
+    assert_eq!(st.fanout.count, 300);
+}
+
+#[test]
+fn default_run_without_url_writes_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("res");
+    let bin = ringcast_bin();
+    let o = loadgen(
+        &[
+            // No command and no --url: the default benchmark's path (a sweep that starts the
+            // server), shortened.
+            "--server-bin",
+            bin.to_str().unwrap(),
+            "-c",
+            "20",
+            "--rates",
+            "100,200",
+            "--step-duration",
+            "500ms",
+            "--step-warmup",
+            "200ms",
+            // This test is about the files; a busy shared machine must not fail the SLO.
+            "--slo-p99",
+            "10s",
+            "--no-progress",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    assert!(o.stdout.contains("Capacity:"), "{}", o.stdout);
+    for f in [
+        "summary.json",
+        "report.md",
+        "latency.hgrm",
+        "latency.svg",
+        "sweep.svg",
+        "server.log",
+    ] {
+        let p = out.join(f);
+        assert!(
+            p.is_file() && p.metadata().unwrap().len() > 0,
+            "{f} missing"
+        );
+    }
+    let s: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s.scenario, "sweep");
+    assert_eq!(s.steps.len(), 2);
+    assert!(
+        s.steps
+            .iter()
+            .all(|st| st.passed == Some(true) && st.lost == 0),
+        "{}",
+        o.stdout
+    );
+    let cap = s.capacity.expect("capacity");
+    assert_eq!(cap.step, 1);
+    assert!(s.machine.cores >= 1 && !s.machine.kernel.is_empty());
+    let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
+    let rows = loadgen::hgrm::parse(&hgrm);
+    assert_eq!(rows.last().unwrap().total_count, s.steps[1].latency.count);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("sweep") && md.contains("commit") && md.contains("| rate msg/s"));
+    let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg") || svg.contains("<svg"));
+}
+
+#[test]
+fn connections_reports_memory_per_connection() {
+    let (o, s) = run_json("connections", &["-c", "50", "--hold", "500ms"]);
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let c = s.connections.expect("connections report");
+    assert_eq!(c.held, 50);
+    assert_eq!(c.still_open, 50);
+    assert!(c.server_rss_per_connection_bytes.is_some());
+    assert_eq!(s.connect.unwrap().succeeded, 50);
+}
+
+#[test]
+fn a_rejected_upgrade_is_reported_with_the_server_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten().take(4) {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let body = "no such channel\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let url = format!("ws://{addr}/nope");
+    let o = loadgen(
+        &[
+            "run",
+            "--url",
+            &url,
+            "-c",
+            "1",
+            "-d",
+            "1s",
+            "--no-files",
+            "--no-progress",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("404") && o.stderr.contains("no such channel"),
+        "stderr: {}",
+        o.stderr
+    );
+}
+
+#[test]
+fn more_connections_than_descriptors_fail_at_once() {
+    let t = Instant::now();
+    let o = loadgen(
+        &[
+            "run",
+            "--url",
+            "ws://127.0.0.1:9/x",
+            "-c",
+            "50000000",
+            "--no-files",
+            "--no-progress",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("RLIMIT_NOFILE"), "stderr: {}", o.stderr);
+    assert!(t.elapsed() < Duration::from_secs(5));
+}

@@ -801,7 +801,11 @@ mod speed {
         rec.step_start_ns = 0;
         rec.window_start_ns = 0;
         rec.window_end_ns = u64::MAX;
-        let rounds = if cfg!(debug_assertions) { 200 } else { 20_000u64 };
+        let rounds = if cfg!(debug_assertions) {
+            200
+        } else {
+            20_000u64
+        };
         let t = std::time::Instant::now();
         for r in 0..rounds {
             // Rewrite the seqs so that every frame counts as new and in order.

@@ -7,8 +7,9 @@
 //! published; pings are answered; a close or a protocol violation starts the closing handshake.
 //! Writing is the [`Subscriber`]'s job.
 //!
-//! Reads go into a buffer that starts small (most subscribers never send) and doubles when a
-//! read fills it, up to 64 KiB: a publisher's read then carries hundreds of messages.
+//! Reads go into a buffer that starts small (most subscribers never send: an idle connection's
+//! memory is mostly this buffer) and doubles when a read fills it, up to 64 KiB: a publisher's
+//! read then carries hundreds of messages.
 
 use crate::close::CloseCode;
 use crate::config::Config;
@@ -27,8 +28,11 @@ use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-/// A new connection's read buffer: enough for an upgrade request or a few small frames.
-const INITIAL_READ_BYTES: usize = 2048;
+/// The first read buffer of the handshake: a browser's upgrade request is about 600 bytes.
+const HANDSHAKE_READ_BYTES: usize = 1024;
+
+/// A WebSocket's read buffer to begin with: a few control frames.
+const INITIAL_READ_BYTES: usize = 256;
 
 /// Reads grow up to this; only a single frame larger than it grows the buffer further.
 const MAX_READ_BYTES: usize = 64 * 1024;
@@ -99,7 +103,7 @@ async fn read_request(
     stream: &TcpStream,
     worker: &Worker,
 ) -> Result<(Request, Vec<u8>), HandshakeEnd> {
-    let mut buf = Vec::with_capacity(INITIAL_READ_BYTES);
+    let mut buf = Vec::with_capacity(HANDSHAKE_READ_BYTES);
     loop {
         if buf.len() == buf.capacity() {
             buf.reserve(buf.capacity());
@@ -216,8 +220,9 @@ impl Link<'_> {
         let mut reader = MessageReader::new(Role::Server, self.worker.config.max_message);
         let mut start = 0;
         let mut small_reads = 0u32;
-        if buf.capacity() < INITIAL_READ_BYTES {
-            buf.reserve(INITIAL_READ_BYTES - buf.len());
+        if buf.is_empty() {
+            // The handshake's buffer is dropped for a small one.
+            buf = Vec::with_capacity(INITIAL_READ_BYTES);
         }
         loop {
             if self.subscriber.is_closing() && self.failed {

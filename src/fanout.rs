@@ -86,7 +86,8 @@ impl FanOut {
             };
             if let Err(mpsc::error::TrySendError::Full(forward)) = peer.try_send(forward) {
                 // The other thread is behind: wait for room, pausing this publisher's reads.
-                let _ = peer.send(forward).await;
+                // Boxed: this rare wait would otherwise widen every connection's future.
+                let _ = Box::pin(peer.send(forward)).await;
             }
         }
     }

@@ -499,7 +499,7 @@ fn load_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
 fn idle_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
     let _ = writeln!(
         out,
-        "| server | RSS per idle connection (spread) | × ringcast | held / still open at the end | connects/s | peak RSS |"
+        "| server | RSS per idle connection (spread) | × ringcast | held / still open at the end | connects/s (last run) | peak RSS |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for srv in &r.servers {

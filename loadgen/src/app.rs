@@ -623,8 +623,11 @@ pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
         p99_ns: steps[i].latency.p99_ns,
         limited_by_loadgen: saturated_bound,
     });
+    // The bisection ends on a passing step below a failing one: only a sweep in which no step
+    // failed has not found the limit.
     if let Some(last) = steps.last() {
-        if last.passed == Some(true) && steps.len() > 1 {
+        let any_failed = steps.iter().any(|s| s.passed == Some(false));
+        if last.passed == Some(true) && steps.len() > 1 && !any_failed {
             warnings.push(format!(
                 "every step held, up to {} msg/s: capacity is at least this (raise --max-rate or add --rates)",
                 last.requested_rate_per_s

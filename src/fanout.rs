@@ -117,9 +117,4 @@ impl FanOut {
             }
         }
     }
-
-    /// Subscribers on this thread, all channels.
-    pub fn subscriber_count(&self) -> usize {
-        self.channels.borrow().values().map(Vec::len).sum()
-    }
 }

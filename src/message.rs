@@ -89,11 +89,6 @@ impl MessageReader {
         }
     }
 
-    /// Bytes the reader holds for a fragmented message.
-    pub fn buffered_bytes(&self) -> usize {
-        self.assembly.capacity()
-    }
-
     /// Reads the frame at the start of `buf`.
     ///
     /// - `Ok(None)`: the frame is not complete; call again with the same bytes (as this call

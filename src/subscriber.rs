@@ -156,27 +156,21 @@ impl Subscriber {
     /// yet handed to the kernel are dropped first, so the close goes out next and their memory
     /// is freed now. Returns `false` if a close was already queued.
     pub fn close(&self, code: CloseCode, reason: &str, discard_queued: bool) -> bool {
+        self.queue_close(&close_payload(code, reason), discard_queued)
+    }
+
+    /// Queues a close frame whose payload is given as is (the echo of a peer's close).
+    pub fn close_with_payload(&self, payload: &[u8]) -> bool {
+        self.queue_close(payload, false)
+    }
+
+    fn queue_close(&self, payload: &[u8], discard_queued: bool) -> bool {
         let mut out = self.outbox.borrow_mut();
         if out.closing || out.finished {
             return false;
         }
         if discard_queued {
             self.clear_queue(&mut out);
-        }
-        out.closing = true;
-        self.push(
-            &mut out,
-            SharedFrame::encode(OpCode::Close, &close_payload(code, reason)),
-        );
-        self.start_close_timer();
-        true
-    }
-
-    /// Queues a close frame whose payload is given as is (the echo of a peer's close).
-    pub fn close_with_payload(&self, payload: &[u8]) -> bool {
-        let mut out = self.outbox.borrow_mut();
-        if out.closing || out.finished {
-            return false;
         }
         out.closing = true;
         self.push(&mut out, SharedFrame::encode(OpCode::Close, payload));
@@ -229,10 +223,6 @@ impl Subscriber {
 
     pub fn is_closing(&self) -> bool {
         self.outbox.borrow().closing
-    }
-
-    pub fn close_written(&self) -> bool {
-        self.outbox.borrow().close_written
     }
 
     /// The peer sent its close frame. Once ours is written too, the closing handshake is over
@@ -349,7 +339,7 @@ impl Subscriber {
         for (i, frame) in batch.iter_mut().enumerate() {
             if remaining >= frame.len() {
                 remaining -= frame.len();
-                if frame.encoded_len() > self.limits.max_backlog {
+                if self.is_oversize(frame) {
                     out.oversize_frames -= 1;
                 }
             } else {

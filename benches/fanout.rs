@@ -10,14 +10,14 @@
 //! The model: the real `Subscriber` holds a tokio-uring `TcpStream`, so the model keeps just its
 //! queue, a `VecDeque` per subscriber. Each iteration encodes one message, appends it to all
 //! 1,000 queues and releases the oldest frame of each queue once the queue holds `depth` frames
-//! (standing in for the writer task, which drops frames once written), so allocation *and* the
+//! (standing in for the send ring, which drops frames once written), so allocation *and* the
 //! matching free are both counted. At depth 1 every per-subscriber copy is still in cache: the
 //! most favourable case for encode-per-subscriber. At depth 16 (a subscriber a few messages
 //! behind, the normal state under load when writes are coalesced) the copies of a 4 KiB message
 //! no longer fit in cache.
 //!
 //! The real path: 1,000 `Subscriber`s in a `FanOut`, sharing one loopback socket, inside a
-//! tokio-uring runtime; no writer task runs, so nothing is written. `encode_once_deliver_local`
+//! tokio-uring runtime; they never start writing, so nothing is written. `encode_once_deliver_local`
 //! is the server's fan-out (`SharedFrame::encode` + `FanOut::deliver_local` -> 1,000 x
 //! `Subscriber::deliver`: `RefCell` borrow, backlog check and accounting, frame clone, queueing);
 //! `encode_per_subscriber_deliver` calls `Subscriber::deliver` with a frame encoded for each
@@ -30,6 +30,7 @@ use ringcast::config::SlowPolicy;
 use ringcast::fanout::FanOut;
 use ringcast::frame::{encode_frame, OpCode};
 use ringcast::metrics::{Metrics, ThreadMetrics};
+use ringcast::send_ring::SendRing;
 use ringcast::shared_frame::SharedFrame;
 use ringcast::subscriber::{QueueLimits, Subscriber};
 use std::collections::VecDeque;
@@ -92,6 +93,7 @@ const BATCH: u64 = 16;
 /// 1,000 real subscribers on one channel of a `FanOut`, all sharing one loopback socket.
 fn subscribers(
     stream: &Rc<tokio_uring::net::TcpStream>,
+    ring: &Rc<SendRing>,
     channel: &Arc<str>,
 ) -> (FanOut, Vec<Rc<Subscriber>>, Arc<ThreadMetrics>) {
     let metrics = Arc::new(Metrics::new(1));
@@ -102,6 +104,7 @@ fn subscribers(
             Subscriber::new(
                 id,
                 stream.clone(),
+                ring.clone(),
                 thread_metrics.clone(),
                 QueueLimits {
                     // Never reached: the bench measures queueing, not the slow-subscriber path.
@@ -121,8 +124,8 @@ fn subscribers(
 
 /// Times `deliver_one` over `iters` messages, emptying the queues (untimed) every [`BATCH`].
 ///
-/// The queues are emptied by the writer task's own two steps (`take_batch`, then
-/// `complete_write` as if the whole batch was written), without a socket: frames are released
+/// The queues are emptied by the send ring's own two steps (`begin_write`, then
+/// `complete_write` as if the whole write went out), without a socket: frames are released
 /// and each queue keeps its capacity, as in steady state. Every batch checks through the
 /// `deliveries_out` counter (`deliver_local`) or the backlog (direct delivery) that everything
 /// was queued, so the bench fails rather than measures refusals.
@@ -147,11 +150,12 @@ fn time_batches(
             n * SUBSCRIBERS as u64,
             "not all queued"
         );
-        let mut batch = Vec::new();
+        let mut iovecs = Vec::new();
         for s in subs {
-            s.take_batch(&mut batch);
-            let written = batch.iter().map(SharedFrame::len).sum();
-            s.complete_write(&mut batch, written);
+            iovecs.clear();
+            s.begin_write(&mut iovecs);
+            let written = iovecs.iter().map(|iov| iov.iov_len).sum();
+            s.complete_write(written);
         }
         done += n;
     }
@@ -173,11 +177,12 @@ fn real(c: &mut Criterion) {
                 .expect("connect loopback"),
         );
         let channel: Arc<str> = Arc::from("bench");
+        let ring = SendRing::new(64).expect("send ring");
 
         let mut group = c.benchmark_group("fanout_1000_real");
         group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
         for (size, payload) in payloads() {
-            let (fanout, subs, metrics) = subscribers(&stream, &channel);
+            let (fanout, subs, metrics) = subscribers(&stream, &ring, &channel);
             let frame_len = SharedFrame::encode(OpCode::Binary, &payload).len() as u64;
             // Grow every queue to BATCH frames once, so that timed batches reuse the capacity.
             time_batches(

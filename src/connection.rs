@@ -156,6 +156,7 @@ async fn run_websocket(
     let subscriber = Subscriber::new(
         id,
         stream.clone(),
+        worker.send_ring.clone(),
         worker.thread_metrics.clone(),
         QueueLimits {
             max_backlog: config.max_backlog,
@@ -179,10 +180,10 @@ async fn run_websocket(
     }
 
     // Subscribed before the 101 goes out, so a client holding its 101 gets every message
-    // published after it; what comes meanwhile waits in the queue until the writer starts.
+    // published after it; what comes meanwhile waits in the queue until writing starts.
     let (written, _) = stream.write_all(response).await;
     if written.is_ok() {
-        tokio_uring::spawn(subscriber.clone().run_writer());
+        subscriber.start_writing();
         let mut link = Link {
             worker,
             subscriber: &subscriber,

@@ -14,6 +14,7 @@ pub mod utf8;
 pub mod config;
 pub mod fanout;
 pub mod metrics;
+pub mod send_ring;
 pub mod server;
 pub mod shared_frame;
 pub mod stats;

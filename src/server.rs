@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::fanout::{FanOut, Forward, INBOX_CAPACITY};
 use crate::metrics::{Metrics, ThreadMetrics};
+use crate::send_ring::SendRing;
 use crate::subscriber::Subscriber;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::{Cell, RefCell};
@@ -181,6 +182,8 @@ pub(crate) struct Worker {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) thread_metrics: Arc<ThreadMetrics>,
     pub(crate) fanout: Rc<FanOut>,
+    /// Every subscriber's writes go through it.
+    pub(crate) send_ring: Rc<SendRing>,
     admitted: Arc<AtomicUsize>,
     next_id: Cell<u64>,
     /// Every open socket of this thread, upgraded or not.
@@ -271,11 +274,14 @@ fn worker_main(
             thread_metrics.clone(),
         ));
         tokio_uring::spawn(fanout.clone().run_inbox(inbox));
+        let send_ring = SendRing::new(shared.config.ring_entries)?;
+        tokio_uring::spawn(send_ring.clone().run());
         let worker = Rc::new(Worker {
             config: shared.config,
             metrics: shared.metrics,
             thread_metrics,
             fanout,
+            send_ring: send_ring.clone(),
             admitted: shared.admitted,
             // Ids are unique across threads: the thread index is in the top bits.
             next_id: Cell::new((index as u64) << 48),
@@ -290,8 +296,10 @@ fn worker_main(
             libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
         }
         drain(&worker).await;
-    });
-    Ok(())
+        // The kernel may still be reading frames of writes in flight: let them complete.
+        send_ring.wait_idle(Duration::from_secs(1)).await;
+        Ok(())
+    })
 }
 
 async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: watch::Receiver<bool>) {

@@ -12,7 +12,6 @@
 use crate::frame::{encode_header, OpCode, MAX_HEADER_LEN};
 use std::rc::Rc;
 use std::sync::Arc;
-use tokio_uring::buf::IoBuf;
 
 /// An encoded frame, or the unwritten tail of one.
 #[derive(Debug, Clone)]
@@ -80,23 +79,6 @@ impl SharedFrame {
     }
 }
 
-// SAFETY: the bytes live in an `Arc` allocation that never moves or changes while any clone
-// exists, and the runtime holds a clone (keeping the `Rc`, hence the `Arc`) for as long as the
-// kernel may read it.
-unsafe impl IoBuf for SharedFrame {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_slice().as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +104,7 @@ mod tests {
         f.advance(4); // the 2-byte header and "He"
 
         assert_eq!(f.as_slice(), b"llo");
-        assert_eq!((f.len(), f.bytes_init(), f.bytes_total()), (3, 3, 3));
+        assert_eq!((f.len(), f.encoded_len()), (3, 7));
         f.advance(10);
         assert!(f.is_empty());
     }

@@ -1,11 +1,12 @@
-//! The sending half of a connection: a bounded queue of shared frames and the one task that
-//! writes it.
+//! The sending half of a connection: a bounded queue of shared frames, written by the
+//! worker's [`SendRing`].
 //!
 //! Fan-out only ever appends to a queue, and never waits: a slow subscriber delays nobody.
-//! The writer task is the only writer of its socket (writes never interleave) and sends
-//! everything queued since its last write in one vectored write, so when frames arrive faster
-//! than the socket drains, many share one system call. On this class of machine a send costs
-//! 5-8 µs whatever its size, so this coalescing is what multiplies capacity.
+//! A subscriber has at most one write in flight (writes never interleave) and each write takes
+//! everything queued since the last one, so when frames arrive faster than the socket drains,
+//! many share one system call. On this class of machine a send costs 5-8 µs whatever its size,
+//! so this coalescing is what multiplies capacity. Frames stay in the queue until their write
+//! completes: the kernel reads them from there.
 //!
 //! The queue's bytes (queued plus in flight) are capped at `--max-backlog`: a message that
 //! finds the cap reached closes the subscriber with 1008 or is skipped for it, by
@@ -19,18 +20,19 @@ use crate::close::{close_payload, CloseCode};
 use crate::config::SlowPolicy;
 use crate::frame::OpCode;
 use crate::metrics::ThreadMetrics;
+use crate::send_ring::SendRing;
 use crate::shared_frame::SharedFrame;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
-/// Most frames in one `writev` (the kernel's IOV_MAX).
-const MAX_IOVECS: usize = 1024;
+/// Most frames in one write (the kernel's IOV_MAX).
+pub const MAX_IOVECS: usize = 1024;
 
 /// Control frames may take the backlog this far past the cap before the peer counts as slow:
 /// they are never dropped, but a peer that pings without reading is not given unbounded memory.
@@ -46,9 +48,26 @@ pub enum Delivery {
     Closing,
 }
 
+/// Where a subscriber's writing stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    /// Nothing to write, or not started yet.
+    #[default]
+    Idle,
+    /// On the send ring's ready list.
+    Ready,
+    /// A write is in flight.
+    InFlight,
+}
+
 #[derive(Debug, Default)]
 struct Outbox {
+    /// Frames queued; the first `in_flight` of them are in the write in flight.
     frames: VecDeque<SharedFrame>,
+    in_flight: usize,
+    writing: Writing,
+    /// The 101 is written: frames may go out.
+    started: bool,
     /// Bytes queued plus bytes in the write in flight.
     backlog_bytes: usize,
     /// Frames longer than the cap itself, queued or in flight.
@@ -59,7 +78,7 @@ struct Outbox {
     close_written: bool,
     /// The peer's close frame has been received.
     peer_closed: bool,
-    /// The connection is over: the writer stops.
+    /// The connection is over: nothing more is written.
     finished: bool,
 }
 
@@ -80,7 +99,7 @@ pub struct Subscriber {
     pub id: u64,
     stream: Rc<TcpStream>,
     outbox: RefCell<Outbox>,
-    wake: Notify,
+    ring: Rc<SendRing>,
     metrics: Arc<ThreadMetrics>,
     limits: QueueLimits,
     /// When the peer last sent anything, for `--ping-timeout`.
@@ -92,6 +111,7 @@ impl Subscriber {
     pub fn new(
         id: u64,
         stream: Rc<TcpStream>,
+        ring: Rc<SendRing>,
         metrics: Arc<ThreadMetrics>,
         limits: QueueLimits,
     ) -> Rc<Self> {
@@ -99,7 +119,7 @@ impl Subscriber {
             id,
             stream,
             outbox: RefCell::default(),
-            wake: Notify::new(),
+            ring,
             metrics,
             limits,
             last_heard: Cell::new(Instant::now()),
@@ -242,22 +262,34 @@ impl Subscriber {
         self.outbox.borrow().backlog_bytes
     }
 
-    /// Ends the connection: the writer stops and the socket is shut down both ways, which also
-    /// completes any read or write still in flight.
+    /// Ends the connection: nothing more is written and the socket is shut down both ways,
+    /// which also completes any read or write still in flight.
     pub fn finish(&self) {
         let mut out = self.outbox.borrow_mut();
         out.finished = true;
         self.clear_queue(&mut out);
         drop(out);
         let _ = self.stream.shutdown(Shutdown::Both);
-        self.wake.notify_one();
     }
 
-    /// Drops the frames not yet handed to the kernel.
+    /// Drops the frames not yet handed to the kernel, except the unwritten tail of a frame
+    /// partly written (dropping it would corrupt the stream for whatever follows).
     fn clear_queue(&self, out: &mut Outbox) {
-        for frame in out.frames.drain(..) {
+        let mut keep = out.in_flight;
+        if keep == 0
+            && out
+                .frames
+                .front()
+                .is_some_and(|f| f.len() < f.encoded_len())
+        {
+            keep = 1;
+        }
+        if out.frames.len() <= keep {
+            return;
+        }
+        for frame in out.frames.drain(keep..) {
             out.backlog_bytes -= frame.len();
-            if self.is_oversize(&frame) {
+            if frame.encoded_len() > self.limits.max_backlog {
                 out.oversize_frames -= 1;
             }
         }
@@ -273,94 +305,127 @@ impl Subscriber {
         }
         out.backlog_bytes += frame.len();
         out.frames.push_back(frame);
-        if out.frames.len() == 1 {
-            self.wake.notify_one();
-        }
+        self.schedule(out);
     }
 
-    /// The writer task: sends whatever is queued, many frames per `writev`, until the close
-    /// frame is out or the connection is finished.
-    pub async fn run_writer(self: Rc<Self>) {
-        let mut batch: Vec<SharedFrame> = Vec::new();
-        loop {
-            let (closing, finished) = self.take_batch(&mut batch);
-            if finished {
-                return;
-            }
-            if batch.is_empty() {
-                if closing {
-                    // Everything up to and including the close frame is written.
-                    let peer_closed = {
-                        let mut out = self.outbox.borrow_mut();
-                        out.close_written = true;
-                        out.peer_closed
-                    };
-                    if peer_closed {
-                        self.finish();
-                    } else {
-                        let _ = self.stream.shutdown(Shutdown::Write);
-                    }
-                    return;
-                }
-                self.wake.notified().await;
-                continue;
-            }
-            let (result, returned) = self.stream.writev(batch).await;
-            batch = returned;
-            match result {
-                Ok(written) => self.complete_write(&mut batch, written),
-                Err(_) => {
-                    self.finish();
-                    return;
-                }
+    /// Puts the subscriber on the send ring's ready list if it may write and is not already
+    /// writing or waiting to.
+    fn schedule(&self, out: &mut Outbox) {
+        if out.started && out.writing == Writing::Idle && !out.finished {
+            if let Some(me) = self.me.upgrade() {
+                out.writing = Writing::Ready;
+                self.ring.schedule(me);
             }
         }
     }
 
-    /// The writer's first step: moves up to [`MAX_IOVECS`] queued frames into `batch`; returns
-    /// whether the subscriber is closing and whether it is finished. Public, with
-    /// [`Subscriber::complete_write`], so that a benchmark can drain a queue without a socket.
-    pub fn take_batch(&self, batch: &mut Vec<SharedFrame>) -> (bool, bool) {
+    /// Lets frames go out: called once the 101 is written (frames queued before wait).
+    pub fn start_writing(&self) {
         let mut out = self.outbox.borrow_mut();
-        let n = out.frames.len().min(MAX_IOVECS);
-        batch.extend(out.frames.drain(..n));
-        (out.closing, out.finished)
+        out.started = true;
+        if !out.frames.is_empty() {
+            self.schedule(&mut out);
+        }
     }
 
-    /// The writer's second step: accounts for a write of `written` bytes of `batch`, and puts
-    /// back at the front of the queue what the write did not take.
-    pub fn complete_write(&self, batch: &mut Vec<SharedFrame>, written: usize) {
+    /// The socket the send ring writes to.
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// The first half of a write: appends an `iovec` for each queued frame (up to
+    /// [`MAX_IOVECS`]) to `iovecs` and marks them in flight; returns how many. Zero means
+    /// there is nothing to write (the subscriber is finished, or its queue empty) and the
+    /// subscriber goes idle. Public, with [`Subscriber::complete_write`], so that a benchmark
+    /// can drain a queue without a socket.
+    pub fn begin_write(&self, iovecs: &mut Vec<libc::iovec>) -> usize {
+        let mut out = self.outbox.borrow_mut();
+        if out.finished || out.frames.is_empty() {
+            out.writing = Writing::Idle;
+            return 0;
+        }
+        let count = out.frames.len().min(MAX_IOVECS);
+        for frame in out.frames.iter().take(count) {
+            let bytes = frame.as_slice();
+            iovecs.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
+        }
+        out.in_flight = count;
+        out.writing = Writing::InFlight;
+        count
+    }
+
+    /// The second half of a write: accounts for `written` bytes of the frames in flight,
+    /// releases those fully written and keeps the unwritten rest at the front of the queue.
+    pub fn complete_write(&self, written: usize) {
         ThreadMetrics::add(&self.metrics.writes, 1);
         ThreadMetrics::add(&self.metrics.bytes_out, written as u64);
         let mut out = self.outbox.borrow_mut();
         out.backlog_bytes = out.backlog_bytes.saturating_sub(written);
         let mut remaining = written;
-        let mut unwritten = batch.len();
-        for (i, frame) in batch.iter_mut().enumerate() {
-            if remaining >= frame.len() {
-                remaining -= frame.len();
-                if self.is_oversize(frame) {
-                    out.oversize_frames -= 1;
-                }
-            } else {
+        let in_flight = std::mem::take(&mut out.in_flight);
+        for _ in 0..in_flight {
+            let Some(frame) = out.frames.front_mut() else {
+                break;
+            };
+            if remaining < frame.len() {
                 frame.advance(remaining);
-                unwritten = i;
                 break;
             }
+            remaining -= frame.len();
+            let oversize = frame.encoded_len() > self.limits.max_backlog;
+            out.frames.pop_front();
+            if oversize {
+                out.oversize_frames -= 1;
+            }
         }
+        out.writing = Writing::Idle;
+    }
+
+    /// A write ended with `result` (bytes written, or a negative errno): called by the send
+    /// ring. Schedules the next write if more is queued; once the close frame is out, ends the
+    /// closing handshake's sending half.
+    pub fn end_write(&self, result: i32, ring: &SendRing) {
+        if result < 0 {
+            {
+                let mut out = self.outbox.borrow_mut();
+                out.in_flight = 0;
+                out.writing = Writing::Idle;
+            }
+            self.finish();
+            return;
+        }
+        self.complete_write(result as usize);
+        let mut out = self.outbox.borrow_mut();
         if out.finished {
-            for frame in batch.drain(unwritten..) {
+            // Nothing more goes out: release what is left.
+            while let Some(frame) = out.frames.pop_front() {
+                out.backlog_bytes -= frame.len();
                 if self.is_oversize(&frame) {
                     out.oversize_frames -= 1;
                 }
             }
-            batch.clear();
             return;
         }
-        // Put the unwritten tail back at the front, in order.
-        for frame in batch.drain(unwritten..).rev() {
-            out.frames.push_front(frame);
+        if !out.frames.is_empty() {
+            if let Some(me) = self.me.upgrade() {
+                out.writing = Writing::Ready;
+                ring.schedule(me);
+            }
+            return;
         }
-        batch.clear();
+        if out.closing && !out.close_written {
+            // Everything up to and including the close frame is written.
+            out.close_written = true;
+            let peer_closed = out.peer_closed;
+            drop(out);
+            if peer_closed {
+                self.finish();
+            } else {
+                let _ = self.stream.shutdown(Shutdown::Write);
+            }
+        }
     }
 }

@@ -20,7 +20,9 @@ use crate::metrics::ThreadMetrics;
 use crate::server::Worker;
 use crate::shared_frame::SharedFrame;
 use crate::subscriber::{QueueLimits, Subscriber};
+use std::future::Future;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ const MAX_READ_BYTES: usize = 64 * 1024;
 /// back to [`INITIAL_READ_BYTES`].
 const SHRINK_AFTER_SMALL_READS: u32 = 64;
 
+/// Forwards to other threads still to be made (see [`crate::fanout::FanOut::publish`]).
+type Forwarding = Pin<Box<dyn Future<Output = ()>>>;
+
 /// How long a rejected client gets to read its HTTP error before the socket closes.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -57,9 +62,22 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let id = worker.register(&stream);
     ThreadMetrics::add(&worker.thread_metrics.connections_total, 1);
+    match handshake(&worker, &stream, id).await {
+        // This task and its handshake state (timer, buffers, response) end here; the
+        // WebSocket lives on in a task of its own whose only state is the boxed link and its
+        // read loop: that task is most of an idle connection's memory.
+        Some(link) => {
+            tokio_uring::spawn(link.run());
+        }
+        None => worker.unregister(id),
+    }
+}
 
+/// Reads and answers the upgrade request. A WebSocket is subscribed, then gets its `101`, and
+/// is returned as a link; anything else is answered and closed.
+async fn handshake(worker: &Rc<Worker>, stream: &Rc<TcpStream>, id: u64) -> Option<Box<Link>> {
     let timeout = worker.config.handshake_timeout.0;
-    let request = tokio::time::timeout(timeout, read_request(&stream, &worker)).await;
+    let request = tokio::time::timeout(timeout, read_request(stream, worker)).await;
     match request {
         Err(_elapsed) => {
             worker.thread_metrics.handshake_failed("timeout");
@@ -69,11 +87,11 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         Ok(Err(HandshakeEnd::Rejected(err))) => {
             worker.thread_metrics.handshake_failed(err.metric_label());
             tracing::debug!(id, %err, "handshake rejected");
-            reject(&stream, handshake::error_response(&err)).await;
+            reject(stream, handshake::error_response(&err)).await;
         }
         Ok(Ok((Request::Get { path }, _))) if path == "/metrics" => {
             let body = worker.metrics.snapshot().prometheus();
-            reject(&stream, handshake::plain_response(200, &body)).await;
+            reject(stream, handshake::plain_response(200, &body)).await;
         }
         Ok(Ok((Request::Get { .. }, _))) => {
             let err = HandshakeError {
@@ -81,21 +99,29 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
                 reason: "not a WebSocket upgrade (missing Upgrade: websocket); GET /metrics serves metrics",
             };
             worker.thread_metrics.handshake_failed(err.metric_label());
-            reject(&stream, handshake::error_response(&err)).await;
+            reject(stream, handshake::error_response(&err)).await;
         }
         Ok(Ok((Request::Upgrade { path, accept_key }, leftover))) => {
-            if worker.try_admit() {
-                let response = handshake::accept_response(&accept_key).into_bytes();
-                run_websocket(&worker, &stream, id, path, response, leftover).await;
-                worker.release();
-            } else {
+            if !worker.try_admit() {
                 worker.thread_metrics.handshake_failed("over_capacity");
                 let body = "server is at --max-connections; try again later\n";
-                reject(&stream, handshake::plain_response(503, body)).await;
+                reject(stream, handshake::plain_response(503, body)).await;
+                return None;
             }
+            let link = Link::open(worker, stream, id, path, leftover);
+            // Subscribed before the 101 goes out, so a client holding its 101 gets every
+            // message published after it; what comes meanwhile waits in the queue until
+            // writing starts.
+            let response = handshake::accept_response(&accept_key).into_bytes();
+            let (written, _) = stream.write_all(response).await;
+            if written.is_ok() {
+                link.subscriber.start_writing();
+                return Some(link);
+            }
+            link.close();
         }
     }
-    worker.unregister(id);
+    None
 }
 
 /// Reads until a whole request is in; returns it with the bytes that followed it.
@@ -143,82 +169,95 @@ async fn reject(stream: &TcpStream, response: Vec<u8>) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// The life of an upgraded connection, from its `101` (`response`) on.
-async fn run_websocket(
-    worker: &Rc<Worker>,
-    stream: &Rc<TcpStream>,
-    id: u64,
-    path: String,
-    response: Vec<u8>,
-    leftover: Vec<u8>,
-) {
-    let config = &worker.config;
-    let subscriber = Subscriber::new(
-        id,
-        stream.clone(),
-        worker.send_ring.clone(),
-        worker.thread_metrics.clone(),
-        QueueLimits {
-            max_backlog: config.max_backlog,
-            max_message: config.max_message,
-            policy: config.slow_policy,
-            close_timeout: config.close_timeout.0,
-        },
-    );
-    let echo = config.echo_path.as_deref() == Some(path.as_str());
-    let channel: Arc<str> = Arc::from(path);
-    if !echo {
-        worker.fanout.subscribe(&channel, subscriber.clone());
-    }
-    worker.add_subscriber(&subscriber);
-    ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
-    if let Some(interval) = Config::enabled(config.ping_interval) {
-        subscriber.start_keepalive(interval, config.ping_timeout.0);
-    }
-    if worker.is_shutting_down() {
-        subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
-    }
-
-    // Subscribed before the 101 goes out, so a client holding its 101 gets every message
-    // published after it; what comes meanwhile waits in the queue until writing starts.
-    let (written, _) = stream.write_all(response).await;
-    if written.is_ok() {
-        subscriber.start_writing();
-        let mut link = Link {
-            worker,
-            subscriber: &subscriber,
-            channel: &channel,
-            echo,
-            failed: false,
-        };
-        link.read_loop(stream, leftover).await;
-    }
-
-    if !echo {
-        worker.fanout.unsubscribe(&channel, id);
-    }
-    subscriber.finish();
-    worker.remove_subscriber(id);
-    worker
-        .thread_metrics
-        .connections_open
-        .fetch_sub(1, Ordering::Relaxed);
-}
-
-/// What the reader needs to act on what it reads.
-struct Link<'a> {
-    worker: &'a Rc<Worker>,
-    subscriber: &'a Rc<Subscriber>,
-    channel: &'a Arc<str>,
+/// An upgraded connection: its subscriber, its channel, and what its reader needs.
+struct Link {
+    worker: Rc<Worker>,
+    stream: Rc<TcpStream>,
+    subscriber: Rc<Subscriber>,
+    channel: Arc<str>,
     echo: bool,
     /// A protocol violation was read: the rest of the peer's bytes cannot be parsed.
     failed: bool,
+    reader: MessageReader,
+    /// Bytes that came after the upgrade request, not yet read as frames.
+    leftover: Vec<u8>,
 }
 
-impl Link<'_> {
+impl Link {
+    /// Makes the connection a subscriber of the channel named by `path` (or the echo path).
+    fn open(
+        worker: &Rc<Worker>,
+        stream: &Rc<TcpStream>,
+        id: u64,
+        path: String,
+        leftover: Vec<u8>,
+    ) -> Box<Link> {
+        let config = &worker.config;
+        let subscriber = Subscriber::new(
+            id,
+            stream.clone(),
+            worker.send_ring.clone(),
+            worker.thread_metrics.clone(),
+            QueueLimits {
+                max_backlog: config.max_backlog,
+                max_message: config.max_message,
+                policy: config.slow_policy,
+                close_timeout: config.close_timeout.0,
+            },
+        );
+        let echo = config.echo_path.as_deref() == Some(path.as_str());
+        let channel: Arc<str> = Arc::from(path);
+        if !echo {
+            worker.fanout.subscribe(&channel, subscriber.clone());
+        }
+        worker.add_subscriber(&subscriber);
+        ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
+        if let Some(interval) = Config::enabled(config.ping_interval) {
+            subscriber.start_keepalive(interval, config.ping_timeout.0);
+        }
+        if worker.is_shutting_down() {
+            subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
+        }
+        Box::new(Link {
+            worker: worker.clone(),
+            stream: stream.clone(),
+            subscriber,
+            channel,
+            echo,
+            failed: false,
+            reader: MessageReader::new(Role::Server, config.max_message),
+            leftover,
+        })
+    }
+
+    /// The life of the WebSocket after its `101`: read until the end, then leave. (The link
+    /// is boxed so that this future, alive as long as the connection, holds a pointer rather
+    /// than copies of it.)
+    async fn run(mut self: Box<Self>) {
+        self.read_loop().await;
+        self.close();
+    }
+
+    /// Unsubscribes and ends the connection.
+    fn close(&self) {
+        if !self.echo {
+            self.worker
+                .fanout
+                .unsubscribe(&self.channel, self.subscriber.id);
+        }
+        self.subscriber.finish();
+        self.worker.remove_subscriber(self.subscriber.id);
+        self.worker
+            .thread_metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        self.worker.release();
+        self.worker.unregister(self.subscriber.id);
+    }
+
     /// Reads until the peer closes TCP, the socket fails, or the close timer shuts it down.
-    async fn read_loop(&mut self, stream: &TcpStream, mut buf: Vec<u8>) {
-        let mut reader = MessageReader::new(Role::Server, self.worker.config.max_message);
+    async fn read_loop(&mut self) {
+        let mut buf = std::mem::take(&mut self.leftover);
         let mut start = 0;
         let mut small_reads = 0u32;
         if buf.is_empty() {
@@ -231,7 +270,15 @@ impl Link<'_> {
                 buf.clear();
                 start = 0;
             } else {
-                start = self.process(&mut reader, &mut buf, start).await;
+                loop {
+                    let (next, blocked) = self.process(&mut buf, start);
+                    start = next;
+                    match blocked {
+                        // Another thread's inbox is full: wait for it, then go on.
+                        Some(forwarding) => forwarding.await,
+                        None => break,
+                    }
+                }
                 if start == buf.len() {
                     buf.clear();
                 } else {
@@ -245,7 +292,7 @@ impl Link<'_> {
             }
             let filled = buf.len();
             let spare = buf.capacity() - filled;
-            let (result, slice) = stream.read(buf.slice(filled..)).await;
+            let (result, slice) = self.stream.read(buf.slice(filled..)).await;
             buf = slice.into_inner();
             let n = match result {
                 Ok(0) | Err(_) => return,
@@ -269,23 +316,19 @@ impl Link<'_> {
         }
     }
 
-    /// Handles every complete frame in `buf[start..]`; returns where the unread bytes start.
-    async fn process(
-        &mut self,
-        reader: &mut MessageReader,
-        buf: &mut [u8],
-        mut start: usize,
-    ) -> usize {
+    /// Handles the complete frames in `buf[start..]`; returns where the unread bytes start,
+    /// and the forwarding to wait for before handling more when another thread is behind.
+    fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Forwarding>) {
         loop {
-            let event = match reader.next_event(&mut buf[start..]) {
-                Ok(None) => return start,
+            let event = match self.reader.next_event(&mut buf[start..]) {
+                Ok(None) => return (start, None),
                 Ok(Some((consumed, event))) => {
                     start += consumed;
                     event
                 }
                 Err(err) => {
                     self.fail(err);
-                    return start;
+                    return (start, None);
                 }
             };
             match event {
@@ -298,11 +341,12 @@ impl Link<'_> {
                         ThreadMetrics::add(&self.worker.thread_metrics.messages_in, 1);
                         self.subscriber.deliver(&frame);
                         ThreadMetrics::add(&self.worker.thread_metrics.deliveries_out, 1);
-                    } else {
+                    } else if let Some(forwarding) =
                         self.worker
                             .fanout
-                            .publish(self.channel, self.subscriber.id, frame)
-                            .await;
+                            .publish(&self.channel, self.subscriber.id, frame)
+                    {
+                        return (start, Some(forwarding));
                     }
                 }
                 Some(Event::Ping(payload)) => self.subscriber.send_control(OpCode::Pong, payload),
@@ -312,7 +356,7 @@ impl Link<'_> {
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
                     self.subscriber.close_with_payload(&payload);
                     self.subscriber.peer_closed();
-                    return start;
+                    return (start, None);
                 }
             }
         }

@@ -13,6 +13,8 @@ use crate::shared_frame::SharedFrame;
 use crate::subscriber::{Delivery, Subscriber};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -75,21 +77,39 @@ impl FanOut {
 
     /// Sends `frame` to every subscriber of `channel` on every thread, except `sender`.
     ///
-    /// Waits only when another thread's inbox is full.
-    pub async fn publish(&self, channel: &Arc<str>, sender: u64, frame: SharedFrame) {
+    /// Never waits: when another thread's inbox is full, the forwards still to make are
+    /// returned as a future, which the publisher awaits before reading on (its reads pause
+    /// until that thread catches up). Kept out of the caller's state, which every connection
+    /// carries, because it is rare.
+    pub fn publish(
+        self: &Rc<Self>,
+        channel: &Arc<str>,
+        sender: u64,
+        frame: SharedFrame,
+    ) -> Option<Pin<Box<dyn Future<Output = ()>>>> {
         ThreadMetrics::add(&self.thread_metrics.messages_in, 1);
         self.deliver_local(channel, &frame, Some(sender));
-        for peer in &self.peers {
+        for (i, peer) in self.peers.iter().enumerate() {
             let forward = Forward {
                 channel: channel.clone(),
                 frame: frame.shared(),
             };
             if let Err(mpsc::error::TrySendError::Full(forward)) = peer.try_send(forward) {
-                // The other thread is behind: wait for room, pausing this publisher's reads.
-                // Boxed: this rare wait would otherwise widen every connection's future.
-                let _ = Box::pin(peer.send(forward)).await;
+                let fanout = self.clone();
+                let channel = channel.clone();
+                return Some(Box::pin(async move {
+                    let _ = fanout.peers[i].send(forward).await;
+                    for peer in &fanout.peers[i + 1..] {
+                        let forward = Forward {
+                            channel: channel.clone(),
+                            frame: frame.shared(),
+                        };
+                        let _ = peer.send(forward).await;
+                    }
+                }));
             }
         }
+        None
     }
 
     /// Queues `frame` for this thread's subscribers of `channel`, except `exclude`.

@@ -7,9 +7,11 @@
 //! published; pings are answered; a close or a protocol violation starts the closing handshake.
 //! Writing is the [`Subscriber`]'s job.
 //!
-//! Reads go into a buffer that starts small (most subscribers never send: an idle connection's
-//! memory is mostly this buffer) and doubles when a read fills it, up to 64 KiB: a publisher's
-//! read then carries hundreds of messages.
+//! A drained connection waits for its next bytes on a readiness poll (see
+//! [`crate::send_ring::SendRing::readable`]), holding no read buffer: most subscribers never
+//! send. Reads go into a buffer that starts small and doubles when a read fills it, up to
+//! 64 KiB: a publisher's read then carries hundreds of messages, and reads follow each other
+//! without a poll in between while they fill the buffer.
 
 use crate::close::CloseCode;
 use crate::config::Config;
@@ -22,6 +24,7 @@ use crate::shared_frame::SharedFrame;
 use crate::subscriber::{QueueLimits, Subscriber};
 use std::future::Future;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -259,6 +262,7 @@ impl Link {
     async fn read_loop(&mut self) {
         let mut buf = std::mem::take(&mut self.leftover);
         let mut start = 0;
+        let mut wait_first = true;
         let mut small_reads = 0u32;
         if buf.is_empty() {
             // The handshake's buffer is dropped for a small one.
@@ -286,6 +290,21 @@ impl Link {
                 }
                 start = 0;
             }
+            if wait_first {
+                // The socket was drained: wait for more without holding a small buffer
+                // (a grown one, a publisher's, is kept).
+                if buf.is_empty() && buf.capacity() <= INITIAL_READ_BYTES {
+                    buf = Vec::new();
+                }
+                self.worker
+                    .send_ring
+                    .readable(self.stream.as_raw_fd())
+                    .await;
+                // Whatever the poll saw (data, hang-up, error), the read reports it.
+                if buf.capacity() == 0 {
+                    buf.reserve(INITIAL_READ_BYTES);
+                }
+            }
             if buf.len() == buf.capacity() {
                 // A frame larger than the buffer: make room for more of it.
                 buf.reserve(buf.capacity());
@@ -299,6 +318,8 @@ impl Link {
                 Ok(n) => n,
             };
             self.subscriber.heard();
+            // A read that filled its buffer likely left more to read: read again at once.
+            wait_first = n < spare;
             if n == spare && buf.capacity() < MAX_READ_BYTES {
                 buf.reserve(buf.capacity());
                 small_reads = 0;

@@ -1,5 +1,6 @@
 //! The sending side of a worker thread's I/O: one raw io_uring through which every
-//! subscriber's writes go, with no future, task or wake-up per write.
+//! subscriber's writes go, with no future, task or wake-up per write; and the readiness polls
+//! that let an idle connection wait for its next read without holding a buffer.
 //!
 //! A broadcast to N subscribers is N sends, and on one core their cost decides both capacity
 //! and how long a fan-out takes to reach its last subscriber. Through tokio-uring each write is
@@ -11,6 +12,10 @@
 //! `io_uring_enter`, and reaps their completions in one pass. Reads, accepts and the handshake
 //! stay on tokio-uring; this is the one place the raw `io-uring` crate is used by the server.
 //!
+//! An idle connection waiting in a read would hold that read's buffer for as long as it stays
+//! idle (tokio-uring has no provided buffers); [`SendRing::readable`] is a one-shot `POLLIN` it
+//! waits on instead, holding no buffer, and reads only once there is something to read.
+//!
 //! The `iovec`s and `msghdr`s of the entries live in two arenas owned by the ring, valid until
 //! the entries are submitted: with `IORING_FEAT_SUBMIT_STABLE` (Linux 5.5+) the kernel has
 //! copied what it needs by then. The frames themselves stay in the subscriber's queue until
@@ -20,9 +25,12 @@
 use crate::subscriber::Subscriber;
 use io_uring::{opcode, types, IoUring};
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -33,6 +41,20 @@ const IOVEC_ARENA: usize = 16 * 1024;
 
 /// Completions reaped per borrow of the ring.
 const REAP_BATCH: usize = 256;
+
+/// The low bit of a completion's `user_data` marks a readiness poll (`slot << 1 | 1`); a
+/// write's `user_data` is a pointer to its subscriber, whose low bit is clear (alignment 8).
+const POLL_TAG: u64 = 1;
+
+/// One readiness poll, from [`SendRing::readable`] to its completion.
+#[derive(Default)]
+struct PollSlot {
+    waker: Option<Waker>,
+    /// The poll's completion: the ready events, or a negative errno.
+    result: Option<i32>,
+    /// The waiting future is gone: the completion frees the slot.
+    abandoned: bool,
+}
 
 /// A worker thread's send ring (see the module documentation).
 pub struct SendRing {
@@ -50,6 +72,11 @@ pub struct SendRing {
     headers: RefCell<Vec<libc::msghdr>>,
     /// Writes submitted and not yet completed.
     in_flight: Cell<usize>,
+    /// Readiness polls by slot; `free_polls` lists the unused slots.
+    polls: RefCell<Vec<PollSlot>>,
+    free_polls: RefCell<Vec<u32>>,
+    /// Polls asked for and not yet issued: (socket, slot).
+    poll_requests: RefCell<Vec<(RawFd, u32)>>,
 }
 
 impl SendRing {
@@ -82,6 +109,9 @@ impl SendRing {
             iovecs: RefCell::new(Vec::with_capacity(IOVEC_ARENA)),
             headers: RefCell::new(Vec::with_capacity(sq_entries)),
             in_flight: Cell::new(0),
+            polls: RefCell::default(),
+            free_polls: RefCell::default(),
+            poll_requests: RefCell::default(),
         }))
     }
 
@@ -93,6 +123,16 @@ impl SendRing {
         ready.push(subscriber);
         if ready.len() == 1 {
             self.kick.notify_one();
+        }
+    }
+
+    /// Resolves once `fd` has something to read (or has hung up, or failed): a connection
+    /// awaits this rather than a read, so that it holds no read buffer while idle.
+    pub fn readable(self: &Rc<Self>, fd: RawFd) -> Readable {
+        Readable {
+            ring: self.clone(),
+            fd,
+            slot: None,
         }
     }
 
@@ -139,8 +179,23 @@ impl SendRing {
 
     /// Turns every ready subscriber into a submission-queue entry; returns whether any was.
     fn issue_ready(&self) -> bool {
+        let polls = std::mem::take(&mut *self.poll_requests.borrow_mut());
+        let mut issued = !polls.is_empty();
+        for (fd, slot) in polls {
+            if self.sq_full() {
+                self.submit();
+            }
+            let entry =
+                opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+                    .build()
+                    .user_data(u64::from(slot) << 1 | POLL_TAG);
+            // SAFETY: a poll entry points at no memory of ours.
+            if unsafe { self.ring.borrow_mut().submission().push(&entry) }.is_err() {
+                // Unreachable (room was made); report it to the waiter as a failure.
+                self.poll_done(slot, -libc::EBUSY);
+            }
+        }
         let ready = std::mem::take(&mut *self.ready.borrow_mut());
-        let mut issued = false;
         for subscriber in ready {
             if self.sq_full() || self.iovec_room() < crate::subscriber::MAX_IOVECS {
                 self.submit();
@@ -251,6 +306,10 @@ impl SendRing {
                 n
             };
             for &(user_data, result) in &batch[..n] {
+                if user_data & POLL_TAG != 0 {
+                    self.poll_done((user_data >> 1) as u32, result);
+                    continue;
+                }
                 self.in_flight.set(self.in_flight.get() - 1);
                 // SAFETY: every entry's user_data is an `Rc::into_raw` of its subscriber,
                 // taken back exactly once, here.
@@ -261,6 +320,102 @@ impl SendRing {
             if n < REAP_BATCH {
                 return any;
             }
+        }
+    }
+
+    /// A poll completed: wake its waiter, or free the slot if the waiter is gone.
+    fn poll_done(&self, slot: u32, result: i32) {
+        let mut polls = self.polls.borrow_mut();
+        let Some(entry) = polls.get_mut(slot as usize) else {
+            return;
+        };
+        if entry.abandoned {
+            *entry = PollSlot::default();
+            self.free_polls.borrow_mut().push(slot);
+            return;
+        }
+        entry.result = Some(result);
+        if let Some(waker) = entry.waker.take() {
+            drop(polls);
+            waker.wake();
+        }
+    }
+
+    fn request_poll(&self, fd: RawFd, waker: &Waker) -> u32 {
+        let mut polls = self.polls.borrow_mut();
+        let slot = match self.free_polls.borrow_mut().pop() {
+            Some(slot) => slot,
+            None => {
+                polls.push(PollSlot::default());
+                (polls.len() - 1) as u32
+            }
+        };
+        polls[slot as usize].waker = Some(waker.clone());
+        let mut requests = self.poll_requests.borrow_mut();
+        requests.push((fd, slot));
+        if requests.len() == 1 {
+            self.kick.notify_one();
+        }
+        slot
+    }
+}
+
+/// The future of [`SendRing::readable`]: the ready events, or a negative errno.
+pub struct Readable {
+    ring: Rc<SendRing>,
+    fd: RawFd,
+    slot: Option<u32>,
+}
+
+impl Future for Readable {
+    type Output = i32;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        let Some(slot) = self.slot else {
+            let slot = self.ring.request_poll(self.fd, cx.waker());
+            self.slot = Some(slot);
+            return Poll::Pending;
+        };
+        let mut polls = self.ring.polls.borrow_mut();
+        let entry = &mut polls[slot as usize];
+        match entry.result.take() {
+            Some(result) => {
+                *entry = PollSlot::default();
+                drop(polls);
+                self.ring.free_polls.borrow_mut().push(slot);
+                self.slot = None;
+                Poll::Ready(result)
+            }
+            None => {
+                if !entry
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    entry.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Readable {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot else {
+            return;
+        };
+        let mut polls = self.ring.polls.borrow_mut();
+        let entry = &mut polls[slot as usize];
+        if entry.result.is_some() {
+            // Completed but not collected: the slot is free now.
+            *entry = PollSlot::default();
+            drop(polls);
+            self.ring.free_polls.borrow_mut().push(slot);
+        } else {
+            // Still in the kernel (or about to be): its completion frees the slot.
+            entry.abandoned = true;
+            entry.waker = None;
         }
     }
 }

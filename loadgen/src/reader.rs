@@ -5,8 +5,10 @@
 //! receive armed (one submission, then a completion per arriving chunk until it ends), landing in
 //! a ring of large provided buffers shared by all connections of the thread (memory scales with
 //! the buffers, not the connections). Every completion is parsed in full: all the frames it
-//! holds are decoded in place without allocation; only a frame cut at the end of a buffer is
-//! copied into the connection's small carry buffer. The receive time is taken once per
+//! holds are decoded in place without allocation; only the start of a frame cut at the end of
+//! a buffer (its header and up to 125 payload bytes: a control frame's payload, a message's
+//! stamp) is copied into the connection's small carry buffer, and the rest of it is counted,
+//! not copied. The receive time is taken once per
 //! completion (all frames in it arrived together). tokio-uring has neither multishot receive nor
 //! provided buffers, hence the raw `io-uring` crate.
 
@@ -29,6 +31,11 @@ use crate::recorder::{new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqT
 /// Largest frame payload accepted; a longer one is treated as a protocol error.
 const MAX_FRAME_PAYLOAD: u64 = 16 << 20;
 const BUF_GROUP: u16 = 7;
+/// Payload bytes of a cut frame worth keeping: a control frame's whole payload, and more than a
+/// message's stamp.
+const CARRY_PAYLOAD: usize = 125;
+/// The most a carry buffer holds.
+const CARRY_MAX: usize = MAX_HEADER_LEN + CARRY_PAYLOAD;
 
 /// What a connection is to the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +279,10 @@ struct ConnState {
     fd: RawFd,
     role: Role,
     trackers: Vec<SeqTracker>,
+    /// The start of a frame cut at the end of a buffer (at most [`CARRY_MAX`] bytes).
     carry: Vec<u8>,
+    /// Bytes of that frame received so far, kept in `carry` or not.
+    carry_seen: usize,
     open: bool,
     armed: bool,
     waiting_for_stall: bool,
@@ -338,6 +348,7 @@ impl Reader {
                 role: c.role,
                 trackers,
                 carry: Vec::new(),
+                carry_seen: 0,
                 open: true,
                 armed: false,
                 waiting_for_stall: matches!(c.role, Role::Subscriber { stalled: true, .. }),
@@ -549,10 +560,12 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
                     return;
                 }
                 Ok(None) => {
+                    // The header itself was cut (then every byte so far is kept).
                     let Some((&b, rest)) = data.split_first() else {
                         return;
                     };
                     conn.carry.push(b);
+                    conn.carry_seen += 1;
                     data = rest;
                 }
                 Ok(Some((h, hl))) => {
@@ -563,25 +576,29 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
                         return;
                     }
                     let total = hl + h.payload_len as usize;
-                    let need = total - conn.carry.len().min(total);
-                    let take = need.min(data.len());
-                    conn.carry.extend_from_slice(&data[..take]);
+                    let kept_total = hl + (h.payload_len as usize).min(CARRY_PAYLOAD);
+                    let take = (total - conn.carry_seen.min(total)).min(data.len());
+                    let keep = kept_total.saturating_sub(conn.carry.len()).min(take);
+                    conn.carry.extend_from_slice(&data[..keep]);
+                    conn.carry_seen += take;
                     data = &data[take..];
-                    if conn.carry.len() < total {
+                    if conn.carry_seen < total {
                         return;
                     }
                     let carry = std::mem::take(&mut conn.carry);
+                    // The payload's start only: all that is read of a cut data frame.
                     on_frame(
                         conn,
                         rec,
                         h.opcode,
                         h.fin,
                         h.mask.is_some(),
-                        &carry[hl..total],
+                        &carry[hl..kept_total],
                         recv_ns,
                     );
                     conn.carry = carry;
                     conn.carry.clear();
+                    conn.carry_seen = 0;
                     break;
                 }
             }
@@ -620,7 +637,10 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
         }
     }
     if pos < data.len() {
-        conn.carry.extend_from_slice(&data[pos..]);
+        let cut = &data[pos..];
+        conn.carry
+            .extend_from_slice(&cut[..cut.len().min(CARRY_MAX)]);
+        conn.carry_seen = cut.len();
     }
 }
 
@@ -705,6 +725,7 @@ mod tests {
                 },
                 trackers: vec![SeqTracker::default()],
                 carry: Vec::new(),
+                carry_seen: 0,
                 open: true,
                 armed: false,
                 waiting_for_stall: false,
@@ -723,7 +744,17 @@ mod tests {
         };
         let mut stream = Vec::new();
         for seq in 0..50u64 {
-            let mut p = vec![0u8; 24 + (seq as usize * 7) % 300];
+            if seq == 25 {
+                // A control frame cut anywhere keeps its whole payload.
+                stream.extend(encode_frame(OpCode::Ping, &[0x33; 125], None));
+            }
+            // Sizes around the carry's limit, and 4 KiB frames, whose cut tail is not copied.
+            let len = if seq % 10 == 9 {
+                4096
+            } else {
+                24 + (seq as usize * 7) % 300
+            };
+            let mut p = vec![0u8; len];
             Stamp {
                 run_tag: 1,
                 publisher: 0,
@@ -733,7 +764,7 @@ mod tests {
             .write(&mut p);
             stream.extend(encode_frame(OpCode::Binary, &p, None));
         }
-        for chunk in [1usize, 2, 3, 13, 64, 1000, stream.len()] {
+        for chunk in [1usize, 2, 3, 13, 64, 139, 140, 1000, 4097, stream.len()] {
             let (mut c, _peer) = conn();
             let mut rec = Recorder::new(1, topo.clone());
             rec.step_start_ns = 0;
@@ -745,7 +776,9 @@ mod tests {
             assert_eq!(rec.counts.received, 50, "chunk {chunk}");
             assert_eq!(rec.counts.duplicated + rec.counts.malformed, 0);
             assert_eq!(rec.latency.len(), 50);
+            assert_eq!(rec.counts.pings, 1, "chunk {chunk}");
             assert!(c.carry.is_empty());
+            assert!(c.carry.capacity() <= 2 * CARRY_MAX, "chunk {chunk}");
         }
     }
 }
@@ -792,6 +825,7 @@ mod speed {
             },
             trackers: vec![SeqTracker::default()],
             carry: Vec::new(),
+            carry_seen: 0,
             open: true,
             armed: false,
             waiting_for_stall: false,

@@ -15,17 +15,15 @@
 
 use crate::close::CloseCode;
 use crate::config::Config;
+use crate::fanout::Forwarding;
 use crate::frame::OpCode;
 use crate::handshake::{self, HandshakeError, Request};
 use crate::message::{Event, MessageReader, ProtocolError, Role};
 use crate::metrics::ThreadMetrics;
 use crate::server::Worker;
-use crate::shared_frame::SharedFrame;
 use crate::subscriber::{QueueLimits, Subscriber};
-use std::future::Future;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,8 +44,8 @@ const MAX_READ_BYTES: usize = 64 * 1024;
 /// back to [`INITIAL_READ_BYTES`].
 const SHRINK_AFTER_SMALL_READS: u32 = 64;
 
-/// Forwards to other threads still to be made (see [`crate::fanout::FanOut::publish`]).
-type Forwarding = Pin<Box<dyn Future<Output = ()>>>;
+/// A block of messages is published once it holds this many bytes, even mid-read.
+const BLOCK_BYTES: usize = 256 * 1024;
 
 /// How long a rejected client gets to read its HTTP error before the socket closes.
 const LINGER: Duration = Duration::from_secs(1);
@@ -339,17 +337,22 @@ impl Link {
 
     /// Handles the complete frames in `buf[start..]`; returns where the unread bytes start,
     /// and the forwarding to wait for before handling more when another thread is behind.
+    ///
+    /// The messages are encoded back to back into the thread's block encoder and published
+    /// together (see [`crate::shared_frame::BlockEncoder`]) before anything else is done:
+    /// before a control frame is answered, and before returning.
     fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Forwarding>) {
         loop {
             let event = match self.reader.next_event(&mut buf[start..]) {
-                Ok(None) => return (start, None),
+                Ok(None) => return (start, self.publish_block()),
                 Ok(Some((consumed, event))) => {
                     start += consumed;
                     event
                 }
                 Err(err) => {
+                    let forwarding = self.publish_block();
                     self.fail(err);
-                    return (start, None);
+                    return (start, forwarding);
                 }
             };
             match event {
@@ -357,30 +360,43 @@ impl Link {
                 // Closing: only the peer's close frame matters now.
                 Some(Event::Message { .. }) if self.subscriber.is_closing() => {}
                 Some(Event::Message { opcode, payload }) => {
-                    let frame = SharedFrame::encode(opcode, payload);
-                    if self.echo {
-                        ThreadMetrics::add(&self.worker.thread_metrics.messages_in, 1);
-                        self.subscriber.deliver(&frame);
-                        ThreadMetrics::add(&self.worker.thread_metrics.deliveries_out, 1);
-                    } else if let Some(forwarding) =
-                        self.worker
-                            .fanout
-                            .publish(&self.channel, self.subscriber.id, frame)
-                    {
-                        return (start, Some(forwarding));
+                    let full = {
+                        let mut block = self.worker.block.borrow_mut();
+                        block.push(opcode, payload);
+                        block.len() >= BLOCK_BYTES
+                    };
+                    if full {
+                        if let Some(forwarding) = self.publish_block() {
+                            return (start, Some(forwarding));
+                        }
                     }
                 }
-                Some(Event::Ping(payload)) => self.subscriber.send_control(OpCode::Pong, payload),
+                Some(Event::Ping(payload)) => {
+                    // (Fields named one by one: `payload` may borrow the reader.)
+                    let forwarding =
+                        publish_block(&self.worker, &self.subscriber, &self.channel, self.echo);
+                    self.subscriber.send_control(OpCode::Pong, payload);
+                    if forwarding.is_some() {
+                        return (start, forwarding);
+                    }
+                }
                 Some(Event::Close { code, .. }) => {
+                    let forwarding =
+                        publish_block(&self.worker, &self.subscriber, &self.channel, self.echo);
                     // Echo the peer's code (§5.5.1) unless our close went first; once our close
                     // is written, the handshake is over and TCP is closed.
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
                     self.subscriber.close_with_payload(&payload);
                     self.subscriber.peer_closed();
-                    return (start, None);
+                    return (start, forwarding);
                 }
             }
         }
+    }
+
+    /// Publishes the messages encoded so far (to the sender alone on the echo path).
+    fn publish_block(&self) -> Option<Forwarding> {
+        publish_block(&self.worker, &self.subscriber, &self.channel, self.echo)
     }
 
     fn fail(&mut self, err: ProtocolError) {
@@ -389,4 +405,28 @@ impl Link {
         tracing::debug!(id = self.subscriber.id, %err, "protocol violation");
         self.subscriber.close(err.code, err.reason, false);
     }
+}
+
+/// Publishes the messages the thread's block encoder holds, from `subscriber`'s connection to
+/// `channel`, or back to it alone on the echo path.
+fn publish_block(
+    worker: &Worker,
+    subscriber: &Rc<Subscriber>,
+    channel: &Arc<str>,
+    echo: bool,
+) -> Option<Forwarding> {
+    let frames = worker.block.borrow_mut().finish();
+    if frames.is_empty() {
+        return None;
+    }
+    if echo {
+        let metrics = &worker.thread_metrics;
+        ThreadMetrics::add(&metrics.messages_in, frames.len() as u64);
+        for frame in &frames {
+            subscriber.deliver(frame);
+        }
+        ThreadMetrics::add(&metrics.deliveries_out, frames.len() as u64);
+        return None;
+    }
+    worker.fanout.publish(channel, subscriber.id, frames)
 }

@@ -14,6 +14,7 @@ use crate::subscriber::{Delivery, Subscriber};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,12 +23,29 @@ use tokio::sync::mpsc;
 /// Frames queued in a thread's inbox before publishers on other threads wait.
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
-/// A frame published on another thread, for this thread's subscribers of `channel`.
+/// A frame published on another thread, for this thread's subscribers of `channel`: its
+/// range of the publisher's shared buffer.
 #[derive(Debug)]
 pub struct Forward {
     pub channel: Arc<str>,
-    pub frame: Arc<[u8]>,
+    pub bytes: Arc<[u8]>,
+    pub range: Range<usize>,
 }
+
+impl Forward {
+    fn new(channel: &Arc<str>, frame: &SharedFrame) -> Forward {
+        let (bytes, range) = frame.shared();
+        Forward {
+            channel: channel.clone(),
+            bytes,
+            range,
+        }
+    }
+}
+
+/// Forwards still to be made, and the frames still to be published after them, when another
+/// thread's inbox was full (see [`FanOut::publish`]).
+pub type Forwarding = Pin<Box<dyn Future<Output = ()>>>;
 
 /// One worker thread's channels, and the way to the other threads' channels.
 pub struct FanOut {
@@ -75,38 +93,44 @@ impl FanOut {
         }
     }
 
-    /// Sends `frame` to every subscriber of `channel` on every thread, except `sender`.
+    /// Sends `frames`, in order, to every subscriber of `channel` on every thread, except
+    /// `sender`.
     ///
-    /// Never waits: when another thread's inbox is full, the forwards still to make are
-    /// returned as a future, which the publisher awaits before reading on (its reads pause
-    /// until that thread catches up). Kept out of the caller's state, which every connection
-    /// carries, because it is rare.
+    /// Never waits: when another thread's inbox is full, what is left to do (the forwards
+    /// still to make, then the rest of the frames) is returned as a future, which the
+    /// publisher awaits before reading on (its reads pause until that thread catches up).
+    /// Kept out of the caller's state, which every connection carries, because it is rare.
     pub fn publish(
         self: &Rc<Self>,
         channel: &Arc<str>,
         sender: u64,
-        frame: SharedFrame,
-    ) -> Option<Pin<Box<dyn Future<Output = ()>>>> {
-        ThreadMetrics::add(&self.thread_metrics.messages_in, 1);
-        self.deliver_local(channel, &frame, Some(sender));
-        for (i, peer) in self.peers.iter().enumerate() {
-            let forward = Forward {
-                channel: channel.clone(),
-                frame: frame.shared(),
-            };
-            if let Err(mpsc::error::TrySendError::Full(forward)) = peer.try_send(forward) {
-                let fanout = self.clone();
-                let channel = channel.clone();
-                return Some(Box::pin(async move {
-                    let _ = fanout.peers[i].send(forward).await;
-                    for peer in &fanout.peers[i + 1..] {
-                        let forward = Forward {
-                            channel: channel.clone(),
-                            frame: frame.shared(),
-                        };
-                        let _ = peer.send(forward).await;
-                    }
-                }));
+        frames: Vec<SharedFrame>,
+    ) -> Option<Forwarding> {
+        let mut frames = frames.into_iter();
+        while let Some(frame) = frames.next() {
+            ThreadMetrics::add(&self.thread_metrics.messages_in, 1);
+            self.deliver_local(channel, &frame, Some(sender));
+            for (i, peer) in self.peers.iter().enumerate() {
+                if let Err(mpsc::error::TrySendError::Full(forward)) =
+                    peer.try_send(Forward::new(channel, &frame))
+                {
+                    let fanout = self.clone();
+                    let channel = channel.clone();
+                    let rest: Vec<SharedFrame> = frames.collect();
+                    return Some(Box::pin(async move {
+                        let _ = fanout.peers[i].send(forward).await;
+                        for peer in &fanout.peers[i + 1..] {
+                            let _ = peer.send(Forward::new(&channel, &frame)).await;
+                        }
+                        for frame in rest {
+                            ThreadMetrics::add(&fanout.thread_metrics.messages_in, 1);
+                            fanout.deliver_local(&channel, &frame, Some(sender));
+                            for peer in &fanout.peers {
+                                let _ = peer.send(Forward::new(&channel, &frame)).await;
+                            }
+                        }
+                    }));
+                }
             }
         }
         None
@@ -132,7 +156,7 @@ impl FanOut {
         let mut batch = Vec::with_capacity(256);
         while inbox.recv_many(&mut batch, 256).await > 0 {
             for forward in batch.drain(..) {
-                let frame = SharedFrame::from_shared(forward.frame);
+                let frame = SharedFrame::from_shared(forward.bytes, forward.range);
                 self.deliver_local(&forward.channel, &frame, None);
             }
         }

@@ -166,7 +166,7 @@ impl Snapshot {
         metric(
             "writes_total",
             "counter",
-            "Vectored socket writes.",
+            "Socket writes (each carries every frame queued for its subscriber, up to 1,024).",
             self.writes,
         );
         metric(

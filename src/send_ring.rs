@@ -219,13 +219,13 @@ impl SendRing {
     fn issue(&self, subscriber: Rc<Subscriber>) -> bool {
         let mut iovecs = self.iovecs.borrow_mut();
         let first = iovecs.len();
-        let count = subscriber.begin_write(&mut iovecs);
-        if count == 0 {
+        if subscriber.begin_write(&mut iovecs) == 0 {
             return false;
         }
+        let count = iovecs.len() - first;
         let fd = types::Fd(subscriber.raw_fd());
         let entry = if count == 1 {
-            // One frame: a plain `send`, no `iovec` to copy in.
+            // One frame, or adjacent frames of one block: a plain `send`, no `iovec` to copy in.
             let Some(iov) = iovecs.pop() else {
                 return false;
             };

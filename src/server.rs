@@ -12,6 +12,7 @@ use crate::connection;
 use crate::fanout::{FanOut, Forward, INBOX_CAPACITY};
 use crate::metrics::{Metrics, ThreadMetrics};
 use crate::send_ring::SendRing;
+use crate::shared_frame::BlockEncoder;
 use crate::subscriber::Subscriber;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::{Cell, RefCell};
@@ -184,6 +185,8 @@ pub(crate) struct Worker {
     pub(crate) fanout: Rc<FanOut>,
     /// Every subscriber's writes go through it.
     pub(crate) send_ring: Rc<SendRing>,
+    /// Where a publisher's messages are encoded, one block per read (empty between reads).
+    pub(crate) block: RefCell<BlockEncoder>,
     admitted: Arc<AtomicUsize>,
     next_id: Cell<u64>,
     /// Every open socket of this thread, upgraded or not.
@@ -282,6 +285,7 @@ fn worker_main(
             thread_metrics,
             fanout,
             send_ring: send_ring.clone(),
+            block: RefCell::default(),
             admitted: shared.admitted,
             // Ids are unique across threads: the thread index is in the top bits.
             next_id: Cell::new((index as u64) << 48),

@@ -333,8 +333,9 @@ impl Subscriber {
         self.stream.as_raw_fd()
     }
 
-    /// The first half of a write: appends an `iovec` for each queued frame (up to
-    /// [`MAX_IOVECS`]) to `iovecs` and marks them in flight; returns how many. Zero means
+    /// The first half of a write: appends `iovec`s covering the queued frames (up to
+    /// [`MAX_IOVECS`] frames; adjacent frames share one) to `iovecs` and marks those frames in
+    /// flight; returns how many frames. Zero means
     /// there is nothing to write (the subscriber is finished, or its queue empty) and the
     /// subscriber goes idle. Public, with [`Subscriber::complete_write`], so that a benchmark
     /// can drain a queue without a socket.
@@ -345,8 +346,16 @@ impl Subscriber {
             return 0;
         }
         let count = out.frames.len().min(MAX_IOVECS);
+        let first = iovecs.len();
         for frame in out.frames.iter().take(count) {
             let bytes = frame.as_slice();
+            // Frames of one block are adjacent in memory: one `iovec` covers them all.
+            if let Some(last) = iovecs[first..].last_mut() {
+                if (last.iov_base as *const u8).wrapping_add(last.iov_len) == bytes.as_ptr() {
+                    last.iov_len += bytes.len();
+                    continue;
+                }
+            }
             iovecs.push(libc::iovec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
                 iov_len: bytes.len(),

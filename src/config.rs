@@ -90,8 +90,10 @@ pub struct Config {
     #[arg(long, default_value = "0.0", value_parser = parse_secs)]
     pub stats_interval: SecsArg,
 
-    /// Submission queue entries per io_uring. A 1,000-way fan-out needs room for 1,000 sends
-    /// in flight; too small a ring overflows into the kernel's slow path.
+    /// Submission queue entries of each worker's two io_urings (tokio-uring's, for accepts and
+    /// reads, and the send ring). A fan-out submits one write per subscriber: with fewer
+    /// entries it takes more `io_uring_enter` calls; the send ring's completion queue is 8x
+    /// deeper (up to 65,536), as every subscriber may have a write in flight.
     #[arg(long, default_value_t = 4096)]
     pub ring_entries: u32,
 }

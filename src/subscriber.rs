@@ -289,7 +289,7 @@ impl Subscriber {
         }
         for frame in out.frames.drain(keep..) {
             out.backlog_bytes -= frame.len();
-            if frame.encoded_len() > self.limits.max_backlog {
+            if self.is_oversize(&frame) {
                 out.oversize_frames -= 1;
             }
         }
@@ -384,7 +384,7 @@ impl Subscriber {
                 break;
             }
             remaining -= frame.len();
-            let oversize = frame.encoded_len() > self.limits.max_backlog;
+            let oversize = self.is_oversize(frame);
             out.frames.pop_front();
             if oversize {
                 out.oversize_frames -= 1;

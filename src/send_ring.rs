@@ -260,7 +260,7 @@ impl SendRing {
                 // SAFETY: this pointer came from `Rc::into_raw` just above and was not submitted.
                 let subscriber =
                     unsafe { Rc::from_raw(entry.get_user_data() as *const Subscriber) };
-                subscriber.end_write(-libc::EBUSY, self);
+                subscriber.end_write(-libc::EBUSY);
                 false
             }
         }
@@ -314,7 +314,7 @@ impl SendRing {
                 // SAFETY: every entry's user_data is an `Rc::into_raw` of its subscriber,
                 // taken back exactly once, here.
                 let subscriber = unsafe { Rc::from_raw(user_data as *const Subscriber) };
-                subscriber.end_write(result, self);
+                subscriber.end_write(result);
             }
             any |= n > 0;
             if n < REAP_BATCH {
@@ -330,8 +330,8 @@ impl SendRing {
             return;
         };
         if entry.abandoned {
-            *entry = PollSlot::default();
-            self.free_polls.borrow_mut().push(slot);
+            drop(polls);
+            self.release_poll(slot);
             return;
         }
         entry.result = Some(result);
@@ -339,6 +339,12 @@ impl SendRing {
             drop(polls);
             waker.wake();
         }
+    }
+
+    /// Makes a poll slot free for the next poll.
+    fn release_poll(&self, slot: u32) {
+        self.polls.borrow_mut()[slot as usize] = PollSlot::default();
+        self.free_polls.borrow_mut().push(slot);
     }
 
     fn request_poll(&self, fd: RawFd, waker: &Waker) -> u32 {
@@ -380,9 +386,8 @@ impl Future for Readable {
         let entry = &mut polls[slot as usize];
         match entry.result.take() {
             Some(result) => {
-                *entry = PollSlot::default();
                 drop(polls);
-                self.ring.free_polls.borrow_mut().push(slot);
+                self.ring.release_poll(slot);
                 self.slot = None;
                 Poll::Ready(result)
             }
@@ -409,9 +414,8 @@ impl Drop for Readable {
         let entry = &mut polls[slot as usize];
         if entry.result.is_some() {
             // Completed but not collected: the slot is free now.
-            *entry = PollSlot::default();
             drop(polls);
-            self.ring.free_polls.borrow_mut().push(slot);
+            self.ring.release_poll(slot);
         } else {
             // Still in the kernel (or about to be): its completion frees the slot.
             entry.abandoned = true;

@@ -396,7 +396,7 @@ impl Subscriber {
     /// A write ended with `result` (bytes written, or a negative errno): called by the send
     /// ring. Schedules the next write if more is queued; once the close frame is out, ends the
     /// closing handshake's sending half.
-    pub fn end_write(&self, result: i32, ring: &SendRing) {
+    pub fn end_write(&self, result: i32) {
         if result < 0 {
             {
                 let mut out = self.outbox.borrow_mut();
@@ -419,10 +419,7 @@ impl Subscriber {
             return;
         }
         if !out.frames.is_empty() {
-            if let Some(me) = self.me.upgrade() {
-                out.writing = Writing::Ready;
-                ring.schedule(me);
-            }
+            self.schedule(&mut out);
             return;
         }
         if out.closing && !out.close_written {

@@ -711,7 +711,8 @@ mod tests {
     use crate::payload::Stamp;
     use ringcast::frame::encode_frame;
 
-    fn conn() -> (ConnState, TcpStream) {
+    /// A subscriber's connection state over a real loopback socket, and the socket's peer.
+    pub(super) fn conn() -> (ConnState, TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (peer, _) = l.accept().unwrap();
@@ -814,23 +815,7 @@ mod speed {
             seq += 1;
         }
         let per_buf = seq;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let mut c = ConnState {
-            fd: s.as_raw_fd(),
-            _stream: s,
-            role: Role::Subscriber {
-                channel: 0,
-                stalled: false,
-            },
-            trackers: vec![SeqTracker::default()],
-            carry: Vec::new(),
-            carry_seen: 0,
-            open: true,
-            armed: false,
-            waiting_for_stall: false,
-            broken: false,
-        };
+        let (mut c, _peer) = super::tests::conn();
         let mut rec = Recorder::new(1, topo);
         rec.step_start_ns = 0;
         rec.window_start_ns = 0;

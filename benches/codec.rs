@@ -9,9 +9,9 @@
 use criterion::{
     black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
 };
-use ringcast::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
-use ringcast::mask::apply_mask;
-use ringcast::message::{Event, MessageReader, Role};
+use ringcast_proto::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::mask::apply_mask;
+use ringcast_proto::message::{Event, MessageReader, Role};
 use std::time::Duration;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];

@@ -28,11 +28,11 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::config::SlowPolicy;
 use ringcast::fanout::FanOut;
-use ringcast::frame::{encode_frame, OpCode};
 use ringcast::metrics::{Metrics, ThreadMetrics};
 use ringcast::send_ring::SendRing;
 use ringcast::shared_frame::SharedFrame;
 use ringcast::subscriber::{QueueLimits, Subscriber};
+use ringcast_proto::frame::{encode_frame, OpCode};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;

@@ -5,7 +5,7 @@
 //! and extension offer included, so httparse sees realistic header counts and lengths.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ringcast::handshake::{accept_response, parse_request, Request};
+use ringcast_proto::handshake::{accept_response, parse_request, Request};
 use std::time::Duration;
 
 /// A Chrome 131 upgrade request to a local server (612 bytes, 13 headers).

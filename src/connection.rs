@@ -13,15 +13,15 @@
 //! 64 KiB: a publisher's read then carries hundreds of messages, and reads follow each other
 //! without a poll in between while they fill the buffer.
 
-use crate::close::CloseCode;
 use crate::config::Config;
 use crate::fanout::Forwarding;
-use crate::frame::OpCode;
-use crate::handshake::{self, HandshakeError, Request};
-use crate::message::{Event, MessageReader, ProtocolError, Role};
 use crate::metrics::ThreadMetrics;
 use crate::server::Worker;
 use crate::subscriber::{QueueLimits, Subscriber};
+use ringcast_proto::close::CloseCode;
+use ringcast_proto::frame::OpCode;
+use ringcast_proto::handshake::{self, HandshakeError, Request};
+use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -95,10 +95,7 @@ async fn handshake(worker: &Rc<Worker>, stream: &Rc<TcpStream>, id: u64) -> Opti
             reject(stream, handshake::plain_response(200, &body)).await;
         }
         Ok(Ok((Request::Get { .. }, _))) => {
-            let err = HandshakeError {
-                status: 400,
-                reason: "not a WebSocket upgrade (missing Upgrade: websocket); GET /metrics serves metrics",
-            };
+            let err = HandshakeError::NotUpgrade;
             worker.thread_metrics.handshake_failed(err.metric_label());
             reject(stream, handshake::error_response(&err)).await;
         }
@@ -403,7 +400,7 @@ impl Link {
         self.failed = true;
         ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
         tracing::debug!(id = self.subscriber.id, %err, "protocol violation");
-        self.subscriber.close(err.code, err.reason, false);
+        self.subscriber.close(err.code(), &err.to_string(), false);
     }
 }
 

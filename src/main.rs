@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    ringcast::raise_fd_limit();
+    ringcast_os::fd_limit::raise_nofile();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let server = Server::bind(config)?;
     println!(

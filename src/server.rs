@@ -6,7 +6,6 @@
 //! completes, then stops accepting, sends close 1001 to every client, waits up to
 //! `--shutdown-timeout` for them to finish the closing handshake, and returns.
 
-use crate::close::CloseCode;
 use crate::config::Config;
 use crate::connection;
 use crate::fanout::{FanOut, Forward, INBOX_CAPACITY};
@@ -14,6 +13,7 @@ use crate::metrics::{Metrics, ThreadMetrics};
 use crate::send_ring::SendRing;
 use crate::shared_frame::BlockEncoder;
 use crate::subscriber::Subscriber;
+use ringcast_proto::close::CloseCode;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -239,22 +239,6 @@ impl Worker {
     }
 }
 
-fn pin_to_core(index: usize) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(index % cores, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!(
-                index,
-                "could not pin worker thread: {}",
-                io::Error::last_os_error()
-            );
-        }
-    }
-}
-
 fn worker_main(
     index: usize,
     listener: std::net::TcpListener,
@@ -264,7 +248,10 @@ fn worker_main(
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     if shared.config.pin {
-        pin_to_core(index);
+        let core = index % ringcast_os::affinity::online_cpus();
+        if let Err(err) = ringcast_os::affinity::pin_current_thread(&[core]) {
+            tracing::warn!(index, "could not pin worker thread: {err}");
+        }
     }
     let mut builder = tokio_uring::builder();
     builder.entries(shared.config.ring_entries);

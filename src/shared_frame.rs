@@ -14,7 +14,7 @@
 //! adjacent in memory and go to the kernel as a few long `iovec`s rather than one per frame
 //! (copying hundreds of 66-byte segments was a third of the server's CPU at capacity).
 
-use crate::frame::{encode_header, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -158,7 +158,7 @@ impl BlockEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::encode_frame;
+    use ringcast_proto::frame::encode_frame;
 
     #[test]
     fn encodes_like_the_codec_and_shares_without_copying() {

@@ -16,12 +16,12 @@
 //! bounded by the cap plus two maximum-size messages. Frames are shared, so the queued bytes are
 //! mostly not the subscriber's own memory; the cap bounds how far behind it may fall.
 
-use crate::close::{close_payload, CloseCode};
 use crate::config::SlowPolicy;
-use crate::frame::OpCode;
 use crate::metrics::ThreadMetrics;
 use crate::send_ring::SendRing;
 use crate::shared_frame::SharedFrame;
+use ringcast_proto::close::{close_payload, CloseCode};
+use ringcast_proto::frame::OpCode;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::Shutdown;

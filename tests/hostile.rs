@@ -16,7 +16,7 @@ mod hostile_support;
 
 use futures_util::{SinkExt, StreamExt};
 use hostile_support::*;
-use ringcast::frame::{decode_header, OpCode};
+use ringcast_proto::frame::{decode_header, OpCode};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

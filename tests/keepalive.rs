@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use futures_util::StreamExt;
-use ringcast::frame::OpCode;
+use ringcast_proto::frame::OpCode;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use ringcast::frame::OpCode;
+use ringcast_proto::frame::OpCode;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,7 +62,7 @@ fn violations() -> Vec<(&'static str, Vec<u8>, u16)> {
                 let mut f = vec![0x81, 0x80 | 126, 0, 5];
                 f.extend_from_slice(&KEY);
                 let mut p = b"hello".to_vec();
-                ringcast::mask::apply_mask(&mut p, KEY);
+                ringcast_proto::mask::apply_mask(&mut p, KEY);
                 f.extend(p);
                 f
             },
@@ -356,7 +356,7 @@ async fn request_in_pieces_and_frames_right_after_it() {
     let mut receiver = ws(&server, "/pieces").await;
     wait_connections(&server, 1).await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    let req = ringcast::handshake::client_request(
+    let req = ringcast_proto::handshake::client_request(
         &server.addr.to_string(),
         "/pieces",
         "dGhlIHNhbXBsZSBub25jZQ==",

@@ -15,7 +15,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use ringcast::frame::OpCode;
+use ringcast_proto::frame::OpCode;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use futures_util::StreamExt;
-use ringcast::frame::OpCode;
+use ringcast_proto::frame::OpCode;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

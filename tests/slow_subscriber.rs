@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use ringcast::frame::{decode_header, OpCode};
+use ringcast_proto::frame::{decode_header, OpCode};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;

@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::message::{Event, MessageReader, Role};
+use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
 
 /// An event with owned bytes, to compare runs.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,8 +34,8 @@ fn own(event: Option<Event<'_>>) -> Owned {
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     events: Vec<Owned>,
-    /// The protocol error that ended the stream, as (close code, reason).
-    error: Option<(u16, &'static str)>,
+    /// The protocol error that ended the stream.
+    error: Option<ProtocolError>,
     /// Bytes left unconsumed at the end (an incomplete frame).
     left: usize,
 }
@@ -59,7 +59,7 @@ fn parse(role: Role, max: usize, pieces: &[&[u8]]) -> Outcome {
                 Err(e) => {
                     return Outcome {
                         events,
-                        error: Some((e.code.0, e.reason)),
+                        error: Some(e),
                         left: 0,
                     }
                 }

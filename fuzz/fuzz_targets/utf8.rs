@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringcast::utf8::Utf8Validator;
+use ringcast_proto::utf8::Utf8Validator;
 
 fuzz_target!(|data: &[u8]| {
     let [seed, text @ ..] = data else {

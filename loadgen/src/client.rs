@@ -199,14 +199,14 @@ pub fn connect(
         .set_read_timeout(Some(opts.timeout))
         .map_err(ConnectError::Io)?;
     let key = random_key();
-    let request = ringcast::handshake::client_request(&target.host_header, path, &key);
+    let request = ringcast_proto::handshake::client_request(&target.host_header, path, &key);
     stream
         .write_all(request.as_bytes())
         .map_err(ConnectError::Io)?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        match ringcast::handshake::parse_response(&buf, &key) {
+        match ringcast_proto::handshake::parse_response(&buf, &key) {
             Ok(Some(consumed)) => {
                 let t2 = clock::now_ns();
                 stream.set_read_timeout(None).map_err(ConnectError::Io)?;
@@ -227,7 +227,7 @@ pub fn connect(
                     if let Ok(n) = stream.read(&mut chunk) {
                         buf.extend_from_slice(&chunk[..n]);
                     }
-                    if let Err(e2) = ringcast::handshake::parse_response(&buf, &key) {
+                    if let Err(e2) = ringcast_proto::handshake::parse_response(&buf, &key) {
                         return Err(ConnectError::Rejected(e2.to_string()));
                     }
                 }

@@ -659,44 +659,6 @@ fn start_server(def: &ServerDef, cpu: usize, log: Option<&Path>) -> Result<Serve
     Err(last)
 }
 
-/// CPU time of every thread of `pid`, ns (schedstat: exact, not in clock ticks).
-pub fn server_cpu_ns(pid: u32) -> Option<u64> {
-    let mut total = 0u64;
-    let mut any = false;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
-        if let Some(v) = stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            total += v;
-            any = true;
-        }
-    }
-    if any {
-        Some(total)
-    } else {
-        server_process::cpu_ns(pid)
-    }
-}
-
-/// Peak resident memory (VmHWM) of `pid`, bytes.
-fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 fn brief(s: &StepResult, grid: Option<i32>, passed: bool, server_cpu_ns: Option<u64>) -> StepBrief {
     let server_cpu_s = server_cpu_ns.map(|n| n as f64 / 1e9);
     StepBrief {
@@ -735,7 +697,7 @@ impl Live {
     /// Stops the server first (SIGTERM, SIGKILL after 300 ms: the measurements are done, and
     /// a server closing 10,000 connections one by one would only cost time), then loadgen.
     fn stop(self) -> (Option<u64>, String) {
-        let peak = peak_rss_bytes(self.server.pid);
+        let peak = ringcast_os::procfs::peak_rss_bytes(self.server.pid);
         let status = self.server.stop(Duration::from_millis(300));
         self.session.close();
         (peak, status)
@@ -792,7 +754,7 @@ fn measured_step(
     drain: Duration,
 ) -> Result<(crate::session::StepOutcome, Option<u64>), String> {
     let pid = live.server.pid;
-    let cpu0 = server_cpu_ns(pid);
+    let cpu0 = ringcast_os::procfs::cpu_ns(pid);
     let spec = StepSpec {
         rate_per_s: rate,
         warmup_ns: warmup.as_nanos() as u64,
@@ -803,7 +765,7 @@ fn measured_step(
         .session
         .step(spec, &|_| {})
         .map_err(|e| e.to_string())?;
-    let cpu = match (cpu0, server_cpu_ns(pid)) {
+    let cpu = match (cpu0, ringcast_os::procfs::cpu_ns(pid)) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
@@ -1119,7 +1081,7 @@ fn run_idle_cell(
             cell.error = Some(e);
         }
     }
-    cell.peak_rss_bytes = peak_rss_bytes(server.pid);
+    cell.peak_rss_bytes = ringcast_os::procfs::peak_rss_bytes(server.pid);
     server.stop(Duration::from_secs(5));
     // The client side of 15,000 closed connections: let the kernel settle before the next.
     std::thread::sleep(Duration::from_millis(300));
@@ -1198,9 +1160,7 @@ fn measure_syscalls(
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            let _ = ringcast_os::affinity::pin_current_thread(&[cpu]);
             Ok(())
         })
     };
@@ -1438,7 +1398,7 @@ fn compare(a: &CompareArgs) -> Result<i32, String> {
     );
     // Everything of loadgen (connect threads too) on its core; the servers are pinned to
     // theirs when spawned.
-    crate::reader::pin_current_thread(&[a.loadgen_cpu]);
+    let _ = ringcast_os::affinity::pin_current_thread(&[a.loadgen_cpu]);
 
     let mut cells: Vec<CellRun> = Vec::new();
     let mut details: Vec<CellDetail> = Vec::new();

@@ -10,7 +10,6 @@ use std::time::Duration;
 use crate::client::{ConnectJob, ConnectOptions, Target};
 use crate::limits;
 use crate::report::ConnectionsReport;
-use crate::server_process;
 use crate::session::{open_connections, ConnectReport, SessionError};
 
 /// What to hold.
@@ -47,7 +46,7 @@ pub fn hold_idle(
     on_progress: &(dyn Fn(usize) + Sync),
 ) -> Result<(ConnectReport, ConnectionsReport), SessionError> {
     limits::ensure_fds(u64::from(cfg.connections) + 64, "one per connection")?;
-    let rss_before = cfg.server_pid.and_then(server_process::rss_bytes);
+    let rss_before = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
     let channels = cfg.channels.max(1);
     let jobs: Vec<ConnectJob> = (0..cfg.connections)
         .map(|i| ConnectJob {
@@ -75,7 +74,7 @@ pub fn hold_idle(
     let streams: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
     // Let the server finish setting the last ones up before reading its memory.
     std::thread::sleep(cfg.hold.min(Duration::from_secs(1)));
-    let rss_after = cfg.server_pid.and_then(server_process::rss_bytes);
+    let rss_after = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
     std::thread::sleep(cfg.hold.saturating_sub(Duration::from_secs(1)));
     let open = streams
         .iter()

@@ -21,30 +21,7 @@ pub enum LimitError {
     },
 }
 
-/// Current (soft, hard) RLIMIT_NOFILE.
-pub fn nofile() -> (u64, u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (r.rlim_cur, r.rlim_max)
-}
-
-/// Raises the soft open-file limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile() -> u64 {
-    let (soft, hard) = nofile();
-    if soft < hard {
-        let r = libc::rlimit {
-            rlim_cur: hard as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
-        };
-        // SAFETY: valid rlimit value within the hard limit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
-    }
-    nofile().0
-}
+pub use ringcast_os::fd_limit::{nofile, raise_nofile};
 
 /// Fails unless `needed` descriptors fit under the soft limit.
 pub fn ensure_fds(needed: u64, what: &str) -> Result<(), LimitError> {

@@ -17,11 +17,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use ringcast::frame::{encode_header, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
 
 use crate::clock;
 use crate::payload::{Stamp, STAMP_LEN};
-use crate::reader::pin_current_thread;
 use crate::recorder::new_histogram;
 use crate::schedule::Schedule;
 
@@ -116,7 +115,7 @@ pub fn spawn(cfg: PacerConfig) -> io::Result<PacerHandle> {
 
 fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>) {
     if let Some(cpus) = &cfg.cpus {
-        pin_current_thread(cpus);
+        let _ = ringcast_os::affinity::pin_current_thread(cpus);
     }
     clock::set_thread_timer_slack_1ns();
     if cfg.realtime {
@@ -200,7 +199,7 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                     intended_ns,
                 }
                 .write(&mut p.batch[start..start + STAMP_LEN]);
-                ringcast::mask::apply_mask(&mut p.batch[start..], key);
+                ringcast_proto::mask::apply_mask(&mut p.batch[start..], key);
                 p.seq += 1;
                 p.batch_msgs += 1;
                 report.sent += 1;

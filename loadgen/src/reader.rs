@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 
 use hdrhistogram::Histogram;
 use io_uring::{cqueue, opcode, types, IoUring};
-use ringcast::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
 use thiserror::Error;
 
 use crate::clock;
@@ -139,18 +139,6 @@ pub struct ReaderHandle {
     pub join: JoinHandle<Result<(), ReaderError>>,
 }
 
-/// Pins the calling thread to `cpus`.
-pub fn pin_current_thread(cpus: &[usize]) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET only writes inside it; pid 0 = this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Starts a reader thread; returns once its ring is set up (or failed to).
 pub fn spawn(cfg: ReaderConfig, clock_shared: Arc<StepClock>) -> Result<ReaderHandle, ReaderError> {
     let (tx, rx) = mpsc::channel();
@@ -164,7 +152,7 @@ pub fn spawn(cfg: ReaderConfig, clock_shared: Arc<StepClock>) -> Result<ReaderHa
         .name(format!("reader-{}", cfg.id))
         .spawn(move || {
             if let Some(cpus) = &cfg.cpus {
-                pin_current_thread(cpus);
+                let _ = ringcast_os::affinity::pin_current_thread(cpus);
             }
             let mut reader = match Reader::new(cfg, clock_shared, live2) {
                 Ok(r) => r,
@@ -691,7 +679,7 @@ fn send_pong(fd: RawFd, payload: &[u8]) {
     );
     frame[..hl].copy_from_slice(&header[..hl]);
     frame[hl..hl + payload.len()].copy_from_slice(payload);
-    ringcast::mask::apply_mask(&mut frame[hl..hl + payload.len()], key);
+    ringcast_proto::mask::apply_mask(&mut frame[hl..hl + payload.len()], key);
     let len = hl + payload.len();
     // SAFETY: sending from a valid buffer on our own socket; a short pong write is unlikely on
     // a 125-byte frame and would only upset a server that pings.
@@ -709,7 +697,7 @@ fn send_pong(fd: RawFd, payload: &[u8]) {
 mod tests {
     use super::*;
     use crate::payload::Stamp;
-    use ringcast::frame::encode_frame;
+    use ringcast_proto::frame::encode_frame;
 
     /// A subscriber's connection state over a real loopback socket, and the socket's peer.
     pub(super) fn conn() -> (ConnState, TcpStream) {
@@ -788,7 +776,7 @@ mod tests {
 mod speed {
     use super::*;
     use crate::payload::Stamp;
-    use ringcast::frame::encode_frame;
+    use ringcast_proto::frame::encode_frame;
 
     /// Every frame of many full 16 KiB buffers is counted, in order, exactly once. With
     /// `cargo test --release -p loadgen --lib parse_speed -- --nocapture` it also prints the

@@ -94,20 +94,6 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     word.parse().ok()
 }
 
-fn pin_to(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: as in reader::pin_current_thread; called in the child before exec.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 impl ServerProcess {
     /// Starts `program args`, pinned to `cpus`, its stderr appended to `log` (or discarded),
     /// and waits for its "listening on ADDR" line on stdout.
@@ -130,7 +116,7 @@ impl ServerProcess {
                 // The server must not outlive loadgen (Ctrl-C, crash).
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 match &cpus {
-                    Some(c) => pin_to(c),
+                    Some(c) => ringcast_os::affinity::pin_current_thread(c),
                     None => Ok(()),
                 }
             })
@@ -213,51 +199,6 @@ impl ServerProcess {
     }
 }
 
-/// Resident memory of `pid` in bytes (VmRSS).
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
-/// Time the threads of `pid` spent runnable but waiting for a CPU, in ns, summed over its
-/// threads (from /proc/PID/task/*/schedstat). A busy machine shows here: time a thread wanted
-/// to run and could not.
-pub fn runqueue_wait_ns(pid: u32) -> Option<u64> {
-    let mut total = 0u64;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Some(total)
-}
-
-/// CPU time (user + system, all threads) of `pid` in ns.
-pub fn cpu_ns(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some((utime + stime) * 1_000_000_000 / hz)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,13 +214,5 @@ mod tests {
             Some("127.0.0.1:9001".parse().unwrap())
         );
         assert_eq!(parse_listening_line("starting"), None);
-    }
-
-    #[test]
-    fn reads_own_proc() {
-        let me = std::process::id();
-        assert!(rss_bytes(me).unwrap() > 0);
-        assert!(cpu_ns(me).is_some());
-        assert!(runqueue_wait_ns(me).is_some());
     }
 }

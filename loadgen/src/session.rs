@@ -22,7 +22,6 @@ use crate::pacer::{self, PacerCommand, PacerConfig, PacerHandle, PublisherSocket
 use crate::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
 use crate::recorder::{merge_fanout, new_histogram, DeliveryCounts, LatencySummary, Topology};
 use crate::schedule::Schedule;
-use crate::server_process;
 
 /// Everything needed to open a session.
 #[derive(Debug, Clone)]
@@ -451,13 +450,13 @@ impl Session {
         self.steps_run += 1;
         let wall0 = clock::now_ns();
         let cpu0 = clock::process_cpu_ns();
-        let server0 = self.cfg.server_pid.and_then(server_process::cpu_ns);
+        let server0 = self.cfg.server_pid.and_then(ringcast_os::procfs::cpu_ns);
         let own_pid = std::process::id();
-        let wait0 = server_process::runqueue_wait_ns(own_pid).unwrap_or(0);
+        let wait0 = ringcast_os::procfs::runqueue_wait_ns(own_pid).unwrap_or(0);
         let server_wait0 = self
             .cfg
             .server_pid
-            .and_then(server_process::runqueue_wait_ns);
+            .and_then(ringcast_os::procfs::runqueue_wait_ns);
         let schedule = Schedule {
             start_ns,
             end_ns: window_end_ns,
@@ -561,7 +560,7 @@ impl Session {
         }
         let wall_ns = (clock::now_ns() - wall0).max(1);
         let cpu_ns = clock::process_cpu_ns() - cpu0;
-        let wait_share = server_process::runqueue_wait_ns(own_pid)
+        let wait_share = ringcast_os::procfs::runqueue_wait_ns(own_pid)
             .unwrap_or(0)
             .saturating_sub(wait0) as f64
             / wall_ns as f64;
@@ -569,14 +568,14 @@ impl Session {
             server_wait0,
             self.cfg
                 .server_pid
-                .and_then(server_process::runqueue_wait_ns),
+                .and_then(ringcast_os::procfs::runqueue_wait_ns),
         ) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall_ns as f64),
             _ => None,
         };
         let server_cpu = match (
             server0,
-            self.cfg.server_pid.and_then(server_process::cpu_ns),
+            self.cfg.server_pid.and_then(ringcast_os::procfs::cpu_ns),
         ) {
             (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / wall_ns as f64),
             _ => None,
@@ -640,7 +639,7 @@ impl Session {
                 pacer_util: pacer_cpu as f64 / wall_ns as f64,
                 loadgen_saturated: cores_used > 0.9 * cores as f64 || busiest > 0.9,
                 server_cores_used: server_cpu,
-                server_rss_bytes: self.cfg.server_pid.and_then(server_process::rss_bytes),
+                server_rss_bytes: self.cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes),
                 loadgen_runqueue_wait_share: wait_share,
                 server_runqueue_wait_share: server_wait_share,
             },

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
-use ringcast::frame::{decode_header, OpCode};
+use ringcast_proto::frame::{decode_header, OpCode};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -399,7 +399,7 @@ pub fn raw_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
         out.extend_from_slice(&KEY);
         let start = out.len();
         out.extend_from_slice(payload);
-        ringcast::mask::apply_mask(&mut out[start..], KEY);
+        ringcast_proto::mask::apply_mask(&mut out[start..], KEY);
     } else {
         out.extend_from_slice(payload);
     }
@@ -411,9 +411,9 @@ pub fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     raw_frame(u8::from(fin) << 7 | opcode as u8, payload, true)
 }
 
-/// A masked, complete (FIN) frame, as `ringcast::frame::encode_frame` builds it.
+/// A masked, complete (FIN) frame, as `ringcast_proto::frame::encode_frame` builds it.
 pub fn whole(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    ringcast::frame::encode_frame(opcode, payload, Some(KEY))
+    ringcast_proto::frame::encode_frame(opcode, payload, Some(KEY))
 }
 
 /// A frame the server sent.
@@ -450,7 +450,8 @@ impl Raw {
     /// Completes the upgrade on an already connected socket.
     pub async fn upgrade(mut stream: TcpStream, addr: SocketAddr, path: &str) -> Raw {
         within(STEP, "raw upgrade", async {
-            let req = ringcast::handshake::client_request(&addr.to_string(), path, CLIENT_KEY);
+            let req =
+                ringcast_proto::handshake::client_request(&addr.to_string(), path, CLIENT_KEY);
             stream.write_all(req.as_bytes()).await.expect("write");
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
@@ -462,7 +463,7 @@ impl Raw {
                     String::from_utf8_lossy(&buf)
                 );
                 buf.extend_from_slice(&chunk[..n]);
-                match ringcast::handshake::parse_response(&buf, CLIENT_KEY) {
+                match ringcast_proto::handshake::parse_response(&buf, CLIENT_KEY) {
                     Ok(Some(consumed)) => {
                         buf.drain(..consumed);
                         return Raw { stream, buf };

@@ -7,7 +7,7 @@
 //! for.
 #![allow(dead_code)]
 
-use ringcast::frame::{decode_header, encode_frame, OpCode};
+use ringcast_proto::frame::{decode_header, encode_frame, OpCode};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -220,7 +220,7 @@ impl Drop for Server {
 /// Raises this process's open-file soft limit to the hard limit (a test with 1,000 clients
 /// needs more than the usual 1,024).
 pub fn raise_fd_limit() -> u64 {
-    ringcast::raise_fd_limit()
+    ringcast_os::fd_limit::raise_nofile()
 }
 
 /// Runs `fut` under `bound`, panicking with `what` if it takes longer.
@@ -271,7 +271,7 @@ pub fn parse_http(buf: &[u8]) -> (u16, String) {
 
 /// The upgrade request for `path`.
 pub fn upgrade_request(addr: SocketAddr, path: &str) -> Vec<u8> {
-    ringcast::handshake::client_request(&addr.to_string(), path, CLIENT_KEY).into_bytes()
+    ringcast_proto::handshake::client_request(&addr.to_string(), path, CLIENT_KEY).into_bytes()
 }
 
 /// A masked client frame with FIN set.
@@ -351,7 +351,7 @@ impl Raw {
                 let n = stream.read(&mut chunk).await.expect("read 101");
                 assert!(n > 0, "EOF in upgrade: {:?}", String::from_utf8_lossy(&buf));
                 buf.extend_from_slice(&chunk[..n]);
-                match ringcast::handshake::parse_response(&buf, CLIENT_KEY) {
+                match ringcast_proto::handshake::parse_response(&buf, CLIENT_KEY) {
                     Ok(Some(consumed)) => {
                         buf.drain(..consumed);
                         return Raw { stream, buf };

@@ -8,14 +8,14 @@
 //! reads past the header block it reports and accepts a valid request only once it is whole;
 //! `Utf8Validator` agrees with `std::str::from_utf8` over any split.
 
-use ringcast::handshake::{accept_key, parse_request, Request};
-use ringcast::message::{Event, MessageReader, Role};
-use ringcast::utf8::Utf8Validator;
+use ringcast_proto::handshake::{accept_key, parse_request, Request};
+use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
+use ringcast_proto::utf8::Utf8Validator;
 use std::path::Path;
 
 /// Every input kept for `target`: seeds and regressions, as (name, bytes).
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let mut out = Vec::new();
     for dir in ["seeds", "regressions"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
@@ -60,7 +60,7 @@ fn own(event: Option<Event<'_>>) -> Owned {
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     events: Vec<Owned>,
-    error: Option<(u16, &'static str)>,
+    error: Option<ProtocolError>,
     left: usize,
 }
 
@@ -82,7 +82,7 @@ fn parse(role: Role, max: usize, pieces: &[&[u8]]) -> Outcome {
                 Err(e) => {
                     return Outcome {
                         events,
-                        error: Some((e.code.0, e.reason)),
+                        error: Some(e),
                         left: 0,
                     }
                 }
@@ -149,7 +149,13 @@ fn frame_parser_inputs_replay() {
 
 #[test]
 fn rfc_examples_parse_to_the_rfc_messages() {
-    let seed = |name: &str| std::fs::read(format!("fuzz/seeds/frame_parser/{name}")).unwrap();
+    let seed = |name: &str| {
+        std::fs::read(format!(
+            "{}/../../fuzz/seeds/frame_parser/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
     let hello = Owned::Message(1, b"Hello".to_vec());
     assert_eq!(
         frame_parser(&seed("rfc_unmasked_hello")).unwrap().events,
@@ -163,9 +169,9 @@ fn rfc_examples_parse_to_the_rfc_messages() {
         [Owned::Fragment, Owned::Message(1, b"Hello".to_vec())]
     );
     let too_big = frame_parser(&seed("masked_too_big")).unwrap();
-    assert_eq!(too_big.error.map(|e| e.0), Some(1009));
+    assert_eq!(too_big.error.map(|e| e.code().0), Some(1009));
     let bad_utf8 = frame_parser(&seed("masked_invalid_utf8")).unwrap();
-    assert_eq!(bad_utf8.error.map(|e| e.0), Some(1007));
+    assert_eq!(bad_utf8.error.map(|e| e.code().0), Some(1007));
 }
 
 // --- handshake --------------------------------------------------------------------------------
@@ -215,7 +221,11 @@ fn handshake_inputs_replay() {
         handshake(data);
     }
     // The RFC 6455 §1.2 request is accepted with the RFC's accept key.
-    let rfc = std::fs::read("fuzz/seeds/handshake/rfc_request").unwrap();
+    let rfc = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/seeds/handshake/rfc_request"
+    ))
+    .unwrap();
     let Ok(Some((Request::Upgrade { accept_key, .. }, _))) = parse_request(&rfc, 8192) else {
         panic!("the RFC request was not accepted");
     };

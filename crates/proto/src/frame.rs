@@ -164,7 +164,8 @@ pub fn encode_header(
 
 /// A whole frame, FIN set, as one buffer: header then payload (masked when `mask` is `Some`).
 ///
-/// The server encodes each broadcast exactly once through this function.
+/// For tests, clients and one-off frames: the server's broadcasts are encoded with
+/// [`encode_header`] straight into a shared block, many frames back to back.
 pub fn encode_frame(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut header = [0u8; MAX_HEADER_LEN];
     let header_len = encode_header(&mut header, true, opcode, mask, payload.len() as u64);

@@ -12,7 +12,7 @@
 //! messages are gathered into an internal buffer.
 
 use crate::close::{parse_close_payload, BadClose, CloseCode};
-use crate::frame::{decode_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
+use crate::frame::{decode_header, FrameError, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
 use crate::mask::apply_mask_at;
 use crate::utf8::Utf8Validator;
 use thiserror::Error;
@@ -41,18 +41,44 @@ pub enum Event<'a> {
     },
 }
 
-/// The peer broke the protocol; fail the connection with `code`.
+/// The peer broke the protocol: each cause, with the close code to fail the connection with
+/// ([`Self::code`]); the `Display` text is the close reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("{reason} (close {code})")]
-pub struct ProtocolError {
-    pub code: CloseCode,
-    pub reason: &'static str,
+pub enum ProtocolError {
+    #[error("malformed frame header: {0}")]
+    BadHeader(#[from] FrameError),
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    #[error("client frame is not masked")]
+    UnmaskedClientFrame,
+    #[error("server frame is masked")]
+    MaskedServerFrame,
+    #[error("fragmented control frame")]
+    FragmentedControl,
+    #[error("control frame payload over 125 bytes")]
+    ControlTooLong,
+    #[error("continuation frame outside a fragmented message")]
+    StrayContinuation,
+    #[error("new message inside a fragmented message")]
+    InterleavedMessage,
+    #[error("message exceeds the size limit")]
+    MessageTooBig,
+    #[error("invalid UTF-8 in text message")]
+    InvalidUtf8,
+    #[error("{0}")]
+    BadClose(#[from] BadClose),
 }
 
-fn violation(reason: &'static str) -> ProtocolError {
-    ProtocolError {
-        code: CloseCode::PROTOCOL_ERROR,
-        reason,
+impl ProtocolError {
+    /// The close code that fails the connection for this cause (§7.4.1).
+    pub fn code(self) -> CloseCode {
+        match self {
+            ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadClose(BadClose::Utf8) => {
+                CloseCode::INVALID_PAYLOAD
+            }
+            _ => CloseCode::PROTOCOL_ERROR,
+        }
     }
 }
 
@@ -107,9 +133,7 @@ impl MessageReader {
                 self.assembly.clear();
             }
         }
-        let Some((header, header_len)) =
-            decode_header(buf).map_err(|_| violation("malformed frame header"))?
-        else {
+        let Some((header, header_len)) = decode_header(buf)? else {
             return Ok(None);
         };
         self.check_header(&header)?;
@@ -128,7 +152,9 @@ impl MessageReader {
                 apply_mask_at(chunk, key, self.progress);
             }
             if is_text {
-                self.utf8.feed(chunk).map_err(|_| invalid_utf8())?;
+                self.utf8
+                    .feed(chunk)
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
             }
             self.progress = available;
         }
@@ -145,7 +171,7 @@ impl MessageReader {
             OpCode::Close => Some(close_event(payload)?),
             OpCode::Text | OpCode::Binary if header.fin => {
                 if is_text {
-                    self.utf8.finish().map_err(|_| invalid_utf8())?;
+                    self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 Some(Event::Message {
                     opcode: header.opcode,
@@ -162,7 +188,7 @@ impl MessageReader {
                 self.assembly.extend_from_slice(payload);
                 if header.fin {
                     if is_text {
-                        self.utf8.finish().map_err(|_| invalid_utf8())?;
+                        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
                     let opcode = self.fragmented.take().unwrap_or(OpCode::Binary);
                     self.assembly_delivered = true;
@@ -180,46 +206,32 @@ impl MessageReader {
 
     fn check_header(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
         if h.rsv != 0 {
-            return Err(violation(
-                "reserved bits set without a negotiated extension",
-            ));
+            return Err(ProtocolError::ReservedBits);
         }
         match (self.role, h.mask.is_some()) {
-            (Role::Server, false) => return Err(violation("client frame is not masked")),
-            (Role::Client, true) => return Err(violation("server frame is masked")),
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedClientFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedServerFrame),
             _ => {}
         }
         if h.opcode.is_control() {
             if !h.fin {
-                return Err(violation("fragmented control frame"));
+                return Err(ProtocolError::FragmentedControl);
             }
             if h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
-                return Err(violation("control frame payload over 125 bytes"));
+                return Err(ProtocolError::ControlTooLong);
             }
             return Ok(());
         }
         let already = match (h.opcode, self.fragmented) {
-            (OpCode::Continuation, None) => {
-                return Err(violation("continuation frame outside a fragmented message"))
-            }
+            (OpCode::Continuation, None) => return Err(ProtocolError::StrayContinuation),
             (OpCode::Continuation, Some(_)) => self.assembly.len() as u64,
-            (_, Some(_)) => return Err(violation("new message inside a fragmented message")),
+            (_, Some(_)) => return Err(ProtocolError::InterleavedMessage),
             (_, None) => 0,
         };
         if already.saturating_add(h.payload_len) > self.max_message_bytes as u64 {
-            return Err(ProtocolError {
-                code: CloseCode::MESSAGE_TOO_BIG,
-                reason: "message exceeds the size limit",
-            });
+            return Err(ProtocolError::MessageTooBig);
         }
         Ok(())
-    }
-}
-
-fn invalid_utf8() -> ProtocolError {
-    ProtocolError {
-        code: CloseCode::INVALID_PAYLOAD,
-        reason: "invalid UTF-8 in text message",
     }
 }
 
@@ -233,11 +245,7 @@ fn close_event(payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
             code: None,
             reason: "",
         }),
-        Err(BadClose::Protocol(reason)) => Err(violation(reason)),
-        Err(BadClose::Utf8) => Err(ProtocolError {
-            code: CloseCode::INVALID_PAYLOAD,
-            reason: "invalid UTF-8 in close reason",
-        }),
+        Err(bad) => Err(bad.into()),
     }
 }
 
@@ -281,7 +289,7 @@ mod tests {
     }
 
     fn code_of(bytes: &[u8]) -> CloseCode {
-        events(bytes).unwrap_err().code
+        events(bytes).unwrap_err().code()
     }
 
     #[test]
@@ -370,7 +378,7 @@ mod tests {
         let mut header = masked(OpCode::Binary, true, &[0; 11]);
         header.truncate(6); // header only
         assert_eq!(
-            r.next_event(&mut header).unwrap_err().code,
+            r.next_event(&mut header).unwrap_err().code(),
             CloseCode::MESSAGE_TOO_BIG
         );
         let mut frag = masked(OpCode::Binary, false, &[0; 6]);
@@ -379,7 +387,7 @@ mod tests {
         let (n, ev) = r.next_event(&mut frag).unwrap().unwrap();
         assert!(ev.is_none());
         assert_eq!(
-            r.next_event(&mut frag[n..]).unwrap_err().code,
+            r.next_event(&mut frag[n..]).unwrap_err().code(),
             CloseCode::MESSAGE_TOO_BIG
         );
     }
@@ -394,7 +402,7 @@ mod tests {
         let mut r = MessageReader::new(Role::Server, 1 << 20);
         let mut partial = frame[..frame.len() - 10].to_vec();
         assert_eq!(
-            r.next_event(&mut partial).unwrap_err().code,
+            r.next_event(&mut partial).unwrap_err().code(),
             CloseCode::INVALID_PAYLOAD
         );
     }
@@ -441,7 +449,7 @@ mod tests {
         let mut r = MessageReader::new(Role::Client, 100);
         let mut f = masked(OpCode::Text, true, b"x");
         assert_eq!(
-            r.next_event(&mut f).unwrap_err().code,
+            r.next_event(&mut f).unwrap_err().code(),
             CloseCode::PROTOCOL_ERROR
         );
         let mut f = encode_frame(OpCode::Text, b"x", None);

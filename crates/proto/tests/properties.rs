@@ -9,15 +9,15 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use ringcast::close::CloseCode;
-use ringcast::frame::{
+use ringcast_proto::close::CloseCode;
+use ringcast_proto::frame::{
     decode_header, encode_frame, encode_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD,
     MAX_HEADER_LEN,
 };
-use ringcast::handshake::{self, Request};
-use ringcast::mask::{apply_mask, apply_mask_at};
-use ringcast::message::{Event, MessageReader, ProtocolError, Role};
-use ringcast::utf8::Utf8Validator;
+use ringcast_proto::handshake::{self, Request};
+use ringcast_proto::mask::{apply_mask, apply_mask_at};
+use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
+use ringcast_proto::utf8::Utf8Validator;
 
 /// Size limit given to the readers under test; above every generated message.
 const LIMIT: usize = 1 << 20;
@@ -778,7 +778,7 @@ proptest! {
             }
         }
         if let Err(e) = handshake::parse_request(&bytes, limit) {
-            prop_assert!(matches!(e.status, 400 | 426 | 431), "{:?}", e);
+            prop_assert!(matches!(e.status(), 400 | 426 | 431), "{:?}", e);
         }
     }
 }

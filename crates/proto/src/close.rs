@@ -5,6 +5,7 @@
 
 use crate::utf8::Utf8Validator;
 use std::fmt;
+use thiserror::Error;
 
 /// A close status code (§7.4.1), with constants for the ones the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,12 +34,15 @@ impl fmt::Display for CloseCode {
     }
 }
 
-/// Why a received close payload is invalid, with the code to answer it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a received close payload is invalid: 1007 answers a reason that is not UTF-8, 1002
+/// the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum BadClose {
-    /// A 1-byte payload or a code that may not be sent: answer 1002.
-    Protocol(&'static str),
-    /// The reason is not UTF-8: answer 1007.
+    #[error("close payload of one byte")]
+    OneByte,
+    #[error("invalid close code {0}")]
+    InvalidCode(u16),
+    #[error("invalid UTF-8 in close reason")]
     Utf8,
 }
 
@@ -46,11 +50,11 @@ pub enum BadClose {
 pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, BadClose> {
     match payload {
         [] => Ok(None),
-        [_] => Err(BadClose::Protocol("close payload of one byte")),
+        [_] => Err(BadClose::OneByte),
         [hi, lo, reason @ ..] => {
             let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
             if !code.is_valid_on_wire() {
-                return Err(BadClose::Protocol("invalid close code"));
+                return Err(BadClose::InvalidCode(code.0));
             }
             let mut v = Utf8Validator::new();
             v.feed(reason).map_err(|_| BadClose::Utf8)?;
@@ -93,16 +97,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_payloads() {
-        assert!(matches!(
-            parse_close_payload(&[0x03]),
-            Err(BadClose::Protocol(_))
-        ));
+        assert_eq!(parse_close_payload(&[0x03]), Err(BadClose::OneByte));
         for code in [
             0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
         ] {
             let p = code.to_be_bytes();
-            assert!(
-                matches!(parse_close_payload(&p), Err(BadClose::Protocol(_))),
+            assert_eq!(
+                parse_close_payload(&p),
+                Err(BadClose::InvalidCode(code)),
                 "{code}"
             );
         }

@@ -1,0 +1,93 @@
+//! What `/proc` says about a process: CPU time, resident memory, and time spent waiting for a
+//! CPU. Every reader returns `None` when the process is gone or the file unreadable.
+
+use std::fs;
+
+/// Sums one field of `/proc/PID/task/*/schedstat` over the threads of `pid`: field 0 is time on
+/// a CPU, field 1 time runnable but waiting for one, both in ns (exact, not clock ticks).
+fn schedstat_sum(pid: u32, field: usize) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let stat = fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+        if let Some(v) = stat
+            .split_whitespace()
+            .nth(field)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += v;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// CPU time (all threads, user + system) of `pid` in ns: from schedstat, exact, or from
+/// `/proc/PID/stat` in clock ticks where schedstat is not available.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    schedstat_sum(pid, 0).or_else(|| stat_cpu_ns(pid))
+}
+
+/// CPU time from `/proc/PID/stat` (utime + stime, clock ticks).
+fn stat_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some((utime + stime) * 1_000_000_000 / hz)
+}
+
+/// Time the threads of `pid` spent runnable but waiting for a CPU, in ns, summed over its
+/// threads: time a thread wanted to run and could not.
+pub fn runqueue_wait_ns(pid: u32) -> Option<u64> {
+    schedstat_sum(pid, 1)
+}
+
+/// A `kB` line of `/proc/PID/status`, in bytes.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Resident memory of `pid` now (VmRSS), in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident memory of `pid` (VmHWM), in bytes.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Open descriptors of `pid` (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_process() {
+        let me = std::process::id();
+        assert!(rss_bytes(me).unwrap() > 0);
+        assert!(peak_rss_bytes(me).unwrap() >= rss_bytes(me).unwrap());
+        assert!(cpu_ns(me).is_some());
+        assert!(stat_cpu_ns(me).is_some());
+        assert!(runqueue_wait_ns(me).is_some());
+        assert!(open_fds(me).unwrap() >= 3);
+        assert_eq!(rss_bytes(u32::MAX), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! The HTTP/1.1 upgrade handshake (RFC 6455 §4), both roles.
+//!
+//! [`server`] parses a request that may arrive in pieces, checks every header the RFC requires,
+//! and either accepts it (`101 Switching Protocols` with the accept key), recognises a plain
+//! `GET` (for `/metrics`), or says precisely what is wrong: a [`HandshakeError`] whose status and
+//! one-line reason make the HTTP error answer. [`client`], used by the load generator, builds a
+//! request and checks the server's answer. Pure functions over bytes, no I/O.
+
+pub mod client;
+pub mod server;
+
+pub use client::{client_request, parse_response, ResponseError};
+pub use server::{
+    accept_response, error_response, parse_request, plain_response, HandshakeError, Request,
+};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
+/// The GUID every accept key is derived with (§1.3).
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Headers parsed per request or response; more is an error (431 for a request).
+const MAX_HEADERS: usize = 64;
+
+/// The value of `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (§4.2.2).
+pub fn accept_key(key_b64: &[u8]) -> String {
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(key_b64);
+    sha1.update(WEBSOCKET_GUID.as_bytes());
+    BASE64.encode(sha1.digest().bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_accept_key_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn client_round_trip() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let req = client_request("127.0.0.1:9001", "/bench", key);
+        let Some((Request::Upgrade { path, accept_key }, _)) =
+            parse_request(req.as_bytes(), 8192).unwrap()
+        else {
+            panic!("not an upgrade");
+        };
+        assert_eq!(path, "/bench");
+        let resp = accept_response(&accept_key);
+        assert_eq!(parse_response(resp.as_bytes(), key), Ok(Some(resp.len())));
+        assert_eq!(parse_response(&resp.as_bytes()[..10], key), Ok(None));
+        assert_eq!(
+            parse_response(resp.as_bytes(), "AAAAAAAAAAAAAAAAAAAAAA=="),
+            Err(ResponseError::BadAccept)
+        );
+        let rejected = error_response(&HandshakeError::MissingHost);
+        assert_eq!(
+            parse_response(&rejected, key),
+            Err(ResponseError::Rejected {
+                status: 400,
+                body: "missing Host header".into()
+            })
+        );
+    }
+}

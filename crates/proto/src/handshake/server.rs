@@ -1,0 +1,351 @@
+//! The server's half of the upgrade: parse a request, accept it or say why not.
+
+use super::{accept_key, MAX_HEADERS};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use thiserror::Error;
+
+/// A request the server cannot accept. Each cause has its HTTP status ([`Self::status`]) and
+/// its one-line reason (the `Display` text), which becomes the body of the error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum HandshakeError {
+    #[error("malformed HTTP request")]
+    Malformed,
+    #[error("method must be GET")]
+    NotGet,
+    #[error("HTTP/1.1 required")]
+    NotHttp11,
+    #[error("request path must start with /")]
+    PathNotAbsolute,
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("Upgrade header must be websocket")]
+    UpgradeNotWebSocket,
+    #[error("Connection header must include upgrade")]
+    ConnectionNotUpgrade,
+    #[error("missing Sec-WebSocket-Key header")]
+    MissingKey,
+    #[error("Sec-WebSocket-Key must be 16 bytes in base64")]
+    BadKey,
+    #[error("Sec-WebSocket-Version must be 13")]
+    BadVersion,
+    #[error("request header block too large")]
+    HeaderBlockTooLarge,
+    #[error("too many request headers")]
+    TooManyHeaders,
+    /// A plain `GET` of a path the server serves nothing at.
+    #[error("not a WebSocket upgrade (missing Upgrade: websocket); GET /metrics serves metrics")]
+    NotUpgrade,
+}
+
+impl HandshakeError {
+    /// The HTTP status to answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            HandshakeError::BadVersion => 426,
+            HandshakeError::HeaderBlockTooLarge | HandshakeError::TooManyHeaders => 431,
+            _ => 400,
+        }
+    }
+
+    /// A short, stable label for metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            HandshakeError::MissingKey | HandshakeError::BadKey => "bad_key",
+            HandshakeError::BadVersion => "version",
+            HandshakeError::HeaderBlockTooLarge | HandshakeError::TooManyHeaders => "too_large",
+            HandshakeError::UpgradeNotWebSocket
+            | HandshakeError::ConnectionNotUpgrade
+            | HandshakeError::NotUpgrade => "not_upgrade",
+            HandshakeError::Malformed
+            | HandshakeError::NotGet
+            | HandshakeError::NotHttp11
+            | HandshakeError::PathNotAbsolute
+            | HandshakeError::MissingHost => "malformed",
+        }
+    }
+}
+
+/// A complete, valid request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A WebSocket upgrade to `path`; answer with [`accept_response`].
+    Upgrade { path: String, accept_key: String },
+    /// A `GET` without an upgrade (e.g. `/metrics`).
+    Get { path: String },
+}
+
+/// Whether a comma-separated header value holds `token`, ignoring case.
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses the request at the start of `buf`.
+///
+/// `Ok(None)` asks for more bytes (nothing is consumed); `Ok(Some((request, consumed)))` gives
+/// the request and the length of its header block. A header block that is still incomplete
+/// after `max_header_bytes` is an error (431).
+pub fn parse_request(
+    buf: &[u8],
+    max_header_bytes: usize,
+) -> Result<Option<(Request, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= max_header_bytes => n,
+        Ok(httparse::Status::Partial) if buf.len() <= max_header_bytes => return Ok(None),
+        Ok(_) => return Err(HandshakeError::HeaderBlockTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
+        Err(_) => return Err(HandshakeError::Malformed),
+    };
+    if req.method != Some("GET") {
+        return Err(HandshakeError::NotGet);
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::NotHttp11);
+    }
+    let path = req.path.ok_or(HandshakeError::Malformed)?;
+    let path = path.split('?').next().unwrap_or(path).to_owned();
+    if !path.starts_with('/') {
+        return Err(HandshakeError::PathNotAbsolute);
+    }
+
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if header("Host").is_none() {
+        return Err(HandshakeError::MissingHost);
+    }
+    let Some(upgrade) = header("Upgrade") else {
+        return Ok(Some((Request::Get { path }, consumed)));
+    };
+    if !has_token(upgrade, "websocket") {
+        return Err(HandshakeError::UpgradeNotWebSocket);
+    }
+    if !header("Connection").is_some_and(|v| has_token(v, "upgrade")) {
+        return Err(HandshakeError::ConnectionNotUpgrade);
+    }
+    let key = header("Sec-WebSocket-Key")
+        .ok_or(HandshakeError::MissingKey)?
+        .trim_ascii();
+    match BASE64.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(HandshakeError::BadKey),
+    }
+    if header("Sec-WebSocket-Version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(HandshakeError::BadVersion);
+    }
+    Ok(Some((
+        Request::Upgrade {
+            path,
+            accept_key: accept_key(key),
+        },
+        consumed,
+    )))
+}
+
+/// The `101 Switching Protocols` answer.
+pub fn accept_response(accept_key: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// A complete HTTP response with a plain-text body; the connection is closed after it.
+pub fn plain_response(status: u16, body: &str) -> Vec<u8> {
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        status_text(status),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The error answer for a rejected request: its status and the reason as the body.
+pub fn error_response(err: &HandshakeError) -> Vec<u8> {
+    plain_response(err.status(), &format!("{err}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RFC_REQUEST: &str = "GET /chat HTTP/1.1\r\nHost: server.example.com\r\n\
+        Upgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\n\
+        Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn parses_the_rfc_request() {
+        let (req, n) = parse_request(RFC_REQUEST.as_bytes(), 8192)
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, RFC_REQUEST.len());
+        assert_eq!(
+            req,
+            Request::Upgrade {
+                path: "/chat".into(),
+                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
+        assert_eq!(
+            accept_response("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_split_at_every_byte() {
+        let bytes = RFC_REQUEST.as_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(parse_request(&bytes[..cut], 8192), Ok(None), "cut at {cut}");
+        }
+        let mut with_frame = bytes.to_vec();
+        with_frame.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        let (_, n) = parse_request(&with_frame, 8192).unwrap().unwrap();
+        assert_eq!(
+            n,
+            bytes.len(),
+            "bytes after the header block are not consumed"
+        );
+    }
+
+    #[test]
+    fn token_lists_are_case_insensitive() {
+        let req = RFC_REQUEST
+            .replace("Upgrade: websocket", "upgrade: WebSocket")
+            .replace("Connection: Upgrade", "connection: keep-alive, UPGRADE");
+        assert!(matches!(
+            parse_request(req.as_bytes(), 8192),
+            Ok(Some((Request::Upgrade { .. }, _)))
+        ));
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        let cases = [
+            (RFC_REQUEST.replace("GET", "POST"), HandshakeError::NotGet),
+            (
+                RFC_REQUEST.replace("HTTP/1.1", "HTTP/1.0"),
+                HandshakeError::NotHttp11,
+            ),
+            (
+                RFC_REQUEST.replace("Host: server.example.com\r\n", ""),
+                HandshakeError::MissingHost,
+            ),
+            (
+                RFC_REQUEST.replace("Upgrade: websocket", "Upgrade: h2c"),
+                HandshakeError::UpgradeNotWebSocket,
+            ),
+            (
+                RFC_REQUEST.replace("Connection: Upgrade", "Connection: close"),
+                HandshakeError::ConnectionNotUpgrade,
+            ),
+            (
+                RFC_REQUEST.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="),
+                HandshakeError::BadKey,
+            ),
+            (
+                RFC_REQUEST.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                HandshakeError::MissingKey,
+            ),
+            (
+                RFC_REQUEST.replace("Version: 13", "Version: 8"),
+                HandshakeError::BadVersion,
+            ),
+            ("GARBAGE\r\n\r\n".to_string(), HandshakeError::Malformed),
+        ];
+        for (req, want) in cases {
+            assert_eq!(parse_request(req.as_bytes(), 8192), Err(want), "{req:?}");
+        }
+    }
+
+    #[test]
+    fn each_cause_has_its_status_and_reason() {
+        let cases = [
+            (HandshakeError::NotGet, 400, "method"),
+            (HandshakeError::NotHttp11, 400, "HTTP/1.1"),
+            (HandshakeError::MissingHost, 400, "Host"),
+            (HandshakeError::UpgradeNotWebSocket, 400, "Upgrade"),
+            (HandshakeError::ConnectionNotUpgrade, 400, "Connection"),
+            (HandshakeError::BadKey, 400, "16 bytes"),
+            (HandshakeError::MissingKey, 400, "missing Sec-WebSocket-Key"),
+            (HandshakeError::BadVersion, 426, "Version"),
+            (HandshakeError::Malformed, 400, "malformed"),
+            (HandshakeError::HeaderBlockTooLarge, 431, "too large"),
+            (HandshakeError::TooManyHeaders, 431, "too many"),
+        ];
+        for (err, status, word) in cases {
+            assert_eq!(err.status(), status, "{err}");
+            assert!(
+                err.to_string().contains(word),
+                "{err} should mention {word}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_header_block_is_431() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n",
+            "a".repeat(9000)
+        );
+        assert_eq!(
+            parse_request(big.as_bytes(), 8192),
+            Err(HandshakeError::HeaderBlockTooLarge)
+        );
+        let many: String = (0..80).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(
+            parse_request(req.as_bytes(), 8192),
+            Err(HandshakeError::TooManyHeaders)
+        );
+    }
+
+    #[test]
+    fn plain_get_is_recognised() {
+        let req = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_request(req.as_bytes(), 8192).unwrap(),
+            Some((
+                Request::Get {
+                    path: "/metrics".into()
+                },
+                req.len()
+            ))
+        );
+    }
+
+    #[test]
+    fn error_response_carries_reason_and_version_header() {
+        let text = String::from_utf8(error_response(&HandshakeError::BadVersion)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(text.ends_with("\r\n\r\nSec-WebSocket-Version must be 13\n"));
+    }
+}

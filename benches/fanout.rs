@@ -27,11 +27,11 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::config::SlowPolicy;
+use ringcast::fanout::block::SharedFrame;
+use ringcast::fanout::subscriber::{QueueLimits, Subscriber};
 use ringcast::fanout::FanOut;
-use ringcast::metrics::{Metrics, ThreadMetrics};
-use ringcast::send_ring::SendRing;
-use ringcast::shared_frame::SharedFrame;
-use ringcast::subscriber::{QueueLimits, Subscriber};
+use ringcast::ring::{ScratchIovecs, SendRing};
+use ringcast::telemetry::metrics::{Metrics, ThreadMetrics};
 use ringcast_proto::frame::{encode_frame, OpCode};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -93,7 +93,7 @@ const BATCH: u64 = 16;
 /// 1,000 real subscribers on one channel of a `FanOut`, all sharing one loopback socket.
 fn subscribers(
     stream: &Rc<tokio_uring::net::TcpStream>,
-    ring: &Rc<SendRing>,
+    ring: &Rc<SendRing<Subscriber>>,
     channel: &Arc<str>,
 ) -> (FanOut, Vec<Rc<Subscriber>>, Arc<ThreadMetrics>) {
     let metrics = Arc::new(Metrics::new(1));
@@ -150,11 +150,11 @@ fn time_batches(
             n * SUBSCRIBERS as u64,
             "not all queued"
         );
-        let mut iovecs = Vec::new();
+        let mut scratch = ScratchIovecs::default();
         for s in subs {
-            iovecs.clear();
+            let mut iovecs = scratch.builder();
             s.begin_write(&mut iovecs);
-            let written = iovecs.iter().map(|iov| iov.iov_len).sum();
+            let written = iovecs.bytes();
             s.complete_write(written);
         }
         done += n;

@@ -18,7 +18,7 @@ pub enum SlowPolicy {
 
 /// ringcast: a WebSocket broadcast server on io_uring.
 ///
-/// Clients connect to ws://HOST:PORT/<channel>; every message a client sends is relayed,
+/// Clients connect to `ws://HOST:PORT/<channel>`; every message a client sends is relayed,
 /// unchanged, to every other client on the same channel.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ringcast", version, about, long_about = None)]

@@ -1,17 +1,35 @@
 //! ringcast: a WebSocket broadcast server on io_uring.
 //!
-//! The protocol layer is its own crate, [`ringcast_proto`] (pure, I/O-free); this crate is the
-//! runtime that runs it on tokio-uring, one thread per core.
+//! One OS thread per core, each with its own tokio-uring runtime, `SO_REUSEPORT` listener,
+//! channels and send ring. A broadcast is encoded once into a shared block; the same bytes are
+//! written to every subscriber, many subscribers' writes per kernel entry.
+//!
+//! # Layout
+//!
+//! The protocol is its own crate, [`ringcast_proto`] (re-exported as [`proto`]): pure functions
+//! over bytes, no I/O. This crate is the runtime, in layers that depend downward only:
+//!
+//! - [`server`]: binds the listeners, starts one worker thread per core, runs until the
+//!   shutdown future it is given completes, then drains.
+//! - `worker`: one thread's state (channels, send ring, block encoder, connections) and the
+//!   publishing of what its clients send.
+//! - `connection`: one client from its first byte to its close: `upgrade` (the HTTP request
+//!   and its answer), then `link` (the WebSocket's read loop).
+//! - [`fanout`]: channels and the fan-out of a message to their subscribers, within a thread
+//!   and across threads; [`fanout::block`] (frames encoded once, shared) and
+//!   [`fanout::subscriber`] (one connection's outgoing side).
+//! - [`ring`]: the send ring, the one raw io_uring of each thread, which writes for every
+//!   connection and knows nothing of WebSockets; and the readiness polls of idle connections.
+//! - [`telemetry`]: counters for `/metrics` and the `--stats-interval` line.
+//! - [`config`]: every flag, its default and its trade-off.
 
 pub use ringcast_proto as proto;
 
 pub mod config;
 pub mod fanout;
-pub mod metrics;
-pub mod send_ring;
+pub mod ring;
 pub mod server;
-pub mod shared_frame;
-pub mod stats;
-pub mod subscriber;
+pub mod telemetry;
 
 mod connection;
+mod worker;

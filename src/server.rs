@@ -9,25 +9,20 @@
 use crate::config::Config;
 use crate::connection;
 use crate::fanout::{FanOut, Forward, INBOX_CAPACITY};
-use crate::metrics::{Metrics, ThreadMetrics};
-use crate::send_ring::SendRing;
-use crate::shared_frame::BlockEncoder;
-use crate::subscriber::Subscriber;
-use ringcast_proto::close::CloseCode;
+use crate::telemetry::metrics::Metrics;
+use crate::worker::{Ring, Worker};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::net::TcpListener;
 
 /// Errors that stop the server.
 #[derive(Debug, Error)]
@@ -114,7 +109,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<ServerError>();
         let admitted = Arc::new(AtomicUsize::new(0));
-        let stats = crate::stats::spawn_reporter(self.config.stats_interval.0, metrics.clone());
+        let stats =
+            crate::telemetry::stats::spawn_reporter(self.config.stats_interval.0, metrics.clone());
 
         let mut handles = Vec::with_capacity(threads);
         for (index, (listener, inbox)) in self.listeners.into_iter().zip(inboxes).enumerate() {
@@ -177,68 +173,6 @@ struct Shared {
     admitted: Arc<AtomicUsize>,
 }
 
-/// One worker thread's state, shared by its tasks.
-pub(crate) struct Worker {
-    pub(crate) config: Arc<Config>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) thread_metrics: Arc<ThreadMetrics>,
-    pub(crate) fanout: Rc<FanOut>,
-    /// Every subscriber's writes go through it.
-    pub(crate) send_ring: Rc<SendRing>,
-    /// Where a publisher's messages are encoded, one block per read (empty between reads).
-    pub(crate) block: RefCell<BlockEncoder>,
-    admitted: Arc<AtomicUsize>,
-    next_id: Cell<u64>,
-    /// Every open socket of this thread, upgraded or not.
-    streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
-    /// The upgraded connections.
-    subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
-    shutting_down: Cell<bool>,
-}
-
-impl Worker {
-    /// Records a new socket; returns its connection id (unique across threads).
-    pub(crate) fn register(&self, stream: &Rc<TcpStream>) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        self.streams.borrow_mut().insert(id, stream.clone());
-        id
-    }
-
-    pub(crate) fn unregister(&self, id: u64) {
-        self.streams.borrow_mut().remove(&id);
-    }
-
-    pub(crate) fn add_subscriber(&self, subscriber: &Rc<Subscriber>) {
-        self.subscribers
-            .borrow_mut()
-            .insert(subscriber.id, subscriber.clone());
-    }
-
-    pub(crate) fn remove_subscriber(&self, id: u64) {
-        self.subscribers.borrow_mut().remove(&id);
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
-    }
-
-    /// Takes a place under `--max-connections`; `false` when the server is full.
-    pub(crate) fn try_admit(&self) -> bool {
-        let limit = self.config.max_connections;
-        let before = self.admitted.fetch_add(1, Ordering::Relaxed);
-        if limit != 0 && before >= limit {
-            self.admitted.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    pub(crate) fn release(&self) {
-        self.admitted.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 fn worker_main(
     index: usize,
     listener: std::net::TcpListener,
@@ -257,38 +191,29 @@ fn worker_main(
     builder.entries(shared.config.ring_entries);
     let runtime = tokio_uring::Runtime::new(&builder)?;
     runtime.block_on(async move {
-        let thread_metrics = shared.metrics.threads[index].clone();
         let fanout = Rc::new(FanOut::new(
             peers,
             shared.metrics.clone(),
-            thread_metrics.clone(),
+            shared.metrics.threads[index].clone(),
         ));
         tokio_uring::spawn(fanout.clone().run_inbox(inbox));
-        let send_ring = SendRing::new(shared.config.ring_entries)?;
+        let send_ring = Ring::new(shared.config.ring_entries)?;
         tokio_uring::spawn(send_ring.clone().run());
-        let worker = Rc::new(Worker {
-            config: shared.config,
-            metrics: shared.metrics,
-            thread_metrics,
+        let worker = Worker::new(
+            index,
+            shared.config,
+            shared.metrics,
+            shared.admitted,
             fanout,
-            send_ring: send_ring.clone(),
-            block: RefCell::default(),
-            admitted: shared.admitted,
-            // Ids are unique across threads: the thread index is in the top bits.
-            next_id: Cell::new((index as u64) << 48),
-            streams: RefCell::default(),
-            subscribers: RefCell::default(),
-            shutting_down: Cell::new(false),
-        });
+            send_ring,
+        );
         let listener = TcpListener::from_std(listener);
         accept_loop(&worker, &listener, stop).await;
         // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.
         unsafe {
             libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
         }
-        drain(&worker).await;
-        // The kernel may still be reading frames of writes in flight: let them complete.
-        send_ring.wait_idle(Duration::from_secs(1)).await;
+        worker.drain().await;
         Ok(())
     })
 }
@@ -308,48 +233,5 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: watc
             },
             _ = stop.changed() => return,
         }
-    }
-}
-
-/// Graceful shutdown of one worker: close 1001 to every client, wait for the closing
-/// handshakes up to `--shutdown-timeout`, then shut down whatever is left.
-async fn drain(worker: &Rc<Worker>) {
-    worker.shutting_down.set(true);
-    let upgraded: Vec<Rc<Subscriber>> = worker.subscribers.borrow().values().cloned().collect();
-    for subscriber in &upgraded {
-        subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
-    }
-    drop(upgraded);
-    // Connections still in their handshake are not waited for.
-    let handshaking: Vec<Rc<TcpStream>> = {
-        let subscribers = worker.subscribers.borrow();
-        worker
-            .streams
-            .borrow()
-            .iter()
-            .filter(|(id, _)| !subscribers.contains_key(id))
-            .map(|(_, s)| s.clone())
-            .collect()
-    };
-    for stream in handshaking {
-        let _ = stream.shutdown(Shutdown::Both);
-    }
-    let deadline = Instant::now() + worker.config.shutdown_timeout.0;
-    while !worker.streams.borrow().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let remaining: Vec<Rc<TcpStream>> = worker.streams.borrow().values().cloned().collect();
-    if !remaining.is_empty() {
-        tracing::warn!(
-            count = remaining.len(),
-            "closing connections that did not finish in time"
-        );
-    }
-    for stream in remaining {
-        let _ = stream.shutdown(Shutdown::Both);
-    }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !worker.streams.borrow().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -1,7 +1,10 @@
 //! The client's half of the upgrade: the request it sends and the check of the server's answer.
 
-use super::{accept_key, MAX_HEADERS};
+use super::key::accept_key;
 use thiserror::Error;
+
+/// Headers parsed per response; more is a malformed answer.
+const MAX_HEADERS: usize = 64;
 
 /// The upgrade request a client sends for `path` on `host` (host[:port]).
 pub fn client_request(host: &str, path: &str, key_b64: &str) -> String {

@@ -1,9 +1,12 @@
 //! The server's half of the upgrade: parse a request, accept it or say why not.
 
-use super::{accept_key, MAX_HEADERS};
+use super::key::accept_key;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use thiserror::Error;
+
+/// Headers parsed per request; more is an error (431).
+const MAX_HEADERS: usize = 64;
 
 /// A request the server cannot accept. Each cause has its HTTP status ([`Self::status`]) and
 /// its one-line reason (the `Display` text), which becomes the body of the error answer.

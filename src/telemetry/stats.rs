@@ -2,7 +2,7 @@
 //!
 //! It runs outside the worker threads and only reads their counters, so it never delays I/O.
 
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -8,9 +8,11 @@
 //! Inboxes are bounded: a thread that falls behind slows the publishers that feed it (their
 //! reads pause) instead of growing memory.
 
-use crate::metrics::{Metrics, ThreadMetrics};
-use crate::shared_frame::SharedFrame;
-use crate::subscriber::{Delivery, Subscriber};
+pub mod block;
+pub mod subscriber;
+
+use crate::telemetry::metrics::{Metrics, ThreadMetrics};
+use block::SharedFrame;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +20,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use subscriber::{Delivery, Subscriber};
 use tokio::sync::mpsc;
 
 /// Frames queued in a thread's inbox before publishers on other threads wait.
@@ -134,6 +137,16 @@ impl FanOut {
             }
         }
         None
+    }
+
+    /// Sends `frames` back to their sender alone (the echo path).
+    pub fn echo(&self, sender: &Subscriber, frames: &[SharedFrame]) {
+        ThreadMetrics::add(&self.thread_metrics.messages_in, frames.len() as u64);
+        let queued = frames
+            .iter()
+            .filter(|frame| sender.deliver(frame) == Delivery::Queued)
+            .count();
+        ThreadMetrics::add(&self.thread_metrics.deliveries_out, queued as u64);
     }
 
     /// Queues `frame` for this thread's subscribers of `channel`, except `exclude`.

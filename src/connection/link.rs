@@ -1,38 +1,26 @@
-//! One client connection, from its first byte to its close.
-//!
-//! The upgrade request is read (in as many pieces as the client sends it, within
-//! `--handshake-timeout`) and answered: `101` and a WebSocket, `200` with metrics for
-//! `GET /metrics`, or an HTTP error with its reason. A WebSocket then subscribes to the channel
-//! named by its path, and this task becomes its reader: every message is encoded once and
-//! published; pings are answered; a close or a protocol violation starts the closing handshake.
-//! Writing is the [`Subscriber`]'s job.
+//! An upgraded connection: its subscriber, its channel, and the read loop that turns what the
+//! client sends into published messages, pongs and the closing handshake.
 //!
 //! A drained connection waits for its next bytes on a readiness poll (see
-//! [`crate::send_ring::SendRing::readable`]), holding no read buffer: most subscribers never
-//! send. Reads go into a buffer that starts small and doubles when a read fills it, up to
-//! 64 KiB: a publisher's read then carries hundreds of messages, and reads follow each other
-//! without a poll in between while they fill the buffer.
+//! [`crate::ring::Readable`]), holding no read buffer: most subscribers never send. Reads go
+//! into a buffer that starts small and doubles when a read fills it, up to 64 KiB: a
+//! publisher's read then carries hundreds of messages, and reads follow each other without a
+//! poll in between while they fill the buffer.
 
 use crate::config::Config;
+use crate::fanout::subscriber::{QueueLimits, Subscriber};
 use crate::fanout::Forwarding;
-use crate::metrics::ThreadMetrics;
-use crate::server::Worker;
-use crate::subscriber::{QueueLimits, Subscriber};
+use crate::telemetry::metrics::ThreadMetrics;
+use crate::worker::Worker;
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::OpCode;
-use ringcast_proto::handshake::{self, HandshakeError, Request};
 use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
-use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
-
-/// The first read buffer of the handshake: a browser's upgrade request is about 600 bytes.
-const HANDSHAKE_READ_BYTES: usize = 1024;
 
 /// A WebSocket's read buffer to begin with: a few control frames.
 const INITIAL_READ_BYTES: usize = 256;
@@ -47,131 +35,11 @@ const SHRINK_AFTER_SMALL_READS: u32 = 64;
 /// A block of messages is published once it holds this many bytes, even mid-read.
 const BLOCK_BYTES: usize = 256 * 1024;
 
-/// How long a rejected client gets to read its HTTP error before the socket closes.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// Why the handshake did not produce a request.
-enum HandshakeEnd {
-    /// The peer went away or the socket failed: nothing to answer.
-    Gone,
-    Rejected(HandshakeError),
-}
-
-/// Serves one accepted connection to its end.
-pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
-    let stream = Rc::new(stream);
-    let _ = stream.set_nodelay(true);
-    let id = worker.register(&stream);
-    ThreadMetrics::add(&worker.thread_metrics.connections_total, 1);
-    match handshake(&worker, &stream, id).await {
-        // This task and its handshake state (timer, buffers, response) end here; the
-        // WebSocket lives on in a task of its own whose only state is the boxed link and its
-        // read loop: that task is most of an idle connection's memory.
-        Some(link) => {
-            tokio_uring::spawn(link.run());
-        }
-        None => worker.unregister(id),
-    }
-}
-
-/// Reads and answers the upgrade request. A WebSocket is subscribed, then gets its `101`, and
-/// is returned as a link; anything else is answered and closed.
-async fn handshake(worker: &Rc<Worker>, stream: &Rc<TcpStream>, id: u64) -> Option<Box<Link>> {
-    let timeout = worker.config.handshake_timeout.0;
-    let request = tokio::time::timeout(timeout, read_request(stream, worker)).await;
-    match request {
-        Err(_elapsed) => {
-            worker.thread_metrics.handshake_failed("timeout");
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        Ok(Err(HandshakeEnd::Gone)) => {}
-        Ok(Err(HandshakeEnd::Rejected(err))) => {
-            worker.thread_metrics.handshake_failed(err.metric_label());
-            tracing::debug!(id, %err, "handshake rejected");
-            reject(stream, handshake::error_response(&err)).await;
-        }
-        Ok(Ok((Request::Get { path }, _))) if path == "/metrics" => {
-            let body = worker.metrics.snapshot().prometheus();
-            reject(stream, handshake::plain_response(200, &body)).await;
-        }
-        Ok(Ok((Request::Get { .. }, _))) => {
-            let err = HandshakeError::NotUpgrade;
-            worker.thread_metrics.handshake_failed(err.metric_label());
-            reject(stream, handshake::error_response(&err)).await;
-        }
-        Ok(Ok((Request::Upgrade { path, accept_key }, leftover))) => {
-            if !worker.try_admit() {
-                worker.thread_metrics.handshake_failed("over_capacity");
-                let body = "server is at --max-connections; try again later\n";
-                reject(stream, handshake::plain_response(503, body)).await;
-                return None;
-            }
-            let link = Link::open(worker, stream, id, path, leftover);
-            // Subscribed before the 101 goes out, so a client holding its 101 gets every
-            // message published after it; what comes meanwhile waits in the queue until
-            // writing starts.
-            let response = handshake::accept_response(&accept_key).into_bytes();
-            let (written, _) = stream.write_all(response).await;
-            if written.is_ok() {
-                link.subscriber.start_writing();
-                return Some(link);
-            }
-            link.close();
-        }
-    }
-    None
-}
-
-/// Reads until a whole request is in; returns it with the bytes that followed it.
-async fn read_request(
-    stream: &TcpStream,
-    worker: &Worker,
-) -> Result<(Request, Vec<u8>), HandshakeEnd> {
-    let mut buf = Vec::with_capacity(HANDSHAKE_READ_BYTES);
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
-        }
-        let filled = buf.len();
-        let (result, slice) = stream.read(buf.slice(filled..)).await;
-        buf = slice.into_inner();
-        match result {
-            Ok(0) | Err(_) => return Err(HandshakeEnd::Gone),
-            Ok(_) => {}
-        }
-        match handshake::parse_request(&buf, worker.config.max_header_bytes) {
-            Ok(Some((request, consumed))) => {
-                buf.drain(..consumed);
-                return Ok((request, buf));
-            }
-            Ok(None) => {}
-            Err(err) => return Err(HandshakeEnd::Rejected(err)),
-        }
-    }
-}
-
-/// Sends a final HTTP response, then closes without resetting, so the client reads it.
-async fn reject(stream: &TcpStream, response: Vec<u8>) {
-    let (written, _) = stream.write_all(response).await;
-    if written.is_ok() && stream.shutdown(Shutdown::Write).is_ok() {
-        let drain = async {
-            loop {
-                let (result, _) = stream.read(vec![0u8; 512]).await;
-                if !matches!(result, Ok(n) if n > 0) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER, drain).await;
-    }
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
 /// An upgraded connection: its subscriber, its channel, and what its reader needs.
-struct Link {
+pub(super) struct Link {
     worker: Rc<Worker>,
     stream: Rc<TcpStream>,
-    subscriber: Rc<Subscriber>,
+    pub(super) subscriber: Rc<Subscriber>,
     channel: Arc<str>,
     echo: bool,
     /// A protocol violation was read: the rest of the peer's bytes cannot be parsed.
@@ -183,7 +51,7 @@ struct Link {
 
 impl Link {
     /// Makes the connection a subscriber of the channel named by `path` (or the echo path).
-    fn open(
+    pub(super) fn open(
         worker: &Rc<Worker>,
         stream: &Rc<TcpStream>,
         id: u64,
@@ -231,13 +99,13 @@ impl Link {
     /// The life of the WebSocket after its `101`: read until the end, then leave. (The link
     /// is boxed so that this future, alive as long as the connection, holds a pointer rather
     /// than copies of it.)
-    async fn run(mut self: Box<Self>) {
+    pub(super) async fn run(mut self: Box<Self>) {
         self.read_loop().await;
         self.close();
     }
 
     /// Unsubscribes and ends the connection.
-    fn close(&self) {
+    pub(super) fn close(&self) {
         if !self.echo {
             self.worker
                 .fanout
@@ -371,7 +239,8 @@ impl Link {
                 Some(Event::Ping(payload)) => {
                     // (Fields named one by one: `payload` may borrow the reader.)
                     let forwarding =
-                        publish_block(&self.worker, &self.subscriber, &self.channel, self.echo);
+                        self.worker
+                            .publish(&self.subscriber, &self.channel, self.echo);
                     self.subscriber.send_control(OpCode::Pong, payload);
                     if forwarding.is_some() {
                         return (start, forwarding);
@@ -379,7 +248,8 @@ impl Link {
                 }
                 Some(Event::Close { code, .. }) => {
                     let forwarding =
-                        publish_block(&self.worker, &self.subscriber, &self.channel, self.echo);
+                        self.worker
+                            .publish(&self.subscriber, &self.channel, self.echo);
                     // Echo the peer's code (§5.5.1) unless our close went first; once our close
                     // is written, the handshake is over and TCP is closed.
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
@@ -393,7 +263,8 @@ impl Link {
 
     /// Publishes the messages encoded so far (to the sender alone on the echo path).
     fn publish_block(&self) -> Option<Forwarding> {
-        publish_block(&self.worker, &self.subscriber, &self.channel, self.echo)
+        self.worker
+            .publish(&self.subscriber, &self.channel, self.echo)
     }
 
     fn fail(&mut self, err: ProtocolError) {
@@ -402,28 +273,4 @@ impl Link {
         tracing::debug!(id = self.subscriber.id, %err, "protocol violation");
         self.subscriber.close(err.code(), &err.to_string(), false);
     }
-}
-
-/// Publishes the messages the thread's block encoder holds, from `subscriber`'s connection to
-/// `channel`, or back to it alone on the echo path.
-fn publish_block(
-    worker: &Worker,
-    subscriber: &Rc<Subscriber>,
-    channel: &Arc<str>,
-    echo: bool,
-) -> Option<Forwarding> {
-    let frames = worker.block.borrow_mut().finish();
-    if frames.is_empty() {
-        return None;
-    }
-    if echo {
-        let metrics = &worker.thread_metrics;
-        ThreadMetrics::add(&metrics.messages_in, frames.len() as u64);
-        for frame in &frames {
-            subscriber.deliver(frame);
-        }
-        ThreadMetrics::add(&metrics.deliveries_out, frames.len() as u64);
-        return None;
-    }
-    worker.fanout.publish(channel, subscriber.id, frames)
 }

@@ -4,6 +4,7 @@
 //! relaxed atomic add on a cache line no other core writes; readers sum over threads. Counters
 //! are bumped once per message or per write, not per delivery, wherever the count is known.
 
+use ringcast_proto::handshake::HandshakeError;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,6 +20,28 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 7] = [
     "timeout",
     "over_capacity",
 ];
+
+/// Why a connection did not become a WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The request was answered with an HTTP error.
+    Rejected(HandshakeError),
+    /// The request was not complete within `--handshake-timeout`.
+    Timeout,
+    /// The server was at `--max-connections`.
+    OverCapacity,
+}
+
+impl HandshakeFailure {
+    /// Its label in `ringcast_handshake_failures_total{reason=...}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Rejected(err) => err.metric_label(),
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::OverCapacity => "over_capacity",
+        }
+    }
+}
 
 /// One worker thread's counters.
 #[derive(Debug, Default)]
@@ -40,7 +63,8 @@ impl ThreadMetrics {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn handshake_failed(&self, label: &str) {
+    pub fn handshake_failed(&self, failure: HandshakeFailure) {
+        let label = failure.label();
         let i = HANDSHAKE_FAILURE_LABELS
             .iter()
             .position(|l| *l == label)
@@ -228,7 +252,7 @@ mod tests {
         let m = Metrics::new(2);
         ThreadMetrics::add(&m.threads[0].deliveries_out, 5);
         ThreadMetrics::add(&m.threads[1].deliveries_out, 7);
-        m.threads[1].handshake_failed("version");
+        m.threads[1].handshake_failed(HandshakeFailure::Rejected(HandshakeError::BadVersion));
         let ch: Arc<str> = Arc::from("/a");
         m.channel_on_thread(&ch, 1);
         m.channel_on_thread(&ch, 1);
@@ -240,6 +264,22 @@ mod tests {
         m.channel_on_thread(&ch, -1);
         m.channel_on_thread(&ch, -1);
         assert_eq!(m.snapshot().channels, 0);
+    }
+
+    #[test]
+    fn every_failure_has_a_label_of_its_own() {
+        use HandshakeError as E;
+        let failures = [
+            HandshakeFailure::Rejected(E::Malformed),
+            HandshakeFailure::Rejected(E::BadKey),
+            HandshakeFailure::Rejected(E::BadVersion),
+            HandshakeFailure::Rejected(E::TooManyHeaders),
+            HandshakeFailure::Rejected(E::NotUpgrade),
+            HandshakeFailure::Timeout,
+            HandshakeFailure::OverCapacity,
+        ];
+        let labels: Vec<&str> = failures.iter().map(|f| f.label()).collect();
+        assert_eq!(labels, HANDSHAKE_FAILURE_LABELS);
     }
 
     #[test]

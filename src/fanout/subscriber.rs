@@ -16,10 +16,10 @@
 //! bounded by the cap plus two maximum-size messages. Frames are shared, so the queued bytes are
 //! mostly not the subscriber's own memory; the cap bounds how far behind it may fall.
 
+use super::block::SharedFrame;
 use crate::config::SlowPolicy;
-use crate::metrics::ThreadMetrics;
-use crate::send_ring::SendRing;
-use crate::shared_frame::SharedFrame;
+use crate::ring::{IovecBuilder, SendRing, Writer};
+use crate::telemetry::metrics::ThreadMetrics;
 use ringcast_proto::close::{close_payload, CloseCode};
 use ringcast_proto::frame::OpCode;
 use std::cell::{Cell, RefCell};
@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
 
-/// Most frames in one write (the kernel's IOV_MAX).
-pub const MAX_IOVECS: usize = 1024;
+/// Most frames in one write: a write holds them in flight until it completes.
+const MAX_FRAMES_PER_WRITE: usize = 1024;
 
 /// Control frames may take the backlog this far past the cap before the peer counts as slow:
 /// they are never dropped, but a peer that pings without reading is not given unbounded memory.
@@ -99,7 +99,7 @@ pub struct Subscriber {
     pub id: u64,
     stream: Rc<TcpStream>,
     outbox: RefCell<Outbox>,
-    ring: Rc<SendRing>,
+    ring: Rc<SendRing<Subscriber>>,
     metrics: Arc<ThreadMetrics>,
     limits: QueueLimits,
     /// When the peer last sent anything, for `--ping-timeout`.
@@ -111,7 +111,7 @@ impl Subscriber {
     pub fn new(
         id: u64,
         stream: Rc<TcpStream>,
-        ring: Rc<SendRing>,
+        ring: Rc<SendRing<Subscriber>>,
         metrics: Arc<ThreadMetrics>,
         limits: QueueLimits,
     ) -> Rc<Self> {
@@ -328,42 +328,26 @@ impl Subscriber {
         }
     }
 
-    /// The socket the send ring writes to.
-    pub fn raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
-    }
-
-    /// The first half of a write: appends `iovec`s covering the queued frames (up to
-    /// [`MAX_IOVECS`] frames; adjacent frames share one) to `iovecs` and marks those frames in
-    /// flight; returns how many frames. Zero means
-    /// there is nothing to write (the subscriber is finished, or its queue empty) and the
-    /// subscriber goes idle. Public, with [`Subscriber::complete_write`], so that a benchmark
-    /// can drain a queue without a socket.
-    pub fn begin_write(&self, iovecs: &mut Vec<libc::iovec>) -> usize {
+    /// The first half of a write: describes the queued frames (up to
+    /// 1,024 frames; adjacent frames share one `iovec`) and marks them in flight.
+    /// Nothing described means there is nothing to write (the subscriber is finished, or its
+    /// queue empty) and the subscriber goes idle. A benchmark may drive this and
+    /// [`Subscriber::complete_write`] without a socket.
+    pub fn begin_write(&self, iovecs: &mut IovecBuilder<'_>) {
         let mut out = self.outbox.borrow_mut();
         if out.finished || out.frames.is_empty() {
             out.writing = Writing::Idle;
-            return 0;
+            return;
         }
-        let count = out.frames.len().min(MAX_IOVECS);
-        let first = iovecs.len();
-        for frame in out.frames.iter().take(count) {
-            let bytes = frame.as_slice();
-            // Frames of one block are adjacent in memory: one `iovec` covers them all.
-            if let Some(last) = iovecs[first..].last_mut() {
-                if (last.iov_base as *const u8).wrapping_add(last.iov_len) == bytes.as_ptr() {
-                    last.iov_len += bytes.len();
-                    continue;
-                }
+        let mut count = 0;
+        for frame in out.frames.iter().take(MAX_FRAMES_PER_WRITE) {
+            if !iovecs.push(frame.as_slice()) {
+                break;
             }
-            iovecs.push(libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            });
+            count += 1;
         }
         out.in_flight = count;
         out.writing = Writing::InFlight;
-        count
     }
 
     /// The second half of a write: accounts for `written` bytes of the frames in flight,
@@ -396,7 +380,7 @@ impl Subscriber {
     /// A write ended with `result` (bytes written, or a negative errno): called by the send
     /// ring. Schedules the next write if more is queued; once the close frame is out, ends the
     /// closing handshake's sending half.
-    pub fn end_write(&self, result: i32) {
+    fn finish_write(&self, result: i32) {
         if result < 0 {
             {
                 let mut out = self.outbox.borrow_mut();
@@ -433,5 +417,19 @@ impl Subscriber {
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
         }
+    }
+}
+
+impl Writer for Subscriber {
+    fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    fn begin_write(&self, iovecs: &mut IovecBuilder<'_>) {
+        Subscriber::begin_write(self, iovecs);
+    }
+
+    fn end_write(&self, result: i32) {
+        self.finish_write(result);
     }
 }

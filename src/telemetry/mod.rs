@@ -1,0 +1,4 @@
+//! What the server tells about itself: counters for `/metrics` and the `--stats-interval` line.
+
+pub mod metrics;
+pub mod stats;

@@ -1,0 +1,177 @@
+//! One worker thread's state, shared by its tasks: its channels, its send ring, its block
+//! encoder, its connections, and the publishing of what its clients send.
+//!
+//! A worker is created by the server for each thread and handed to every connection that
+//! thread accepts; connections use it, never the reverse. It owns publishing: a connection's
+//! reader encodes messages into the worker's block encoder, then asks the worker to publish
+//! them (to the channel, or back to the sender on the echo path).
+
+use crate::config::Config;
+use crate::fanout::block::BlockEncoder;
+use crate::fanout::subscriber::Subscriber;
+use crate::fanout::{FanOut, Forwarding};
+use crate::ring::SendRing;
+use crate::telemetry::metrics::{Metrics, ThreadMetrics};
+use ringcast_proto::close::CloseCode;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_uring::net::TcpStream;
+
+/// The send ring of a worker: it writes for subscribers.
+pub(crate) type Ring = SendRing<Subscriber>;
+
+/// One worker thread's state (see the module documentation).
+pub(crate) struct Worker {
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) thread_metrics: Arc<ThreadMetrics>,
+    pub(crate) fanout: Rc<FanOut>,
+    /// Every subscriber's writes go through it.
+    pub(crate) send_ring: Rc<Ring>,
+    /// Where a publisher's messages are encoded, one block per read (empty between reads).
+    pub(crate) block: RefCell<BlockEncoder>,
+    /// Upgraded connections across all threads, for `--max-connections`.
+    admitted: Arc<AtomicUsize>,
+    next_id: Cell<u64>,
+    /// Every open socket of this thread, upgraded or not.
+    streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
+    /// The upgraded connections.
+    subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
+    shutting_down: Cell<bool>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        index: usize,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        admitted: Arc<AtomicUsize>,
+        fanout: Rc<FanOut>,
+        send_ring: Rc<Ring>,
+    ) -> Rc<Worker> {
+        Rc::new(Worker {
+            config,
+            thread_metrics: metrics.threads[index].clone(),
+            metrics,
+            fanout,
+            send_ring,
+            block: RefCell::default(),
+            admitted,
+            // Ids are unique across threads: the thread index is in the top bits.
+            next_id: Cell::new((index as u64) << 48),
+            streams: RefCell::default(),
+            subscribers: RefCell::default(),
+            shutting_down: Cell::new(false),
+        })
+    }
+
+    /// Records a new socket; returns its connection id (unique across threads).
+    pub(crate) fn register(&self, stream: &Rc<TcpStream>) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.streams.borrow_mut().insert(id, stream.clone());
+        id
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.streams.borrow_mut().remove(&id);
+    }
+
+    pub(crate) fn add_subscriber(&self, subscriber: &Rc<Subscriber>) {
+        self.subscribers
+            .borrow_mut()
+            .insert(subscriber.id, subscriber.clone());
+    }
+
+    pub(crate) fn remove_subscriber(&self, id: u64) {
+        self.subscribers.borrow_mut().remove(&id);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Takes a place under `--max-connections`; `false` when the server is full.
+    pub(crate) fn try_admit(&self) -> bool {
+        let limit = self.config.max_connections;
+        let before = self.admitted.fetch_add(1, Ordering::Relaxed);
+        if limit != 0 && before >= limit {
+            self.admitted.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn release(&self) {
+        self.admitted.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Publishes the messages the block encoder holds, from `from` to `channel`, or back to
+    /// `from` alone on the echo path. What is left to do when another thread's inbox is full
+    /// comes back as a future for the publisher to await before it reads on.
+    pub(crate) fn publish(
+        &self,
+        from: &Rc<Subscriber>,
+        channel: &Arc<str>,
+        echo: bool,
+    ) -> Option<Forwarding> {
+        let frames = self.block.borrow_mut().finish();
+        if frames.is_empty() {
+            return None;
+        }
+        if echo {
+            self.fanout.echo(from, &frames);
+            return None;
+        }
+        self.fanout.publish(channel, from.id, frames)
+    }
+
+    /// Graceful shutdown: close 1001 to every client, wait for the closing handshakes up to
+    /// `--shutdown-timeout`, then shut down whatever is left.
+    pub(crate) async fn drain(&self) {
+        self.shutting_down.set(true);
+        let upgraded: Vec<Rc<Subscriber>> = self.subscribers.borrow().values().cloned().collect();
+        for subscriber in &upgraded {
+            subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
+        }
+        drop(upgraded);
+        // Connections still in their handshake are not waited for.
+        let handshaking: Vec<Rc<TcpStream>> = {
+            let subscribers = self.subscribers.borrow();
+            self.streams
+                .borrow()
+                .iter()
+                .filter(|(id, _)| !subscribers.contains_key(id))
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        for stream in handshaking {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let deadline = Instant::now() + self.config.shutdown_timeout.0;
+        while !self.streams.borrow().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let remaining: Vec<Rc<TcpStream>> = self.streams.borrow().values().cloned().collect();
+        if !remaining.is_empty() {
+            tracing::warn!(
+                count = remaining.len(),
+                "closing connections that did not finish in time"
+            );
+        }
+        for stream in remaining {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.streams.borrow().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The kernel may still be reading buffers of writes in flight: let them complete.
+        self.send_ring.wait_idle(Duration::from_secs(1)).await;
+    }
+}

@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the frame codec: header encoding, unmasking, and the per-read parse loop.
 //!
 //! `MessageReader::next_event` over a full 64 KiB read is the server's hot path on the receive
-//! side: at capacity one publisher read carries ~900 small messages (see ANCHORS.md), each of
+//! side: at capacity one publisher read carries ~900 small messages (see docs/anchors.md), each of
 //! which is decoded, unmasked in place and handed to the fan-out. Unmasking is measured against
 //! a naive byte-at-a-time loop written here, so that the gain of `apply_mask`'s word-wise loop
 //! is a measured figure rather than a claim.

@@ -18,6 +18,7 @@ use crate::report::{self, Capacity, ConfigEcho, ReportError, ServerInfo, Summary
 use crate::server_process::{self, ServerError, ServerProcess};
 use crate::session::{LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepSpec};
 use crate::sweep::{capacity_step, step_passes, RateSearch};
+use crate::units::{fmt_ns, fmt_rate};
 
 /// Why a command failed.
 #[derive(Debug, Error)]
@@ -68,15 +69,15 @@ impl Progress {
         let p99 = if s.p99_ns == 0 {
             "-".to_owned()
         } else {
-            report::fmt_ns(s.p99_ns)
+            fmt_ns(s.p99_ns)
         };
         self.message(format!(
             "{prefix}{} {:.1}s | {} msg/s, sent {} | {} deliveries/s | p99 {p99}",
             s.phase,
             s.elapsed_s,
-            report::fmt_rate(s.rate_per_s),
+            fmt_rate(s.rate_per_s),
             s.sent,
-            report::fmt_rate(s.deliveries_per_s),
+            fmt_rate(s.deliveries_per_s),
         ));
     }
     fn finish(&self) {
@@ -313,7 +314,7 @@ fn step_warnings(i: Option<usize>, s: &crate::session::StepResult, out: &mut Vec
     if s.send_lag.p99_ns > 1_000_000 {
         out.push(format!(
             "{at}the pacer fell behind its schedule (send lag p99 {}); latencies still count from the intended times",
-            report::fmt_ns(s.send_lag.p99_ns)
+            fmt_ns(s.send_lag.p99_ns)
         ));
     }
     if !s.publisher_failures.is_empty() {
@@ -388,7 +389,7 @@ fn sweep_warnings(steps: &[crate::session::StepResult], out: &mut Vec<String>) {
         out.push(format!(
             "{}: the pacer fell behind its schedule (send lag p99 up to {}); latencies still count from the intended times",
             names(&lag),
-            report::fmt_ns(max_of(&lag, &|s| s.send_lag.p99_ns as f64) as u64)
+            fmt_ns(max_of(&lag, &|s| s.send_lag.p99_ns as f64) as u64)
         ));
     }
     for (i, s) in steps.iter().enumerate() {
@@ -574,9 +575,9 @@ pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
                 if let Some(b) = &progress.bar {
                     b.println(format!(
                         "  step {n}: {} msg/s -> {} deliveries/s, p99 {}, lost {}: {}",
-                        report::fmt_rate(rate),
-                        report::fmt_rate(o.result.deliveries_per_s),
-                        report::fmt_ns(o.result.latency.p99_ns),
+                        fmt_rate(rate),
+                        fmt_rate(o.result.deliveries_per_s),
+                        fmt_ns(o.result.latency.p99_ns),
                         o.result.lost,
                         if passed { "pass" } else { "FAIL" }
                     ));

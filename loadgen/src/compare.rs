@@ -28,16 +28,15 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::parse_duration;
 use crate::client::Target;
 use crate::compare_report::{self, CompareReport, ServerEntry};
 use crate::connections::{hold_idle, HoldConfig};
 use crate::machine;
 use crate::recorder::new_histogram;
-use crate::report::{fmt_ns, fmt_rate};
 use crate::server_process::{self, ServerProcess};
 use crate::session::{LoadConfig, Session, StepResult, StepSpec};
 use crate::sweep::step_passes;
+use crate::units::{fmt_kib, fmt_ns, fmt_rate, parse_duration};
 
 /// `loadgen compare`.
 #[derive(Debug, Clone, Args)]
@@ -1070,7 +1069,7 @@ fn run_idle_cell(
                     f.still_open,
                     fmt_rate(f.connect_rate_per_s),
                     f.rss_per_connection_bytes
-                        .map(|b| format!("{:.1} KiB", b / 1024.0))
+                        .map(fmt_kib)
                         .unwrap_or_else(|| "?".into())
                 ),
             );

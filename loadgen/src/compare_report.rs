@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::compare::{CellDetail, CellRun, Scenario, ScenarioKind, SyscallFinding};
 use crate::hgrm;
 use crate::machine::{self, MachineInfo};
-use crate::report::{fmt_ns, fmt_rate};
+use crate::units::{fmt_kib, fmt_ns, fmt_rate};
 
 /// Version of compare.json's schema.
 pub const COMPARE_SCHEMA_VERSION: u32 = 1;
@@ -382,10 +382,6 @@ fn fmt_ratio(r: Option<f64>) -> String {
         Some(_) => "0×".into(),
         None => "–".into(),
     }
-}
-
-fn fmt_kib(b: f64) -> String {
-    format!("{:.1} KiB", b / 1024.0)
 }
 
 fn capacity_cell(s: &CellSummary) -> String {

@@ -27,6 +27,7 @@ pub mod schedule;
 pub mod server_process;
 pub mod session;
 pub mod sweep;
+pub mod units;
 
 use clap::Parser;
 

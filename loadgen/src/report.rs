@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::machine::MachineInfo;
 use crate::recorder::LatencySummary;
 use crate::session::{ConnectReport, StepResult};
+use crate::units::{fmt_ns, fmt_rate};
 use crate::{hgrm, plots};
 
 /// Version of the summary.json schema.
@@ -112,38 +113,6 @@ pub enum ReportError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Plot(#[from] plots::PlotError),
-}
-
-/// Formats ns with a unit (ns, us, ms, s), three significant figures.
-pub fn fmt_ns(ns: u64) -> String {
-    let v = ns as f64;
-    let (x, unit) = if v < 1e3 {
-        (v, "ns")
-    } else if v < 1e6 {
-        (v / 1e3, "us")
-    } else if v < 1e9 {
-        (v / 1e6, "ms")
-    } else {
-        (v / 1e9, "s")
-    };
-    if x >= 100.0 {
-        format!("{x:.0}{unit}")
-    } else if x >= 10.0 {
-        format!("{x:.1}{unit}")
-    } else {
-        format!("{x:.2}{unit}")
-    }
-}
-
-/// Formats a count per second with k/M.
-pub fn fmt_rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
 }
 
 fn latency_lines(out: &mut String, l: &LatencySummary) {
@@ -574,15 +543,6 @@ pub fn write_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_units() {
-        assert_eq!(fmt_ns(512), "512ns");
-        assert_eq!(fmt_ns(1_234), "1.23us");
-        assert_eq!(fmt_ns(12_345_678), "12.3ms");
-        assert_eq!(fmt_ns(2_500_000_000), "2.50s");
-        assert_eq!(fmt_rate(2_000_000.0), "2.00M");
-    }
 
     #[test]
     fn summary_json_round_trip() {

@@ -10,14 +10,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use thiserror::Error;
 
 use crate::cli::{CommonArgs, ConnectionsArgs, Format, RunArgs, SweepArgs};
-use crate::client::{parse_source_ips, AddressError, Target};
-use crate::connections::{hold_idle, HoldConfig};
-use crate::machine;
-use crate::payload::STAMP_LEN;
+use crate::load::client::{parse_source_ips, AddressError, Target};
+use crate::load::idle::{hold_idle, HoldConfig};
+use crate::load::payload::STAMP_LEN;
+use crate::load::session::{LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepSpec};
 use crate::report::{self, Capacity, ConfigEcho, ReportError, ServerInfo, Summary};
-use crate::server_process::{self, ServerError, ServerProcess};
-use crate::session::{LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepSpec};
 use crate::sweep::{capacity_step, step_passes, RateSearch};
+use crate::sys::machine;
+use crate::sys::server_process::{self, ServerError, ServerProcess};
 use crate::units::{fmt_ns, fmt_rate};
 
 /// Why a command failed.
@@ -113,9 +113,9 @@ fn command_line() -> String {
 }
 
 fn prepare(c: &CommonArgs, scenario: &str, needed_fds: u64) -> Result<Prepared, AppError> {
-    crate::limits::raise_nofile();
+    ringcast_os::fd_limit::raise_nofile();
     // Fail before starting anything when the descriptors cannot suffice.
-    crate::limits::ensure_fds(needed_fds, "connections")
+    crate::sys::limits::ensure_fds(needed_fds, "connections")
         .map_err(|e| AppError::Session(SessionError::Limits(e)))?;
     if c.size < STAMP_LEN {
         return Err(AppError::Config(format!(
@@ -138,7 +138,7 @@ fn prepare(c: &CommonArgs, scenario: &str, needed_fds: u64) -> Result<Prepared, 
         std::fs::create_dir_all(d)
             .map_err(|e| AppError::Config(format!("cannot create {}: {e}", d.display())))?;
     }
-    let all_cpus: Vec<usize> = (0..machine::available_cpus()).collect();
+    let all_cpus: Vec<usize> = (0..ringcast_os::affinity::online_cpus()).collect();
     let (target, server, server_info, mut loadgen_cpus) = match &c.url {
         Some(url) => {
             let target = Target::parse(url)?;
@@ -267,13 +267,13 @@ fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summary {
 }
 
 /// Whether other work took a noticeable share of loadgen's or the server's CPU (> 5 %).
-fn machine_busy(s: &crate::session::StepResult) -> bool {
+fn machine_busy(s: &crate::load::session::StepResult) -> bool {
     s.cpu.loadgen_runqueue_wait_share > 0.05
         || s.cpu.server_runqueue_wait_share.unwrap_or(0.0) > 0.05
 }
 
 /// Warnings every step deserves.
-fn step_warnings(i: Option<usize>, s: &crate::session::StepResult, out: &mut Vec<String>) {
+fn step_warnings(i: Option<usize>, s: &crate::load::session::StepResult, out: &mut Vec<String>) {
     let at = i
         .map(|i| format!("step {} ({} msg/s): ", i + 1, s.requested_rate_per_s))
         .unwrap_or_default();
@@ -345,8 +345,8 @@ fn step_warnings(i: Option<usize>, s: &crate::session::StepResult, out: &mut Vec
 }
 
 /// The warnings of a sweep, one line per kind listing the steps concerned.
-fn sweep_warnings(steps: &[crate::session::StepResult], out: &mut Vec<String>) {
-    let which = |pred: &dyn Fn(&crate::session::StepResult) -> bool| -> Vec<usize> {
+fn sweep_warnings(steps: &[crate::load::session::StepResult], out: &mut Vec<String>) {
+    let which = |pred: &dyn Fn(&crate::load::session::StepResult) -> bool| -> Vec<usize> {
         steps
             .iter()
             .enumerate()
@@ -363,7 +363,7 @@ fn sweep_warnings(steps: &[crate::session::StepResult], out: &mut Vec<String>) {
             steps.len()
         )
     };
-    let max_of = |idx: &[usize], f: &dyn Fn(&crate::session::StepResult) -> f64| {
+    let max_of = |idx: &[usize], f: &dyn Fn(&crate::load::session::StepResult) -> f64| {
         idx.iter().map(|&i| f(&steps[i])).fold(0.0, f64::max)
     };
     let sat = which(&|s| s.cpu.loadgen_saturated);

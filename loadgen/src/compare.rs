@@ -28,14 +28,14 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::client::Target;
 use crate::compare_report::{self, CompareReport, ServerEntry};
-use crate::connections::{hold_idle, HoldConfig};
-use crate::machine;
-use crate::recorder::new_histogram;
-use crate::server_process::{self, ServerProcess};
-use crate::session::{LoadConfig, Session, StepResult, StepSpec};
+use crate::load::client::Target;
+use crate::load::idle::{hold_idle, HoldConfig};
+use crate::load::recorder::new_histogram;
+use crate::load::session::{LoadConfig, Session, StepResult, StepSpec};
 use crate::sweep::step_passes;
+use crate::sys::machine;
+use crate::sys::server_process::{self, ServerProcess};
 use crate::units::{fmt_kib, fmt_ns, fmt_rate, parse_duration};
 
 /// `loadgen compare`.
@@ -751,7 +751,7 @@ fn measured_step(
     warmup: Duration,
     duration: Duration,
     drain: Duration,
-) -> Result<(crate::session::StepOutcome, Option<u64>), String> {
+) -> Result<(crate::load::session::StepOutcome, Option<u64>), String> {
     let pid = live.server.pid;
     let cpu0 = ringcast_os::procfs::cpu_ns(pid);
     let spec = StepSpec {
@@ -1257,8 +1257,8 @@ pub fn main(a: &CompareArgs) -> i32 {
 
 fn compare(a: &CompareArgs) -> Result<i32, String> {
     let t0 = Instant::now();
-    crate::limits::raise_nofile();
-    let cpus = machine::available_cpus();
+    ringcast_os::fd_limit::raise_nofile();
+    let cpus = ringcast_os::affinity::online_cpus();
     if a.server_cpu == a.loadgen_cpu || a.server_cpu >= cpus.max(2) || a.loadgen_cpu >= cpus.max(2)
     {
         return Err(format!(
@@ -1302,7 +1302,7 @@ fn compare(a: &CompareArgs) -> Result<i32, String> {
         .map(|s| u64::from(s.subscribers) + 2 * u64::from(s.publishers) + 64)
         .max()
         .unwrap_or(0);
-    crate::limits::ensure_fds(needed, "the largest scenario").map_err(|e| e.to_string())?;
+    crate::sys::limits::ensure_fds(needed, "the largest scenario").map_err(|e| e.to_string())?;
 
     let peers = find_peers_dir(a.peers_dir.as_deref());
     let explicit = a.servers.is_some();

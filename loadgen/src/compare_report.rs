@@ -16,8 +16,8 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{CellDetail, CellRun, Scenario, ScenarioKind, SyscallFinding};
-use crate::hgrm;
-use crate::machine::{self, MachineInfo};
+use crate::report::hgrm;
+use crate::sys::machine::{self, MachineInfo};
 use crate::units::{fmt_kib, fmt_ns, fmt_rate};
 
 /// Version of compare.json's schema.
@@ -1268,7 +1268,7 @@ mod tests {
             cell("node-ws", 1, 5e4, 10),
         ]));
         let mut hists = Hists::new();
-        let mut h = crate::recorder::new_histogram();
+        let mut h = crate::load::recorder::new_histogram();
         for v in 1..1000u64 {
             h.record(v * 10_000).unwrap();
         }

@@ -9,31 +9,19 @@
 
 pub mod app;
 pub mod cli;
-pub mod client;
-pub mod clock;
 pub mod compare;
 pub mod compare_report;
-pub mod connections;
-pub mod hgrm;
-pub mod limits;
-pub mod machine;
-pub mod pacer;
-pub mod payload;
-pub mod plots;
-pub mod reader;
-pub mod recorder;
+pub mod load;
 pub mod report;
-pub mod schedule;
-pub mod server_process;
-pub mod session;
 pub mod sweep;
+pub mod sys;
 pub mod units;
 
 use clap::Parser;
 
 /// Parses the command line and runs the command; returns the process exit status.
 pub fn main_with_args() -> i32 {
-    clock::init();
+    load::clock::init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Some(cli::Commands::Run(a)) => app::run(&a),

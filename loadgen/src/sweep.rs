@@ -8,7 +8,7 @@
 //! failure of a list, optionally repeating a failing step once (`--confirm`). Capacity is the
 //! highest achieved deliveries/s among the steps that held.
 
-use crate::session::StepResult;
+use crate::load::session::StepResult;
 
 /// Whether a step held: zero loss, all sent, no disconnects, measured, p99 within the SLO.
 pub fn step_passes(s: &StepResult, slo_p99_ns: u64) -> bool {

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use thiserror::Error;
 
-use crate::session::StepResult;
+use crate::load::session::StepResult;
 
 /// A named line of (x, y) points and its colour.
 type Series<'a> = (&'a str, &'a Vec<(f64, f64)>, RGBColor);

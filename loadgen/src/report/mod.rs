@@ -5,6 +5,9 @@
 //! it, so they cannot disagree. Its schema is documented in `results/README.md`; bump
 //! [`SCHEMA_VERSION`] on any incompatible change.
 
+pub mod hgrm;
+pub mod plots;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -12,11 +15,11 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::machine::MachineInfo;
-use crate::recorder::LatencySummary;
-use crate::session::{ConnectReport, StepResult};
+use crate::load::idle::ConnectionsReport;
+use crate::load::recorder::LatencySummary;
+use crate::load::session::{ConnectReport, StepResult};
+use crate::sys::machine::MachineInfo;
 use crate::units::{fmt_ns, fmt_rate};
-use crate::{hgrm, plots};
 
 /// Version of the summary.json schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -62,18 +65,6 @@ pub struct Capacity {
     pub p99_ns: u64,
     /// True when loadgen was saturated at or below this step (the figure is loadgen's limit).
     pub limited_by_loadgen: bool,
-}
-
-/// The result of `loadgen connections`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ConnectionsReport {
-    pub held: u32,
-    pub hold_s: f64,
-    pub server_rss_before_bytes: Option<u64>,
-    pub server_rss_after_bytes: Option<u64>,
-    pub server_rss_per_connection_bytes: Option<f64>,
-    /// Connections still open at the end of the hold.
-    pub still_open: u32,
 }
 
 /// Everything a run produced (summary.json).

@@ -15,7 +15,7 @@ use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::payload::STAMP_LEN;
 use crate::load::session::{LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepSpec};
 use crate::report::{self, Capacity, ConfigEcho, ReportError, ServerInfo, Summary};
-use crate::sweep::{capacity_step, step_passes, RateSearch};
+use crate::search::{capacity_step, step_passes, RateSearch};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerError, ServerProcess};
 use crate::units::{fmt_ns, fmt_rate};

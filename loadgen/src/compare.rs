@@ -33,7 +33,7 @@ use crate::load::client::Target;
 use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::recorder::new_histogram;
 use crate::load::session::{LoadConfig, Session, StepResult, StepSpec};
-use crate::sweep::step_passes;
+use crate::search::step_passes;
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerProcess};
 use crate::units::{fmt_kib, fmt_ns, fmt_rate, parse_duration};

@@ -13,7 +13,7 @@ pub mod compare;
 pub mod compare_report;
 pub mod load;
 pub mod report;
-pub mod sweep;
+pub mod search;
 pub mod sys;
 pub mod units;
 

@@ -15,7 +15,7 @@ use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::payload::STAMP_LEN;
 use crate::load::session::{LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepSpec};
 use crate::report::{self, Capacity, ConfigEcho, ReportError, ServerInfo, Summary};
-use crate::search::{capacity_step, step_passes, RateSearch};
+use crate::search::{capacity_step, step_passes, Rates, Search};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerError, ServerProcess};
 use crate::units::{fmt_ns, fmt_rate};
@@ -540,19 +540,18 @@ pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
     let progress = Progress::new(!c.no_progress);
     let mut session = open_session(c, &mut p, &progress)?;
     let slo_ns = a.slo_p99.as_nanos() as u64;
-    let mut search = RateSearch::new(
+    let mut search = Search::new(Rates::new(
         a.rates.clone().map(|r| r.0),
         a.start_rate,
         a.max_rate,
         a.refine,
-        a.confirm,
-    );
+    ))
+    .confirming(a.confirm);
     let mut outcomes: Vec<StepOutcome> = Vec::new();
-    let mut prev = None;
     let mut error = None;
     let mut reconnects = 0u32;
     let mut needs_reconnect = false;
-    while let Some(rate) = search.next(prev) {
+    while let Some(rate) = search.next() {
         if needs_reconnect {
             // Connections were lost (a close policy, a failed publisher): the next step needs
             // a whole set again.
@@ -571,7 +570,7 @@ pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
             Ok(mut o) => {
                 let passed = step_passes(&o.result, slo_ns);
                 o.result.passed = Some(passed);
-                prev = Some(passed);
+                search.record(rate, passed);
                 if let Some(b) = &progress.bar {
                     b.println(format!(
                         "  step {n}: {} msg/s -> {} deliveries/s, p99 {}, lost {}: {}",

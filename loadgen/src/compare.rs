@@ -33,7 +33,7 @@ use crate::load::client::Target;
 use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::recorder::new_histogram;
 use crate::load::session::{LoadConfig, Session, StepResult, StepSpec};
-use crate::search::step_passes;
+use crate::search::{grid_index, grid_rate, step_passes, Grid, Search};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerProcess};
 use crate::units::{fmt_kib, fmt_ns, fmt_rate, parse_duration};
@@ -230,95 +230,6 @@ fn start_guess_deliveries(server: &str) -> f64 {
         "node-ws" => 2.5e4,
         "python-websockets" => 1e4,
         _ => 1e5,
-    }
-}
-
-/// Rates of the capacity grid: 2^(i/6) msg/s, ~12.2 % apart, from 1 msg/s.
-pub fn grid_rate(i: i32) -> f64 {
-    (f64::from(i) / 6.0).exp2()
-}
-
-/// Nearest grid index of a rate.
-pub fn grid_index(rate: f64) -> i32 {
-    (rate.max(1.0).log2() * 6.0).round() as i32
-}
-
-/// Capacity search on the grid: moves from `start` by a stride that doubles with each move
-/// (up to 12 grid steps, a factor 4) until a step holds and one fails, then bisects between the
-/// highest that held and the lowest that failed until they are adjacent. It never goes below
-/// `min` nor above `max`.
-#[derive(Debug, Clone)]
-pub struct GridSearch {
-    lo: Option<i32>,
-    hi: Option<i32>,
-    stride: i32,
-    min: i32,
-    max: i32,
-    next: Option<i32>,
-}
-
-/// Largest move of [`GridSearch`], in grid steps.
-const MAX_STRIDE: i32 = 12;
-
-impl GridSearch {
-    /// A search from `start` with a first move of `stride` grid steps.
-    pub fn new(start: i32, stride: i32, min: i32, max: i32) -> GridSearch {
-        GridSearch {
-            lo: None,
-            hi: None,
-            stride: stride.clamp(1, MAX_STRIDE),
-            min,
-            max,
-            next: (min <= max).then(|| start.clamp(min, max)),
-        }
-    }
-    /// Records an outcome known without a grid step (the fixed-load step): a rate at or
-    /// below index `i` held, or one at or above it failed. The search then stays strictly
-    /// above (below) it.
-    pub fn seed(&mut self, i: i32, passed: bool) {
-        if passed {
-            self.lo = Some(self.lo.map_or(i, |l| l.max(i)));
-            self.min = self.min.max(i + 1);
-        } else {
-            self.hi = Some(self.hi.map_or(i, |h| h.min(i)));
-            self.max = self.max.min(i - 1);
-        }
-        self.next = self
-            .next
-            .filter(|_| self.min <= self.max)
-            .map(|n| n.clamp(self.min, self.max));
-        if let (Some(l), Some(h)) = (self.lo, self.hi) {
-            if h - l <= 1 {
-                self.next = None;
-            }
-        }
-    }
-    /// The grid index to try next, if any.
-    pub fn next(&self) -> Option<i32> {
-        self.next
-    }
-    /// Records whether index `i` held.
-    pub fn record(&mut self, i: i32, passed: bool) {
-        if passed {
-            self.lo = Some(self.lo.map_or(i, |l| l.max(i)));
-        } else {
-            self.hi = Some(self.hi.map_or(i, |h| h.min(i)));
-        }
-        self.next = match (self.lo, self.hi) {
-            (Some(l), None) => (l < self.max).then(|| (l + self.stride).min(self.max)),
-            (None, Some(h)) => (h > self.min).then(|| (h - self.stride).max(self.min)),
-            (Some(l), Some(h)) => (h - l > 1).then_some((l + h) / 2),
-            (None, None) => None,
-        };
-        self.stride = (self.stride * 2).min(MAX_STRIDE);
-    }
-    /// Highest index that held.
-    pub fn highest_pass(&self) -> Option<i32> {
-        self.lo
-    }
-    /// Lowest index that failed.
-    pub fn lowest_fail(&self) -> Option<i32> {
-        self.hi
     }
 }
 
@@ -881,8 +792,8 @@ fn run_load_cell(
         let fixed_log = sc.fixed_rate_per_s.max(1e-9).log2() * 6.0 - 1e-9;
         let guess = grid_index(start_guess_deliveries(&def.name) / fanout / size_factor);
         let mut search = match hint {
-            Some(h) => GridSearch::new(h, 1, 0, max),
-            None => GridSearch::new(guess, 4, 0, max),
+            Some(h) => Search::new(Grid::new(h, 1, 0, max)),
+            None => Search::new(Grid::new(guess, 4, 0, max)),
         };
         if cell.fixed.as_ref().is_some_and(|f| f.passed) {
             search.seed(fixed_log.floor() as i32, true);
@@ -1547,74 +1458,6 @@ fn compare(a: &CompareArgs) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn drive(mut s: GridSearch, capacity: i32) -> Vec<i32> {
-        let mut tried = Vec::new();
-        while let Some(i) = s.next() {
-            tried.push(i);
-            s.record(i, i <= capacity);
-            assert!(tried.len() < 40);
-        }
-        tried
-    }
-
-    #[test]
-    fn grid_is_twelve_percent_apart() {
-        assert_eq!(grid_rate(0), 1.0);
-        assert!((grid_rate(6) - 2.0).abs() < 1e-9);
-        assert!((grid_rate(1) / grid_rate(0) - 1.1225).abs() < 1e-3);
-        for i in [0, 5, 37, 90] {
-            assert_eq!(grid_index(grid_rate(i)), i);
-        }
-    }
-
-    #[test]
-    fn search_moves_then_bisects_to_adjacent_steps() {
-        let tried = drive(GridSearch::new(30, 4, 0, 100), 40);
-        assert_eq!(tried, vec![30, 34, 42, 38, 40, 41]);
-        let tried = drive(GridSearch::new(30, 4, 0, 100), 20);
-        assert_eq!(tried, vec![30, 26, 18, 22, 20, 21]);
-        // Never holds: stops at the lowest index.
-        let tried = drive(GridSearch::new(8, 4, 0, 100), -1);
-        assert_eq!(tried, vec![8, 4, 0]);
-        // Always holds: stops at the highest.
-        let tried = drive(GridSearch::new(90, 4, 0, 100), 1000);
-        assert_eq!(tried, vec![90, 94, 100]);
-        // Far off: the stride grows to a factor 4.
-        let tried = drive(GridSearch::new(66, 4, 20, 100), 0);
-        assert_eq!(tried, vec![66, 62, 54, 42, 30, 20]);
-        assert!(GridSearch::new(5, 4, 0, -1).next().is_none());
-    }
-
-    #[test]
-    fn seeds_bound_the_search() {
-        // The fixed load held at index 19: the search stays above and may end there.
-        let mut s = GridSearch::new(10, 4, 0, 100);
-        s.seed(19, true);
-        assert_eq!(drive(s.clone(), 19), vec![20]);
-        assert_eq!(drive(s, 30), vec![20, 24, 32, 28, 30, 31]);
-        // It failed at index 20: the search stays below, and a hold at 19 is not "at least".
-        let mut s = GridSearch::new(28, 4, 0, 100);
-        s.seed(20, false);
-        assert_eq!(drive(s.clone(), 19), vec![19]);
-        s.record(19, true);
-        assert_eq!(s.lowest_fail(), Some(20));
-        // Failed at the lowest index: nothing to try.
-        let mut s = GridSearch::new(28, 4, 0, 100);
-        s.seed(0, false);
-        assert_eq!(s.next(), None);
-        assert_eq!(s.highest_pass(), None);
-    }
-
-    #[test]
-    fn ladder_from_a_hint() {
-        let tried = drive(GridSearch::new(40, 1, 0, 100), 40);
-        assert_eq!(tried, vec![40, 41]);
-        let tried = drive(GridSearch::new(40, 1, 0, 100), 39);
-        assert_eq!(tried, vec![40, 39]);
-        let tried = drive(GridSearch::new(40, 1, 0, 100), 33);
-        assert_eq!(tried, vec![40, 39, 37, 33, 35, 34]);
-    }
 
     #[test]
     fn strace_summary_parses() {

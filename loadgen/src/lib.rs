@@ -10,7 +10,6 @@
 pub mod app;
 pub mod cli;
 pub mod compare;
-pub mod compare_report;
 pub mod load;
 pub mod report;
 pub mod search;

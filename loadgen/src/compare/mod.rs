@@ -13,8 +13,10 @@
 //! previous one's answer and walks the grid). A step that did not drain (a server that fell
 //! seconds behind) restarts the server and reconnects, so a collapsed server cannot spoil
 //! the next step. The idle scenario holds 15,000 connections and reads the server's RSS.
-//! [`crate::compare_report`] turns the records into `compare.md`, `compare.json` and the
+//! [`report`] turns the records into `compare.md`, `compare.json` and the
 //! charts.
+
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -28,7 +30,6 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::compare_report::{self, CompareReport, ServerEntry};
 use crate::load::client::Target;
 use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::recorder::new_histogram;
@@ -37,6 +38,7 @@ use crate::search::{grid_index, grid_rate, step_passes, Grid, Search};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerProcess};
 use crate::units::{fmt_kib, fmt_ns, fmt_rate, parse_duration};
+use report::{CompareReport, ServerEntry};
 
 /// `loadgen compare`.
 #[derive(Debug, Clone, Args)]
@@ -1360,7 +1362,7 @@ fn compare(a: &CompareArgs) -> Result<i32, String> {
     let mut syscalls = Vec::new();
     if do_syscalls {
         if let Some(sc) = chosen.iter().find(|s| s.id == "1k-64B") {
-            let best_peer = compare_report::best_peer(&cells, &sc.id).or_else(|| {
+            let best_peer = report::best_peer(&cells, &sc.id).or_else(|| {
                 defs.iter()
                     .find(|d| d.name != "ringcast")
                     .map(|d| d.name.clone())
@@ -1408,7 +1410,7 @@ fn compare(a: &CompareArgs) -> Result<i32, String> {
     }
     let _ = std::fs::remove_dir(dir.join("logs"));
 
-    let report = CompareReport::build(compare_report::Inputs {
+    let report = CompareReport::build(report::Inputs {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         started_unix_s: started_unix,
         finished_unix_s: machine::unix_now_s(),
@@ -1439,8 +1441,8 @@ fn compare(a: &CompareArgs) -> Result<i32, String> {
         syscalls,
         skipped,
     });
-    compare_report::write_all(&dir, &report, &details, &hists).map_err(|e| e.to_string())?;
-    let text = compare_report::render_text(&report);
+    report::write_all(&dir, &report, &details, &hists).map_err(|e| e.to_string())?;
+    let text = report::render_text(&report);
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{text}");
     let _ = writeln!(out, "  files: {}", dir.display());

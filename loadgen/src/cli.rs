@@ -47,7 +47,7 @@ pub enum Commands {
     /// Hold N idle subscribers; report connect rate and the server's memory per connection.
     Connections(ConnectionsArgs),
     /// ringcast side by side with the peer servers (peers/): capacity, latency, CPU, memory.
-    Compare(crate::compare::CompareArgs),
+    Compare(crate::compare::args::CompareArgs),
 }
 
 /// Options shared by every command.

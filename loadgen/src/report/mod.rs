@@ -356,6 +356,19 @@ pub fn render_text(s: &Summary) -> String {
     out
 }
 
+/// The `commit` and `machine` rows of a markdown report's header table.
+pub fn machine_rows(out: &mut String, m: &MachineInfo) {
+    let _ = writeln!(out, "| commit | `{}` |", m.git_commit);
+    let _ = writeln!(
+        out,
+        "| machine | {} cores, {}, {}, {:.1} GiB |",
+        m.cores,
+        m.cpu_model,
+        m.kernel,
+        m.memory_bytes as f64 / (1u64 << 30) as f64
+    );
+}
+
 fn cpu_list(cpus: &Option<Vec<usize>>) -> String {
     match cpus {
         Some(v) => v
@@ -372,22 +385,13 @@ pub fn render_markdown(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# loadgen {} — {}\n", s.scenario, s.started_utc);
     let _ = writeln!(out, "```\n{}\n```\n", s.command);
-    let m = &s.machine;
     let _ = writeln!(out, "| | |\n|---|---|");
     let _ = writeln!(
         out,
         "| date (UTC) | {} → {} |",
         s.started_utc, s.finished_utc
     );
-    let _ = writeln!(out, "| commit | `{}` |", m.git_commit);
-    let _ = writeln!(
-        out,
-        "| machine | {} cores, {}, {}, {:.1} GiB |",
-        m.cores,
-        m.cpu_model,
-        m.kernel,
-        m.memory_bytes as f64 / (1u64 << 30) as f64
-    );
+    machine_rows(&mut out, &s.machine);
     let _ = writeln!(
         out,
         "| server | {} |",

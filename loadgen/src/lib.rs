@@ -7,8 +7,8 @@
 //! [`sweep`], [`connections`]; [`server_process`], [`machine`], [`limits`]; [`report`],
 //! [`hgrm`], [`plots`] (output); [`cli`] and [`app`] (the commands).
 
-pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod compare;
 pub mod load;
 pub mod report;
@@ -23,11 +23,11 @@ pub fn main_with_args() -> i32 {
     load::clock::init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        Some(cli::Commands::Run(a)) => app::run(&a),
-        Some(cli::Commands::Sweep(a)) => app::sweep(&a),
-        Some(cli::Commands::Connections(a)) => app::connections(&a),
+        Some(cli::Commands::Run(a)) => commands::run(&a),
+        Some(cli::Commands::Sweep(a)) => commands::sweep(&a),
+        Some(cli::Commands::Connections(a)) => commands::connections(&a),
         Some(cli::Commands::Compare(a)) => return compare::main(&a),
-        None => app::sweep(&cli.default_sweep),
+        None => commands::sweep(&cli.default_sweep),
     };
     match result {
         Ok(o) => o.exit_code,

@@ -1,6 +1,6 @@
-//! The commands: turn parsed arguments into a session (starting the server when there is no
-//! `--url`), run it, and write the report. `compare`-style callers can use [`run`], [`sweep`]
-//! and [`connections`] directly with their own [`CommonArgs`].
+//! What every command does around its measurement: check the limits, start the server when
+//! there is no `--url`, pin, open the session, show progress, and finish with the summary
+//! on stdout and the report files.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,13 +9,11 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use thiserror::Error;
 
-use crate::cli::{CommonArgs, ConnectionsArgs, Format, RunArgs, SweepArgs};
+use crate::cli::{CommonArgs, Format};
 use crate::load::client::{parse_source_ips, AddressError, Target};
-use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::payload::STAMP_LEN;
-use crate::load::session::{LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepSpec};
-use crate::report::{self, Capacity, ConfigEcho, ReportError, ServerInfo, Summary};
-use crate::search::{capacity_step, step_passes, Rates, Search};
+use crate::load::session::{LiveStatus, LoadConfig, Session, SessionError, StepResult};
+use crate::report::{self, ConfigEcho, ReportError, ServerInfo, Summary};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerError, ServerProcess};
 use crate::units::{fmt_ns, fmt_rate};
@@ -44,12 +42,12 @@ pub struct Outcome {
 }
 
 /// The live progress line (indicatif, on stderr; invisible when stderr is not a terminal).
-struct Progress {
+pub(super) struct Progress {
     bar: Option<ProgressBar>,
 }
 
 impl Progress {
-    fn new(enabled: bool) -> Progress {
+    pub(super) fn new(enabled: bool) -> Progress {
         let bar = enabled.then(|| {
             let b = ProgressBar::new_spinner();
             if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {msg}") {
@@ -60,12 +58,12 @@ impl Progress {
         });
         Progress { bar }
     }
-    fn message(&self, m: String) {
+    pub(super) fn message(&self, m: String) {
         if let Some(b) = &self.bar {
             b.set_message(m);
         }
     }
-    fn live(&self, prefix: &str, s: LiveStatus) {
+    pub(super) fn live(&self, prefix: &str, s: LiveStatus) {
         let p99 = if s.p99_ns == 0 {
             "-".to_owned()
         } else {
@@ -80,7 +78,13 @@ impl Progress {
             fmt_rate(s.deliveries_per_s),
         ));
     }
-    fn finish(&self) {
+    /// Prints `line` above the progress line (nothing without one).
+    pub(super) fn println(&self, line: String) {
+        if let Some(b) = &self.bar {
+            b.println(line);
+        }
+    }
+    pub(super) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
@@ -88,15 +92,15 @@ impl Progress {
 }
 
 /// The environment of a command: target, optional server, CPUs, output directory.
-struct Prepared {
-    target: Target,
-    server: Option<ServerProcess>,
-    server_info: ServerInfo,
-    loadgen_cpus: Option<Vec<usize>>,
-    threads: usize,
-    dir: Option<PathBuf>,
-    server_pid: Option<u32>,
-    started_unix_s: u64,
+pub(super) struct Prepared {
+    pub(super) target: Target,
+    pub(super) server: Option<ServerProcess>,
+    pub(super) server_info: ServerInfo,
+    pub(super) loadgen_cpus: Option<Vec<usize>>,
+    pub(super) threads: usize,
+    pub(super) dir: Option<PathBuf>,
+    pub(super) server_pid: Option<u32>,
+    pub(super) started_unix_s: u64,
 }
 
 fn command_line() -> String {
@@ -112,7 +116,11 @@ fn command_line() -> String {
         .join(" ")
 }
 
-fn prepare(c: &CommonArgs, scenario: &str, needed_fds: u64) -> Result<Prepared, AppError> {
+pub(super) fn prepare(
+    c: &CommonArgs,
+    scenario: &str,
+    needed_fds: u64,
+) -> Result<Prepared, AppError> {
     ringcast_os::fd_limit::raise_nofile();
     // Fail before starting anything when the descriptors cannot suffice.
     crate::sys::limits::ensure_fds(needed_fds, "connections")
@@ -208,7 +216,7 @@ fn prepare(c: &CommonArgs, scenario: &str, needed_fds: u64) -> Result<Prepared, 
 }
 
 /// Descriptors a run or sweep needs: subscribers, publishers twice (socket + reader's dup).
-fn run_fds(c: &CommonArgs) -> u64 {
+pub(super) fn run_fds(c: &CommonArgs) -> u64 {
     u64::from(c.subscribers) + 2 * u64::from(c.publishers) + 64
 }
 
@@ -252,7 +260,7 @@ fn config_echo(c: &CommonArgs, p: &Prepared) -> ConfigEcho {
     }
 }
 
-fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summary {
+pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summary {
     Summary {
         schema_version: report::SCHEMA_VERSION,
         scenario: scenario.into(),
@@ -267,155 +275,12 @@ fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summary {
 }
 
 /// Whether other work took a noticeable share of loadgen's or the server's CPU (> 5 %).
-fn machine_busy(s: &crate::load::session::StepResult) -> bool {
+pub(super) fn machine_busy(s: &StepResult) -> bool {
     s.cpu.loadgen_runqueue_wait_share > 0.05
         || s.cpu.server_runqueue_wait_share.unwrap_or(0.0) > 0.05
 }
 
-/// Warnings every step deserves.
-fn step_warnings(i: Option<usize>, s: &crate::load::session::StepResult, out: &mut Vec<String>) {
-    let at = i
-        .map(|i| format!("step {} ({} msg/s): ", i + 1, s.requested_rate_per_s))
-        .unwrap_or_default();
-    if s.cpu.loadgen_saturated {
-        out.push(format!(
-            "{at}loadgen was saturated ({:.0}% of {} core(s), busiest reader {:.0}%): these figures describe the load generator, not the server",
-            s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1)),
-            s.cpu.loadgen_cores,
-            s.cpu.busiest_reader_util * 100.0
-        ));
-    }
-    if s.lost > 0 && i.is_none() {
-        out.push(format!(
-            "LOSS: {} of {} expected deliveries never arrived ({:.4}%){}",
-            s.lost,
-            s.expected_deliveries,
-            s.lost as f64 * 100.0 / s.expected_deliveries.max(1) as f64,
-            if s.drained {
-                String::new()
-            } else {
-                format!(
-                    " within the {:.1} s drain (raise --drain if the server is merely late)",
-                    s.drain_s
-                )
-            }
-        ));
-    }
-    if machine_busy(s) {
-        out.push(format!(
-            "{at}the machine was busy: loadgen's threads waited for a CPU {:.0}% of the time, the server's {}; these latencies include that wait",
-            s.cpu.loadgen_runqueue_wait_share * 100.0,
-            s.cpu
-                .server_runqueue_wait_share
-                .map(|x| format!("{:.0}%", x * 100.0))
-                .unwrap_or_else(|| "unknown".into())
-        ));
-    }
-    if s.send_lag.p99_ns > 1_000_000 {
-        out.push(format!(
-            "{at}the pacer fell behind its schedule (send lag p99 {}); latencies still count from the intended times",
-            fmt_ns(s.send_lag.p99_ns)
-        ));
-    }
-    if !s.publisher_failures.is_empty() {
-        out.push(format!(
-            "{at}publisher failures: {}",
-            s.publisher_failures.join("; ")
-        ));
-    }
-    let c = &s.counts;
-    if c.cross_channel > 0 {
-        out.push(format!(
-            "{at}{} deliveries crossed channels",
-            c.cross_channel
-        ));
-    }
-    if c.malformed > 0 {
-        out.push(format!(
-            "{at}{} malformed frames from the server",
-            c.malformed
-        ));
-    }
-    if c.disconnects > 0 && i.is_none() {
-        out.push(format!(
-            "{at}{} connections were closed during the run",
-            c.disconnects
-        ));
-    }
-}
-
-/// The warnings of a sweep, one line per kind listing the steps concerned.
-fn sweep_warnings(steps: &[crate::load::session::StepResult], out: &mut Vec<String>) {
-    let which = |pred: &dyn Fn(&crate::load::session::StepResult) -> bool| -> Vec<usize> {
-        steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| pred(s))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let names = |idx: &[usize]| {
-        let list: Vec<String> = idx.iter().map(|i| (i + 1).to_string()).collect();
-        format!(
-            "step{} {} of {}",
-            if idx.len() > 1 { "s" } else { "" },
-            list.join(", "),
-            steps.len()
-        )
-    };
-    let max_of = |idx: &[usize], f: &dyn Fn(&crate::load::session::StepResult) -> f64| {
-        idx.iter().map(|&i| f(&steps[i])).fold(0.0, f64::max)
-    };
-    let sat = which(&|s| s.cpu.loadgen_saturated);
-    if !sat.is_empty() {
-        out.push(format!(
-            "{}: loadgen was saturated (up to {:.0}% of its cores, busiest reader up to {:.0}%): those figures describe the load generator, not the server",
-            names(&sat),
-            max_of(&sat, &|s| s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1))),
-            max_of(&sat, &|s| s.cpu.busiest_reader_util * 100.0)
-        ));
-    }
-    let busy = which(&machine_busy);
-    if !busy.is_empty() {
-        out.push(format!(
-            "{}: the machine was busy: loadgen's threads waited for a CPU up to {:.0}% of the time, the server's up to {:.0}%; these latencies include that wait",
-            names(&busy),
-            max_of(&busy, &|s| s.cpu.loadgen_runqueue_wait_share * 100.0),
-            max_of(&busy, &|s| s.cpu.server_runqueue_wait_share.unwrap_or(0.0) * 100.0)
-        ));
-    }
-    let lag = which(&|s| s.send_lag.p99_ns > 1_000_000);
-    if !lag.is_empty() {
-        out.push(format!(
-            "{}: the pacer fell behind its schedule (send lag p99 up to {}); latencies still count from the intended times",
-            names(&lag),
-            fmt_ns(max_of(&lag, &|s| s.send_lag.p99_ns as f64) as u64)
-        ));
-    }
-    for (i, s) in steps.iter().enumerate() {
-        let at = format!("step {} ({} msg/s): ", i + 1, s.requested_rate_per_s);
-        if !s.publisher_failures.is_empty() {
-            out.push(format!(
-                "{at}publisher failures: {}",
-                s.publisher_failures.join("; ")
-            ));
-        }
-        if s.counts.cross_channel > 0 {
-            out.push(format!(
-                "{at}{} deliveries crossed channels",
-                s.counts.cross_channel
-            ));
-        }
-        if s.counts.malformed > 0 {
-            out.push(format!(
-                "{at}{} malformed frames from the server",
-                s.counts.malformed
-            ));
-        }
-    }
-}
-
-fn finish(
+pub(super) fn finish(
     mut summary: Summary,
     prepared: Prepared,
     latency: Option<&Histogram<u64>>,
@@ -454,7 +319,10 @@ fn finish(
     })
 }
 
-fn stop_server_on_error<T>(p: &mut Prepared, r: Result<T, AppError>) -> Result<T, AppError> {
+pub(super) fn stop_server_on_error<T>(
+    p: &mut Prepared,
+    r: Result<T, AppError>,
+) -> Result<T, AppError> {
     if r.is_err() {
         if let Some(s) = p.server.take() {
             s.stop(Duration::from_secs(5));
@@ -463,7 +331,7 @@ fn stop_server_on_error<T>(p: &mut Prepared, r: Result<T, AppError>) -> Result<T
     r
 }
 
-fn open_session(
+pub(super) fn open_session(
     c: &CommonArgs,
     p: &mut Prepared,
     progress: &Progress,
@@ -476,235 +344,4 @@ fn open_session(
     })
     .map_err(AppError::from);
     stop_server_on_error(p, r)
-}
-
-/// `loadgen run`: one constant-rate step.
-pub fn run(a: &RunArgs) -> Result<Outcome, AppError> {
-    let c = &a.common;
-    if !(a.rate > 0.0 && a.rate.is_finite()) {
-        return Err(AppError::Config("-R/--rate must be positive".into()));
-    }
-    if c.publishers == 0 {
-        return Err(AppError::Config(
-            "-p/--publishers must be at least 1".into(),
-        ));
-    }
-    let mut p = prepare(c, "run", run_fds(c))?;
-    let progress = Progress::new(!c.no_progress);
-    let mut session = open_session(c, &mut p, &progress)?;
-    let spec = StepSpec {
-        rate_per_s: a.rate,
-        warmup_ns: a.warmup.as_nanos() as u64,
-        duration_ns: a.duration.as_nanos() as u64,
-        drain_ns: c.drain.as_nanos() as u64,
-    };
-    let r = session.step(spec, &|s| progress.live("", s));
-    let connect = session.connect.clone();
-    session.close();
-    progress.finish();
-    let outcome: StepOutcome = stop_server_on_error(&mut p, r.map_err(AppError::from))?;
-    let mut summary = new_summary("run", c, &p);
-    summary.config.warmup_s = a.warmup.as_secs_f64();
-    summary.config.duration_s = a.duration.as_secs_f64();
-    summary.config.rates_per_s = vec![a.rate];
-    summary.connect = Some(connect);
-    let mut warnings = Vec::new();
-    step_warnings(None, &outcome.result, &mut warnings);
-    let lost = outcome.result.lost > 0;
-    summary.verdict = if lost {
-        "loss"
-    } else if outcome.result.cpu.loadgen_saturated {
-        "loadgen-saturated"
-    } else if machine_busy(&outcome.result) {
-        "machine-busy"
-    } else {
-        "ok"
-    }
-    .into();
-    summary.warnings = warnings;
-    summary.steps.push(outcome.result);
-    summary.histogram_step = Some(0);
-    let code = if lost && c.fail_on_loss { 2 } else { 0 };
-    finish(summary, p, Some(&outcome.latency), c.format, code)
-}
-
-/// `loadgen sweep`: rate steps on one set of connections, up to capacity.
-pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
-    let c = &a.common;
-    if c.publishers == 0 {
-        return Err(AppError::Config(
-            "-p/--publishers must be at least 1".into(),
-        ));
-    }
-    let mut p = prepare(c, "sweep", run_fds(c))?;
-    let progress = Progress::new(!c.no_progress);
-    let mut session = open_session(c, &mut p, &progress)?;
-    let slo_ns = a.slo_p99.as_nanos() as u64;
-    let mut search = Search::new(Rates::new(
-        a.rates.clone().map(|r| r.0),
-        a.start_rate,
-        a.max_rate,
-        a.refine,
-    ))
-    .confirming(a.confirm);
-    let mut outcomes: Vec<StepOutcome> = Vec::new();
-    let mut error = None;
-    let mut reconnects = 0u32;
-    let mut needs_reconnect = false;
-    while let Some(rate) = search.next() {
-        if needs_reconnect {
-            // Connections were lost (a close policy, a failed publisher): the next step needs
-            // a whole set again.
-            reconnects += 1;
-            session.close();
-            session = open_session(c, &mut p, &progress)?;
-        }
-        let n = outcomes.len() + 1;
-        let spec = StepSpec {
-            rate_per_s: rate,
-            warmup_ns: a.step_warmup.as_nanos() as u64,
-            duration_ns: a.step_duration.as_nanos() as u64,
-            drain_ns: c.drain.as_nanos() as u64,
-        };
-        match session.step(spec, &|s| progress.live(&format!("step {n} "), s)) {
-            Ok(mut o) => {
-                let passed = step_passes(&o.result, slo_ns);
-                o.result.passed = Some(passed);
-                search.record(rate, passed);
-                if let Some(b) = &progress.bar {
-                    b.println(format!(
-                        "  step {n}: {} msg/s -> {} deliveries/s, p99 {}, lost {}: {}",
-                        fmt_rate(rate),
-                        fmt_rate(o.result.deliveries_per_s),
-                        fmt_ns(o.result.latency.p99_ns),
-                        o.result.lost,
-                        if passed { "pass" } else { "FAIL" }
-                    ));
-                }
-                needs_reconnect =
-                    o.result.counts.disconnects > 0 || !o.result.publisher_failures.is_empty();
-                outcomes.push(o);
-            }
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-    }
-    let connect = session.connect.clone();
-    session.close();
-    progress.finish();
-    if let Some(e) = error {
-        if outcomes.is_empty() {
-            return stop_server_on_error(&mut p, Err(e.into()));
-        }
-    }
-    let mut summary = new_summary("sweep", c, &p);
-    summary.config.warmup_s = a.step_warmup.as_secs_f64();
-    summary.config.duration_s = a.step_duration.as_secs_f64();
-    summary.config.slo_p99_ms = Some(a.slo_p99.as_secs_f64() * 1e3);
-    summary.config.rates_per_s = outcomes
-        .iter()
-        .map(|o| o.result.requested_rate_per_s)
-        .collect();
-    summary.connect = Some(connect);
-    let steps: Vec<_> = outcomes.iter().map(|o| o.result.clone()).collect();
-    let cap = capacity_step(&steps);
-    let mut warnings = Vec::new();
-    sweep_warnings(&steps, &mut warnings);
-    let saturated_bound = steps
-        .iter()
-        .enumerate()
-        .any(|(i, s)| s.cpu.loadgen_saturated && (Some(i) == cap || s.passed == Some(false)));
-    summary.capacity = cap.map(|i| Capacity {
-        deliveries_per_s: steps[i].deliveries_per_s,
-        rate_per_s: steps[i].requested_rate_per_s,
-        step: i,
-        p99_ns: steps[i].latency.p99_ns,
-        limited_by_loadgen: saturated_bound,
-    });
-    // The bisection ends on a passing step below a failing one: only a sweep in which no step
-    // failed has not found the limit.
-    if let Some(last) = steps.last() {
-        let any_failed = steps.iter().any(|s| s.passed == Some(false));
-        if last.passed == Some(true) && steps.len() > 1 && !any_failed {
-            warnings.push(format!(
-                "every step held, up to {} msg/s: capacity is at least this (raise --max-rate or add --rates)",
-                last.requested_rate_per_s
-            ));
-        }
-    }
-    if reconnects > 0 {
-        warnings.push(format!(
-            "connections were lost during {reconnects} step(s); loadgen reconnected every client before the next step"
-        ));
-    }
-    if saturated_bound {
-        warnings.push("the capacity found is loadgen's own limit, not necessarily the server's: give loadgen more cores (--threads, --cpus) or another machine".into());
-    }
-    // The steps that decided the capacity: the one that held and the first that did not.
-    let busy_bound = steps
-        .iter()
-        .enumerate()
-        .any(|(i, s)| machine_busy(s) && (Some(i) == cap || s.passed == Some(false)));
-    summary.verdict = match (&summary.capacity, saturated_bound, busy_bound) {
-        (None, _, _) => "no-capacity",
-        (Some(_), true, _) => "loadgen-saturated",
-        (Some(_), false, true) => "machine-busy",
-        (Some(_), false, false) => "ok",
-    }
-    .into();
-    let hist_step = cap.unwrap_or(0);
-    summary.histogram_step = (!outcomes.is_empty()).then_some(hist_step);
-    summary.steps = steps;
-    summary.warnings = warnings;
-    let latency = outcomes.get(hist_step).map(|o| &o.latency);
-    let any_loss = summary.steps.iter().any(|s| s.lost > 0);
-    let code = if any_loss && c.fail_on_loss { 2 } else { 0 };
-    finish(summary, p, latency, c.format, code)
-}
-
-/// `loadgen connections`: hold idle subscribers, report connect rate and memory.
-pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
-    let c = &a.common;
-    let mut p = prepare(c, "connections", u64::from(c.subscribers) + 64)?;
-    let progress = Progress::new(!c.no_progress);
-    let source_ips = match &c.source_ips {
-        Some(s) => stop_server_on_error(&mut p, parse_source_ips(s).map_err(AppError::from))?,
-        None => Vec::new(),
-    };
-    let cfg = HoldConfig {
-        target: p.target.clone(),
-        connections: c.subscribers,
-        channels: c.channels,
-        connect_rate_per_s: c.connect_rate,
-        connect_threads: (p.threads * 2).max(8),
-        source_ips,
-        connect_timeout: c.connect_timeout,
-        hold: a.hold,
-        server_pid: p.server_pid,
-    };
-    let total = c.subscribers;
-    let r = hold_idle(&cfg, &|n| {
-        progress.message(format!("connecting {n}/{total}"))
-    });
-    progress.finish();
-    let (connect, held) = stop_server_on_error(&mut p, r.map_err(AppError::from))?;
-    let mut summary = new_summary("connections", c, &p);
-    summary.config.publishers = 0;
-    summary.verdict = if connect.failed + connect.skipped > 0 {
-        "connect-failures".into()
-    } else if held.still_open < held.held {
-        "connections-dropped".into()
-    } else {
-        "ok".into()
-    };
-    if held.server_rss_per_connection_bytes.is_none() {
-        summary
-            .warnings
-            .push("server memory unknown: pass --server-pid to read it from /proc".into());
-    }
-    summary.connect = Some(connect);
-    summary.connections = Some(held);
-    finish(summary, p, None, c.format, 0)
 }

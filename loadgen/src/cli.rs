@@ -1,7 +1,8 @@
-//! The command line: `loadgen [run|sweep|connections] ...`, parsed with clap.
+//! The command line: `loadgen [run|sweep|connections|compare] ...`, parsed with clap.
 //!
-//! Plain data only; [`crate::app`] turns it into sessions. Durations accept `30s`, `500ms`,
-//! `2m`, `150us` or a bare number of seconds.
+//! Plain data only; [`crate::commands`] turns it into sessions, and `compare`'s arguments
+//! live with the comparison ([`crate::compare::args`]). Durations accept `30s`, `500ms`, `2m`,
+//! `150us` or a bare number of seconds ([`crate::units`]).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,11 +1,30 @@
 //! loadgen: an open-loop fan-out load generator for servers that speak the relay protocol
 //! (every data message a client sends goes to every other client of its channel).
 //!
-//! Layers, bottom up: [`clock`], [`schedule`], [`payload`] (what is sent and when);
-//! [`client`] (connect + upgrade), [`reader`] (io_uring receive side), [`pacer`] (send side),
-//! [`recorder`] (exact counts and histograms); [`session`] (steps on a set of connections),
-//! [`sweep`], [`connections`]; [`server_process`], [`machine`], [`limits`]; [`report`],
-//! [`hgrm`], [`plots`] (output); [`cli`] and [`app`] (the commands).
+//! # Layout
+//!
+//! Layers, top down; a module imports only from the layers below it, never from one above,
+//! and no two modules import each other:
+//!
+//! - [`commands`]: `run`, `sweep` and `connections`, thin layers that turn parsed arguments
+//!   into a session (starting the server when there is no `--url`), run it and write the
+//!   report; [`main_with_args`] dispatches to them or to [`compare`].
+//! - [`cli`]: the command line, clap data only (`compare`'s own arguments are the leaf
+//!   [`compare::args`]).
+//! - [`compare`]: `loadgen compare`, ringcast side by side with the peer servers: the main
+//!   loop, scenarios, peers, the runner of each cell and strace counts fill a leaf data model
+//!   ([`compare::model`]) that [`compare::report`] alone turns into `compare.md`, JSON and
+//!   charts.
+//! - [`report`]: what a run leaves behind: `summary.json` ([`report::Summary`]), `report.md`,
+//!   the terminal text, `latency.hgrm` ([`report::hgrm`]) and the charts ([`report::plots`]).
+//! - [`search`]: the capacity search: what counts as a step that held and which rate to try
+//!   next (the sweep's rates, compare's grid).
+//! - [`load`]: the load itself: clock, schedule and payload (what is sent and when), client,
+//!   reader (io_uring receive side) and pacer (send side), recorder (exact counts and
+//!   histograms), session (steps on a set of connections) and idle connections.
+//! - [`sys`]: the machine and processes around a run: the server process, the open-file
+//!   limit, the machine's description; with `ringcast-os` for affinity and `/proc`.
+//! - [`units`]: parsing and formatting durations and rates, a leaf every layer may use.
 
 pub mod cli;
 pub mod commands;

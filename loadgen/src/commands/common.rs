@@ -216,7 +216,7 @@ pub(super) fn prepare(
 }
 
 /// Descriptors a run or sweep needs: subscribers, publishers twice (socket + reader's dup).
-pub(super) fn run_fds(c: &CommonArgs) -> u64 {
+fn run_fds(c: &CommonArgs) -> u64 {
     u64::from(c.subscribers) + 2 * u64::from(c.publishers) + 64
 }
 
@@ -344,4 +344,21 @@ pub(super) fn open_session(
     })
     .map_err(AppError::from);
     stop_server_on_error(p, r)
+}
+
+/// How `run` and `sweep` start: publishers checked, the environment prepared (the server
+/// started when there is no `--url`), the connections open.
+pub(super) fn start_load(
+    c: &CommonArgs,
+    scenario: &str,
+) -> Result<(Prepared, Progress, Session), AppError> {
+    if c.publishers == 0 {
+        return Err(AppError::Config(
+            "-p/--publishers must be at least 1".into(),
+        ));
+    }
+    let mut p = prepare(c, scenario, run_fds(c))?;
+    let progress = Progress::new(!c.no_progress);
+    let session = open_session(c, &mut p, &progress)?;
+    Ok((p, progress, session))
 }

@@ -4,7 +4,8 @@
 //!
 //! - [`common`]: what every command does around its measurement (limits, server, progress,
 //!   the summary and its files).
-//! - [`run`], [`sweep`], [`connections`]: one command each.
+//! - [`run`](mod@run), [`sweep`](mod@sweep), [`connections`](mod@connections): one command
+//!   each.
 
 pub mod common;
 pub mod connections;

@@ -1,8 +1,7 @@
 //! `loadgen run`: one constant-rate step on one set of connections.
 
 use super::common::{
-    finish, machine_busy, new_summary, open_session, prepare, run_fds, stop_server_on_error,
-    AppError, Outcome, Progress,
+    finish, machine_busy, new_summary, start_load, stop_server_on_error, AppError, Outcome,
 };
 use crate::cli::RunArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
@@ -14,14 +13,7 @@ pub fn run(a: &RunArgs) -> Result<Outcome, AppError> {
     if !(a.rate > 0.0 && a.rate.is_finite()) {
         return Err(AppError::Config("-R/--rate must be positive".into()));
     }
-    if c.publishers == 0 {
-        return Err(AppError::Config(
-            "-p/--publishers must be at least 1".into(),
-        ));
-    }
-    let mut p = prepare(c, "run", run_fds(c))?;
-    let progress = Progress::new(!c.no_progress);
-    let mut session = open_session(c, &mut p, &progress)?;
+    let (mut p, progress, mut session) = start_load(c, "run")?;
     let spec = StepSpec {
         rate_per_s: a.rate,
         warmup_ns: a.warmup.as_nanos() as u64,

@@ -2,8 +2,8 @@
 //! [`crate::search`], up to capacity.
 
 use super::common::{
-    finish, machine_busy, new_summary, open_session, prepare, run_fds, stop_server_on_error,
-    AppError, Outcome, Progress,
+    finish, machine_busy, new_summary, open_session, start_load, stop_server_on_error, AppError,
+    Outcome,
 };
 use crate::cli::SweepArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
@@ -14,14 +14,7 @@ use crate::units::{fmt_ns, fmt_rate};
 /// `loadgen sweep`: rate steps on one set of connections, up to capacity.
 pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
     let c = &a.common;
-    if c.publishers == 0 {
-        return Err(AppError::Config(
-            "-p/--publishers must be at least 1".into(),
-        ));
-    }
-    let mut p = prepare(c, "sweep", run_fds(c))?;
-    let progress = Progress::new(!c.no_progress);
-    let mut session = open_session(c, &mut p, &progress)?;
+    let (mut p, progress, mut session) = start_load(c, "sweep")?;
     let slo_ns = a.slo_p99.as_nanos() as u64;
     let mut search = Search::new(Rates::new(
         a.rates.clone().map(|r| r.0),

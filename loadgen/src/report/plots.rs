@@ -7,6 +7,8 @@
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::CoordTranslate;
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use thiserror::Error;
 
@@ -61,6 +63,19 @@ pub fn percentile_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Draws the legend of `chart` at `position`: a black frame on translucent white.
+pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .position(position)
+        .draw()
+}
+
 /// Draws latency (ms) against percentile on a 1/(1-p) log axis.
 pub fn latency_curve(h: &Histogram<u64>, title: &str, path: &Path) -> Result<(), PlotError> {
     let points = percentile_points(h);
@@ -90,13 +105,7 @@ pub fn latency_curve(h: &Histogram<u64>, title: &str, path: &Path) -> Result<(),
         .map_err(|e| PlotError::at(path, e))?
         .label("publish -> receive")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| PlotError::at(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
     root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
 }
@@ -169,13 +178,7 @@ pub fn sweep_chart(
         .map_err(|e| PlotError::at(path, e))?
         .label("p99 SLO")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| PlotError::at(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
     root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 
 use crate::compare::model::{CompareReport, Hists, Scenario, ScenarioKind};
-use crate::report::plots::{percentile_label, percentile_points, PlotError};
+use crate::report::plots::{legend, percentile_label, percentile_points, PlotError};
 use crate::units::{fmt_kib, fmt_rate};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
@@ -99,12 +99,7 @@ fn bars(
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
         chart.draw_series(texts)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     Ok(())
 }
 
@@ -160,12 +155,7 @@ fn latency_chart(area: &Area, title: &str, curves: &[(String, &Histogram<u64>)])
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 

@@ -1,60 +1,15 @@
-//! The command line: `loadgen [run|sweep|connections] ...`, parsed with clap.
+//! The command line: `loadgen [run|sweep|connections|compare] ...`, parsed with clap.
 //!
-//! Plain data only; [`crate::app`] turns it into sessions. Durations accept `30s`, `500ms`,
-//! `2m`, `150us` or a bare number of seconds.
+//! Plain data only; [`crate::commands`] turns it into sessions, and `compare`'s arguments
+//! live with the comparison ([`crate::compare::args`]). Durations accept `30s`, `500ms`, `2m`,
+//! `150us` or a bare number of seconds ([`crate::units`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Parses `30s`, `500ms`, `150us`, `2m`, `1.5s` or `10` (seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let x: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 30s, 500ms)"))?;
-    let secs = match unit {
-        "" | "s" => x,
-        "ms" => x / 1e3,
-        "us" | "µs" => x / 1e6,
-        "ns" => x / 1e9,
-        "m" | "min" => x * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (use ns, us, ms, s, m)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// A list of rates (msg/s), as given to `--rates`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateList(pub Vec<f64>);
-
-/// Parses `1000,2000,5k,1.5M` into rates per second.
-pub fn parse_rates(s: &str) -> Result<RateList, String> {
-    s.split(',')
-        .map(|r| {
-            let r = r.trim();
-            let (num, mult) = match r.chars().last() {
-                Some('k' | 'K') => (&r[..r.len() - 1], 1e3),
-                Some('M' | 'm') => (&r[..r.len() - 1], 1e6),
-                _ => (r, 1.0),
-            };
-            num.parse::<f64>()
-                .ok()
-                .map(|x| x * mult)
-                .filter(|x| *x > 0.0 && x.is_finite())
-                .ok_or_else(|| format!("bad rate {r:?}"))
-        })
-        .collect::<Result<Vec<f64>, String>>()
-        .map(RateList)
-}
+use crate::units::{parse_duration, parse_rates, RateList};
 
 /// Output format on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -93,7 +48,7 @@ pub enum Commands {
     /// Hold N idle subscribers; report connect rate and the server's memory per connection.
     Connections(ConnectionsArgs),
     /// ringcast side by side with the peer servers (peers/): capacity, latency, CPU, memory.
-    Compare(crate::compare::CompareArgs),
+    Compare(crate::compare::args::CompareArgs),
 }
 
 /// Options shared by every command.
@@ -245,20 +200,6 @@ pub struct ConnectionsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_and_rates() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("3 parsecs").is_err());
-        assert_eq!(
-            parse_rates("1000,2k,1.5M").unwrap().0,
-            vec![1000.0, 2000.0, 1_500_000.0]
-        );
-        assert!(parse_rates("0").is_err());
-    }
 
     #[test]
     fn the_issue_command_lines_parse() {

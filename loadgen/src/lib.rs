@@ -1,45 +1,52 @@
 //! loadgen: an open-loop fan-out load generator for servers that speak the relay protocol
 //! (every data message a client sends goes to every other client of its channel).
 //!
-//! Layers, bottom up: [`clock`], [`schedule`], [`payload`] (what is sent and when);
-//! [`client`] (connect + upgrade), [`reader`] (io_uring receive side), [`pacer`] (send side),
-//! [`recorder`] (exact counts and histograms); [`session`] (steps on a set of connections),
-//! [`sweep`], [`connections`]; [`server_process`], [`machine`], [`limits`]; [`report`],
-//! [`hgrm`], [`plots`] (output); [`cli`] and [`app`] (the commands).
+//! # Layout
+//!
+//! Layers, top down; a module imports only from the layers below it, never from one above,
+//! and no two modules import each other:
+//!
+//! - [`commands`]: `run`, `sweep` and `connections`, thin layers that turn parsed arguments
+//!   into a session (starting the server when there is no `--url`), run it and write the
+//!   report; [`main_with_args`] dispatches to them or to [`compare`].
+//! - [`cli`]: the command line, clap data only (`compare`'s own arguments are the leaf
+//!   [`compare::args`]).
+//! - [`compare`]: `loadgen compare`, ringcast side by side with the peer servers: the main
+//!   loop, scenarios, peers, the runner of each cell and strace counts fill a leaf data model
+//!   ([`compare::model`]) that [`compare::report`] alone turns into `compare.md`, JSON and
+//!   charts.
+//! - [`report`]: what a run leaves behind: `summary.json` ([`report::Summary`]), `report.md`,
+//!   the terminal text, `latency.hgrm` ([`report::hgrm`]) and the charts ([`report::plots`]).
+//! - [`search`]: the capacity search: what counts as a step that held and which rate to try
+//!   next (the sweep's rates, compare's grid).
+//! - [`load`]: the load itself: clock, schedule and payload (what is sent and when), client,
+//!   reader (io_uring receive side) and pacer (send side), recorder (exact counts and
+//!   histograms), session (steps on a set of connections) and idle connections.
+//! - [`sys`]: the machine and processes around a run: the server process, the open-file
+//!   limit, the machine's description; with `ringcast-os` for affinity and `/proc`.
+//! - [`units`]: parsing and formatting durations and rates, a leaf every layer may use.
 
-pub mod app;
 pub mod cli;
-pub mod client;
-pub mod clock;
+pub mod commands;
 pub mod compare;
-pub mod compare_report;
-pub mod connections;
-pub mod hgrm;
-pub mod limits;
-pub mod machine;
-pub mod pacer;
-pub mod payload;
-pub mod plots;
-pub mod reader;
-pub mod recorder;
+pub mod load;
 pub mod report;
-pub mod schedule;
-pub mod server_process;
-pub mod session;
-pub mod sweep;
+pub mod search;
+pub mod sys;
+pub mod units;
 
 use clap::Parser;
 
 /// Parses the command line and runs the command; returns the process exit status.
 pub fn main_with_args() -> i32 {
-    clock::init();
+    load::clock::init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        Some(cli::Commands::Run(a)) => app::run(&a),
-        Some(cli::Commands::Sweep(a)) => app::sweep(&a),
-        Some(cli::Commands::Connections(a)) => app::connections(&a),
+        Some(cli::Commands::Run(a)) => commands::run(&a),
+        Some(cli::Commands::Sweep(a)) => commands::sweep(&a),
+        Some(cli::Commands::Connections(a)) => commands::connections(&a),
         Some(cli::Commands::Compare(a)) => return compare::main(&a),
-        None => app::sweep(&cli.default_sweep),
+        None => commands::sweep(&cli.default_sweep),
     };
     match result {
         Ok(o) => o.exit_code,

@@ -286,7 +286,7 @@ fn default_run_without_url_writes_every_file() {
     assert_eq!(cap.step, 1);
     assert!(s.machine.cores >= 1 && !s.machine.kernel.is_empty());
     let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
-    let rows = loadgen::hgrm::parse(&hgrm);
+    let rows = loadgen::report::hgrm::parse(&hgrm);
     assert_eq!(rows.last().unwrap().total_count, s.steps[1].latency.count);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("sweep") && md.contains("commit") && md.contains("| rate msg/s"));

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use loadgen::compare::ScenarioKind;
-use loadgen::compare_report::CompareReport;
+use loadgen::compare::model::CompareReport;
+use loadgen::compare::model::ScenarioKind;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,5 +1,5 @@
-//! `loadgen connections`: how many idle subscribers a server holds, how fast it accepts them,
-//! and what each costs it in resident memory.
+//! Idle connections: how many subscribers a server holds, how fast it accepts them, and what
+//! each costs it in resident memory (`loadgen connections` and compare's idle scenario).
 //!
 //! Opens N subscribers at the ramp rate, reads the server's VmRSS before and after (when its
 //! PID is known), holds them idle for a while, checks how many are still open, closes them.
@@ -7,10 +7,23 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use crate::client::{ConnectJob, ConnectOptions, Target};
-use crate::limits;
-use crate::report::ConnectionsReport;
-use crate::session::{open_connections, ConnectReport, SessionError};
+use serde::{Deserialize, Serialize};
+
+use crate::load::client::{ConnectJob, ConnectOptions, Target};
+use crate::load::session::{open_connections, ConnectReport, SessionError};
+use crate::sys::limits;
+
+/// The result of `loadgen connections`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionsReport {
+    pub held: u32,
+    pub hold_s: f64,
+    pub server_rss_before_bytes: Option<u64>,
+    pub server_rss_after_bytes: Option<u64>,
+    pub server_rss_per_connection_bytes: Option<f64>,
+    /// Connections still open at the end of the hold.
+    pub still_open: u32,
+}
 
 /// What to hold.
 #[derive(Debug, Clone)]

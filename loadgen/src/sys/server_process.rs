@@ -1,9 +1,9 @@
-//! Running the server under test ourselves: spawn, pin, find its port, read /proc, stop.
+//! Running the server under test ourselves: spawn, pin, find its port, stop.
 //!
 //! With no `--url`, loadgen starts the server binary on a free loopback port (it is asked to
 //! bind port 0 and prints the address it got), pinned to its own core so that the two do not
-//! fight for one. Its CPU time and resident memory come from `/proc/PID/{stat,status}`; the
-//! same readers serve a server started by someone else when `--server-pid` is given.
+//! fight for one. Its CPU time and resident memory are read by PID with
+//! [`ringcast_os::procfs`], which serves a server started by someone else (`--server-pid`) too.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

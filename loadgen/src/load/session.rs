@@ -15,13 +15,15 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::client::{connect_many, ConnectError, ConnectJob, ConnectOptions, Target};
-use crate::clock;
-use crate::limits;
-use crate::pacer::{self, PacerCommand, PacerConfig, PacerHandle, PublisherSocket};
-use crate::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
-use crate::recorder::{merge_fanout, new_histogram, DeliveryCounts, LatencySummary, Topology};
-use crate::schedule::Schedule;
+use crate::load::client::{connect_many, ConnectError, ConnectJob, ConnectOptions, Target};
+use crate::load::clock;
+use crate::load::pacer::{self, PacerCommand, PacerConfig, PacerHandle, PublisherSocket};
+use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
+use crate::load::recorder::{
+    merge_fanout, new_histogram, DeliveryCounts, LatencySummary, Topology,
+};
+use crate::load::schedule::Schedule;
+use crate::sys::limits;
 
 /// Everything needed to open a session.
 #[derive(Debug, Clone)]
@@ -210,7 +212,7 @@ pub fn open_connections(
     max_failures: usize,
     on_progress: &(dyn Fn(usize) + Sync),
 ) -> (
-    Vec<Result<crate::client::Connected, ConnectError>>,
+    Vec<Result<crate::load::client::Connected, ConnectError>>,
     ConnectReport,
 ) {
     let (results, elapsed_ns) =
@@ -608,7 +610,7 @@ impl Session {
             .cpus
             .as_ref()
             .map(|c| c.len())
-            .unwrap_or_else(crate::machine::available_cpus)
+            .unwrap_or_else(ringcast_os::affinity::online_cpus)
             .max(1) as u32;
         let cores_used = cpu_ns as f64 / wall_ns as f64;
         let duration_s = spec.duration_ns as f64 / 1e9;

@@ -98,7 +98,7 @@ pub fn parse(text: &str) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::new_histogram;
+    use crate::load::recorder::new_histogram;
 
     #[test]
     fn round_trips_through_text() {

@@ -15,7 +15,7 @@ use base64::Engine;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use thiserror::Error;
 
-use crate::clock;
+use crate::load::clock;
 
 /// Where to connect: the server address and the channel path prefix from `--url`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,10 +7,12 @@
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::CoordTranslate;
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use thiserror::Error;
 
-use crate::session::StepResult;
+use crate::load::session::StepResult;
 
 /// A named line of (x, y) points and its colour.
 type Series<'a> = (&'a str, &'a Vec<(f64, f64)>, RGBColor);
@@ -23,14 +25,18 @@ pub struct PlotError {
     pub message: String,
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
-    PlotError {
-        path: path.display().to_string(),
-        message: e.to_string(),
+impl PlotError {
+    /// The error `e` met while drawing the file at `path`.
+    pub fn at(path: &Path, e: impl std::fmt::Display) -> PlotError {
+        PlotError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
     }
 }
 
-fn percentile_label(x: f64) -> String {
+/// The label of a point of the 1/(1-p) axis: `90%`, `99.9%`, `99.99%`.
+pub fn percentile_label(x: f64) -> String {
     let p = 100.0 * (1.0 - 1.0 / x);
     if p < 99.0 {
         format!("{p:.0}%")
@@ -40,52 +46,67 @@ fn percentile_label(x: f64) -> String {
     }
 }
 
+/// The latency curve of `h`: (1/(1-p), latency in ms) at every quantile step short of 100 %
+/// (none for an empty histogram).
+pub fn percentile_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_quantiles(5)
+        .filter(|v| v.quantile_iterated_to() < 1.0)
+        .map(|v| {
+            (
+                1.0 / (1.0 - v.quantile_iterated_to()),
+                v.value_iterated_to() as f64 / 1e6,
+            )
+        })
+        .collect()
+}
+
+/// Draws the legend of `chart` at `position`: a black frame on translucent white.
+pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .position(position)
+        .draw()
+}
+
 /// Draws latency (ms) against percentile on a 1/(1-p) log axis.
 pub fn latency_curve(h: &Histogram<u64>, title: &str, path: &Path) -> Result<(), PlotError> {
-    let mut points: Vec<(f64, f64)> = Vec::new();
-    if !h.is_empty() {
-        for v in h.iter_quantiles(5) {
-            let q = v.quantile_iterated_to();
-            if q >= 1.0 {
-                continue;
-            }
-            points.push((1.0 / (1.0 - q), v.value_iterated_to() as f64 / 1e6));
-        }
-    }
+    let points = percentile_points(h);
     let x_max = points.last().map(|p| p.0).unwrap_or(10.0).clamp(100.0, 1e7);
     let y_max = (h.max() as f64 / 1e6).max(0.001) * 1.1;
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    root.fill(&WHITE).map_err(|e| PlotError::at(path, e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d((1.0f64..x_max).log_scale(), 0f64..y_max)
-        .map_err(|e| err(path, e))?;
+        .map_err(|e| PlotError::at(path, e))?;
     chart
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (ms)")
         .x_label_formatter(&|x| percentile_label(*x))
         .draw()
-        .map_err(|e| err(path, e))?;
+        .map_err(|e| PlotError::at(path, e))?;
     chart
         .draw_series(LineSeries::new(
             points.iter().copied(),
             BLUE.stroke_width(2),
         ))
-        .map_err(|e| err(path, e))?
+        .map_err(|e| PlotError::at(path, e))?
         .label("publish -> receive")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
+    root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
 }
 
@@ -117,14 +138,14 @@ pub fn sweep_chart(
         .min(slo_p99_ms)
         / 2.0;
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    root.fill(&WHITE).map_err(|e| PlotError::at(path, e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())
-        .map_err(|e| err(path, e))?;
+        .map_err(|e| PlotError::at(path, e))?;
     chart
         .configure_mesh()
         .x_desc("deliveries/s (achieved)")
@@ -137,33 +158,27 @@ pub fn sweep_chart(
             }
         })
         .draw()
-        .map_err(|e| err(path, e))?;
+        .map_err(|e| PlotError::at(path, e))?;
     let series: [Series; 2] = [("p50", &p50, BLUE), ("p99", &p99, RED)];
     for (name, pts, color) in series {
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| err(path, e))?
+            .map_err(|e| PlotError::at(path, e))?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(|e| err(path, e))?;
+            .map_err(|e| PlotError::at(path, e))?;
     }
     chart
         .draw_series(LineSeries::new(
             [(0.0, slo_p99_ms), (x_max, slo_p99_ms)],
             BLACK.mix(0.5),
         ))
-        .map_err(|e| err(path, e))?
+        .map_err(|e| PlotError::at(path, e))?
         .label("p99 SLO")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
+    root.present().map_err(|e| PlotError::at(path, e))?;
     Ok(())
 }

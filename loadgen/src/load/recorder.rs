@@ -10,7 +10,7 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::payload::Stamp;
+use crate::load::payload::Stamp;
 
 /// Highest latency the histograms can hold (1 hour, in ns); larger values are clamped.
 pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;

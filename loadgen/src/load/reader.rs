@@ -25,8 +25,10 @@ use io_uring::{cqueue, opcode, types, IoUring};
 use ringcast_proto::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
 use thiserror::Error;
 
-use crate::clock;
-use crate::recorder::{new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Topology};
+use crate::load::clock;
+use crate::load::recorder::{
+    new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Topology,
+};
 
 /// Largest frame payload accepted; a longer one is treated as a protocol error.
 const MAX_FRAME_PAYLOAD: u64 = 16 << 20;
@@ -696,7 +698,7 @@ fn send_pong(fd: RawFd, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::Stamp;
+    use crate::load::payload::Stamp;
     use ringcast_proto::frame::encode_frame;
 
     /// A subscriber's connection state over a real loopback socket, and the socket's peer.
@@ -775,7 +777,7 @@ mod tests {
 #[cfg(test)]
 mod speed {
     use super::*;
-    use crate::payload::Stamp;
+    use crate::load::payload::Stamp;
     use ringcast_proto::frame::encode_frame;
 
     /// Every frame of many full 16 KiB buffers is counted, in order, exactly once. With

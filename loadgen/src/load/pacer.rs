@@ -19,10 +19,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
 
-use crate::clock;
-use crate::payload::{Stamp, STAMP_LEN};
-use crate::recorder::new_histogram;
-use crate::schedule::Schedule;
+use crate::load::clock;
+use crate::load::payload::{Stamp, STAMP_LEN};
+use crate::load::recorder::new_histogram;
+use crate::load::schedule::Schedule;
 
 /// A publisher's write side.
 #[derive(Debug)]

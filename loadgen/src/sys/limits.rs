@@ -1,8 +1,10 @@
-//! The open-file limit: raised to the hard limit at start, checked before opening anything.
+//! The open-file limit, checked before opening anything (it is raised to the hard limit at
+//! start with [`ringcast_os::fd_limit::raise_nofile`]).
 //!
 //! Every connection is a descriptor. A run that needs more than the limit allows must fail at
 //! once with a message naming the limit, not after minutes with EMFILE in the middle of a ramp.
 
+use ringcast_os::fd_limit::nofile;
 use thiserror::Error;
 
 /// The limit is too low for what was asked.
@@ -20,8 +22,6 @@ pub enum LimitError {
         hard: u64,
     },
 }
-
-pub use ringcast_os::fd_limit::{nofile, raise_nofile};
 
 /// Fails unless `needed` descriptors fit under the soft limit.
 pub fn ensure_fds(needed: u64, what: &str) -> Result<(), LimitError> {

@@ -15,13 +15,6 @@ pub struct MachineInfo {
     pub git_commit: String,
 }
 
-/// CPUs this process may run on.
-pub fn available_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())

@@ -5,6 +5,9 @@
 //! it, so they cannot disagree. Its schema is documented in `results/README.md`; bump
 //! [`SCHEMA_VERSION`] on any incompatible change.
 
+pub mod hgrm;
+pub mod plots;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -12,10 +15,11 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::machine::MachineInfo;
-use crate::recorder::LatencySummary;
-use crate::session::{ConnectReport, StepResult};
-use crate::{hgrm, plots};
+use crate::load::idle::ConnectionsReport;
+use crate::load::recorder::LatencySummary;
+use crate::load::session::{ConnectReport, StepResult};
+use crate::sys::machine::MachineInfo;
+use crate::units::{fmt_ns, fmt_rate};
 
 /// Version of the summary.json schema.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -63,18 +67,6 @@ pub struct Capacity {
     pub limited_by_loadgen: bool,
 }
 
-/// The result of `loadgen connections`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ConnectionsReport {
-    pub held: u32,
-    pub hold_s: f64,
-    pub server_rss_before_bytes: Option<u64>,
-    pub server_rss_after_bytes: Option<u64>,
-    pub server_rss_per_connection_bytes: Option<f64>,
-    /// Connections still open at the end of the hold.
-    pub still_open: u32,
-}
-
 /// Everything a run produced (summary.json).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
@@ -112,38 +104,6 @@ pub enum ReportError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Plot(#[from] plots::PlotError),
-}
-
-/// Formats ns with a unit (ns, us, ms, s), three significant figures.
-pub fn fmt_ns(ns: u64) -> String {
-    let v = ns as f64;
-    let (x, unit) = if v < 1e3 {
-        (v, "ns")
-    } else if v < 1e6 {
-        (v / 1e3, "us")
-    } else if v < 1e9 {
-        (v / 1e6, "ms")
-    } else {
-        (v / 1e9, "s")
-    };
-    if x >= 100.0 {
-        format!("{x:.0}{unit}")
-    } else if x >= 10.0 {
-        format!("{x:.1}{unit}")
-    } else {
-        format!("{x:.2}{unit}")
-    }
-}
-
-/// Formats a count per second with k/M.
-pub fn fmt_rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
 }
 
 fn latency_lines(out: &mut String, l: &LatencySummary) {
@@ -396,6 +356,19 @@ pub fn render_text(s: &Summary) -> String {
     out
 }
 
+/// The `commit` and `machine` rows of a markdown report's header table.
+pub fn machine_rows(out: &mut String, m: &MachineInfo) {
+    let _ = writeln!(out, "| commit | `{}` |", m.git_commit);
+    let _ = writeln!(
+        out,
+        "| machine | {} cores, {}, {}, {:.1} GiB |",
+        m.cores,
+        m.cpu_model,
+        m.kernel,
+        m.memory_bytes as f64 / (1u64 << 30) as f64
+    );
+}
+
 fn cpu_list(cpus: &Option<Vec<usize>>) -> String {
     match cpus {
         Some(v) => v
@@ -412,22 +385,13 @@ pub fn render_markdown(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# loadgen {} — {}\n", s.scenario, s.started_utc);
     let _ = writeln!(out, "```\n{}\n```\n", s.command);
-    let m = &s.machine;
     let _ = writeln!(out, "| | |\n|---|---|");
     let _ = writeln!(
         out,
         "| date (UTC) | {} → {} |",
         s.started_utc, s.finished_utc
     );
-    let _ = writeln!(out, "| commit | `{}` |", m.git_commit);
-    let _ = writeln!(
-        out,
-        "| machine | {} cores, {}, {}, {:.1} GiB |",
-        m.cores,
-        m.cpu_model,
-        m.kernel,
-        m.memory_bytes as f64 / (1u64 << 30) as f64
-    );
+    machine_rows(&mut out, &s.machine);
     let _ = writeln!(
         out,
         "| server | {} |",
@@ -574,15 +538,6 @@ pub fn write_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_units() {
-        assert_eq!(fmt_ns(512), "512ns");
-        assert_eq!(fmt_ns(1_234), "1.23us");
-        assert_eq!(fmt_ns(12_345_678), "12.3ms");
-        assert_eq!(fmt_ns(2_500_000_000), "2.50s");
-        assert_eq!(fmt_rate(2_000_000.0), "2.00M");
-    }
 
     #[test]
     fn summary_json_round_trip() {

@@ -1,0 +1,54 @@
+//! `loadgen connections`: hold idle subscribers; report the connect rate and the server's
+//! memory per connection.
+
+use super::common::{
+    finish, new_summary, prepare, stop_server_on_error, AppError, Outcome, Progress,
+};
+use crate::cli::ConnectionsArgs;
+use crate::load::client::parse_source_ips;
+use crate::load::idle::{hold_idle, HoldConfig};
+
+/// `loadgen connections`: hold idle subscribers, report connect rate and memory.
+pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
+    let c = &a.common;
+    let mut p = prepare(c, "connections", u64::from(c.subscribers) + 64)?;
+    let progress = Progress::new(!c.no_progress);
+    let source_ips = match &c.source_ips {
+        Some(s) => stop_server_on_error(&mut p, parse_source_ips(s).map_err(AppError::from))?,
+        None => Vec::new(),
+    };
+    let cfg = HoldConfig {
+        target: p.target.clone(),
+        connections: c.subscribers,
+        channels: c.channels,
+        connect_rate_per_s: c.connect_rate,
+        connect_threads: (p.threads * 2).max(8),
+        source_ips,
+        connect_timeout: c.connect_timeout,
+        hold: a.hold,
+        server_pid: p.server_pid,
+    };
+    let total = c.subscribers;
+    let r = hold_idle(&cfg, &|n| {
+        progress.message(format!("connecting {n}/{total}"))
+    });
+    progress.finish();
+    let (connect, held) = stop_server_on_error(&mut p, r.map_err(AppError::from))?;
+    let mut summary = new_summary("connections", c, &p);
+    summary.config.publishers = 0;
+    summary.verdict = if connect.failed + connect.skipped > 0 {
+        "connect-failures".into()
+    } else if held.still_open < held.held {
+        "connections-dropped".into()
+    } else {
+        "ok".into()
+    };
+    if held.server_rss_per_connection_bytes.is_none() {
+        summary
+            .warnings
+            .push("server memory unknown: pass --server-pid to read it from /proc".into());
+    }
+    summary.connect = Some(connect);
+    summary.connections = Some(held);
+    finish(summary, p, None, c.format, 0)
+}

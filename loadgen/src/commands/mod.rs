@@ -1,0 +1,18 @@
+//! The commands `run`, `sweep` and `connections`: thin layers that turn parsed arguments into
+//! a session on the load layer (starting the server when there is no `--url`), run it, and
+//! write the report. `compare` has its own folder, [`crate::compare`].
+//!
+//! - [`common`]: what every command does around its measurement (limits, server, progress,
+//!   the summary and its files).
+//! - [`run`](mod@run), [`sweep`](mod@sweep), [`connections`](mod@connections): one command
+//!   each.
+
+pub mod common;
+pub mod connections;
+pub mod run;
+pub mod sweep;
+
+pub use common::{AppError, Outcome};
+pub use connections::connections;
+pub use run::run;
+pub use sweep::sweep;

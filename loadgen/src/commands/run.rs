@@ -1,0 +1,123 @@
+//! `loadgen run`: one constant-rate step on one set of connections.
+
+use super::common::{
+    finish, machine_busy, new_summary, start_load, stop_server_on_error, AppError, Outcome,
+};
+use crate::cli::RunArgs;
+use crate::load::session::{StepOutcome, StepResult, StepSpec};
+use crate::units::fmt_ns;
+
+/// `loadgen run`: one constant-rate step.
+pub fn run(a: &RunArgs) -> Result<Outcome, AppError> {
+    let c = &a.common;
+    if !(a.rate > 0.0 && a.rate.is_finite()) {
+        return Err(AppError::Config("-R/--rate must be positive".into()));
+    }
+    let (mut p, progress, mut session) = start_load(c, "run")?;
+    let spec = StepSpec {
+        rate_per_s: a.rate,
+        warmup_ns: a.warmup.as_nanos() as u64,
+        duration_ns: a.duration.as_nanos() as u64,
+        drain_ns: c.drain.as_nanos() as u64,
+    };
+    let r = session.step(spec, &|s| progress.live("", s));
+    let connect = session.connect.clone();
+    session.close();
+    progress.finish();
+    let outcome: StepOutcome = stop_server_on_error(&mut p, r.map_err(AppError::from))?;
+    let mut summary = new_summary("run", c, &p);
+    summary.config.warmup_s = a.warmup.as_secs_f64();
+    summary.config.duration_s = a.duration.as_secs_f64();
+    summary.config.rates_per_s = vec![a.rate];
+    summary.connect = Some(connect);
+    let mut warnings = Vec::new();
+    step_warnings(None, &outcome.result, &mut warnings);
+    let lost = outcome.result.lost > 0;
+    summary.verdict = if lost {
+        "loss"
+    } else if outcome.result.cpu.loadgen_saturated {
+        "loadgen-saturated"
+    } else if machine_busy(&outcome.result) {
+        "machine-busy"
+    } else {
+        "ok"
+    }
+    .into();
+    summary.warnings = warnings;
+    summary.steps.push(outcome.result);
+    summary.histogram_step = Some(0);
+    let code = if lost && c.fail_on_loss { 2 } else { 0 };
+    finish(summary, p, Some(&outcome.latency), c.format, code)
+}
+
+/// Warnings every step deserves.
+fn step_warnings(i: Option<usize>, s: &StepResult, out: &mut Vec<String>) {
+    let at = i
+        .map(|i| format!("step {} ({} msg/s): ", i + 1, s.requested_rate_per_s))
+        .unwrap_or_default();
+    if s.cpu.loadgen_saturated {
+        out.push(format!(
+            "{at}loadgen was saturated ({:.0}% of {} core(s), busiest reader {:.0}%): these figures describe the load generator, not the server",
+            s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1)),
+            s.cpu.loadgen_cores,
+            s.cpu.busiest_reader_util * 100.0
+        ));
+    }
+    if s.lost > 0 && i.is_none() {
+        out.push(format!(
+            "LOSS: {} of {} expected deliveries never arrived ({:.4}%){}",
+            s.lost,
+            s.expected_deliveries,
+            s.lost as f64 * 100.0 / s.expected_deliveries.max(1) as f64,
+            if s.drained {
+                String::new()
+            } else {
+                format!(
+                    " within the {:.1} s drain (raise --drain if the server is merely late)",
+                    s.drain_s
+                )
+            }
+        ));
+    }
+    if machine_busy(s) {
+        out.push(format!(
+            "{at}the machine was busy: loadgen's threads waited for a CPU {:.0}% of the time, the server's {}; these latencies include that wait",
+            s.cpu.loadgen_runqueue_wait_share * 100.0,
+            s.cpu
+                .server_runqueue_wait_share
+                .map(|x| format!("{:.0}%", x * 100.0))
+                .unwrap_or_else(|| "unknown".into())
+        ));
+    }
+    if s.send_lag.p99_ns > 1_000_000 {
+        out.push(format!(
+            "{at}the pacer fell behind its schedule (send lag p99 {}); latencies still count from the intended times",
+            fmt_ns(s.send_lag.p99_ns)
+        ));
+    }
+    if !s.publisher_failures.is_empty() {
+        out.push(format!(
+            "{at}publisher failures: {}",
+            s.publisher_failures.join("; ")
+        ));
+    }
+    let c = &s.counts;
+    if c.cross_channel > 0 {
+        out.push(format!(
+            "{at}{} deliveries crossed channels",
+            c.cross_channel
+        ));
+    }
+    if c.malformed > 0 {
+        out.push(format!(
+            "{at}{} malformed frames from the server",
+            c.malformed
+        ));
+    }
+    if c.disconnects > 0 && i.is_none() {
+        out.push(format!(
+            "{at}{} connections were closed during the run",
+            c.disconnects
+        ));
+    }
+}

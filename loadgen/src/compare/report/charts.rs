@@ -1,0 +1,274 @@
+//! The comparison's charts: `compare.svg` (capacity bars, memory bars, a latency panel per
+//! load scenario) and `latency-<scenario>.svg` (latency against percentile, one line per
+//! server), drawn with plotters like the single-run charts of [`crate::report::plots`].
+
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use plotters::coord::Shift;
+use plotters::drawing::DrawingAreaErrorKind;
+use plotters::prelude::*;
+
+use crate::compare::model::{CompareReport, Hists, Scenario, ScenarioKind};
+use crate::report::plots::{legend, percentile_label, percentile_points, PlotError};
+use crate::units::{fmt_kib, fmt_rate};
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// What drawing into an SVG file can fail with.
+type Drawn = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
+fn color_of(server: &str) -> RGBColor {
+    match server {
+        "ringcast" => RGBColor(214, 39, 40),
+        "python-websockets" => RGBColor(31, 119, 180),
+        "node-ws" => RGBColor(44, 160, 44),
+        "uwebsockets" => RGBColor(148, 103, 189),
+        "tokio-tungstenite" => RGBColor(255, 127, 14),
+        _ => RGBColor(127, 127, 127),
+    }
+}
+
+/// Grouped bars (log scale): one group per label, one bar per server.
+fn bars(
+    area: &Area,
+    title: &str,
+    y_desc: &str,
+    labels: &[String],
+    servers: &[String],
+    value: &dyn Fn(usize, &str) -> Option<f64>,
+    fmt: &dyn Fn(f64) -> String,
+) -> Drawn {
+    let mut vals = Vec::new();
+    for i in 0..labels.len() {
+        for s in servers {
+            if let Some(v) = value(i, s).filter(|v| *v > 0.0) {
+                vals.push(v);
+            }
+        }
+    }
+    let lo = vals.iter().copied().fold(f64::MAX, f64::min);
+    let hi = vals.iter().copied().fold(0.0, f64::max);
+    let (y0, y1) = if vals.is_empty() {
+        (1.0, 10.0)
+    } else {
+        (lo / 3.0, hi * 3.0)
+    };
+    let n = labels.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (y0..y1).log_scale())?;
+    let names = labels.to_vec();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .y_label_formatter(&|y| fmt(*y))
+        .draw()?;
+    let k = servers.len().max(1) as f64;
+    let w = 0.8 / k;
+    for (j, s) in servers.iter().enumerate() {
+        let color = color_of(s);
+        let mut rects = Vec::new();
+        let mut texts = Vec::new();
+        for i in 0..labels.len() {
+            if let Some(v) = value(i, s).filter(|v| *v > 0.0) {
+                let x0 = i as f64 - 0.4 + j as f64 * w;
+                rects.push(Rectangle::new(
+                    [(x0, y0), (x0 + w * 0.9, v)],
+                    color.filled(),
+                ));
+                texts.push(Text::new(fmt(v), (x0, v * 1.15), ("sans-serif", 11)));
+            }
+        }
+        chart
+            .draw_series(rects)?
+            .label(s.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+        chart.draw_series(texts)?;
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    Ok(())
+}
+
+/// Latency against percentile (1/(1-p) log axis), one line per server, log latency.
+fn latency_chart(area: &Area, title: &str, curves: &[(String, &Histogram<u64>)]) -> Drawn {
+    let mut lines = Vec::new();
+    let mut x_max: f64 = 100.0;
+    let mut y_lo = f64::MAX;
+    let mut y_hi: f64 = 0.0;
+    for (name, h) in curves {
+        if h.is_empty() {
+            continue;
+        }
+        let pts: Vec<(f64, f64)> = percentile_points(h)
+            .into_iter()
+            .map(|(x, ms)| (x, ms.max(1e-3)))
+            .collect();
+        for &(_, y) in &pts {
+            y_lo = y_lo.min(y);
+            y_hi = y_hi.max(y);
+        }
+        if let Some(p) = pts.last() {
+            x_max = x_max.max(p.0);
+        }
+        lines.push((name.clone(), pts));
+    }
+    if lines.is_empty() {
+        y_lo = 0.01;
+        y_hi = 1.0;
+    }
+    let x_max = x_max.clamp(100.0, 1e7);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (1.0f64..x_max).log_scale(),
+            ((y_lo / 2.0)..(y_hi * 2.0)).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (ms, log)")
+        .x_label_formatter(&|x| percentile_label(*x))
+        .draw()?;
+    for (name, pts) in lines {
+        let color = color_of(&name);
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
+
+fn curves_of<'a>(
+    r: &CompareReport,
+    sc: &Scenario,
+    hists: &'a Hists,
+) -> Vec<(String, &'a Histogram<u64>)> {
+    r.servers
+        .iter()
+        .filter_map(|s| {
+            hists
+                .get(&(sc.id.clone(), s.name.clone()))
+                .map(|h| (s.name.clone(), h))
+        })
+        .collect()
+}
+
+fn latency_title(sc: &Scenario) -> String {
+    format!(
+        "{}: latency at {} msg/s ({} deliveries/s)",
+        sc.title,
+        fmt_rate(sc.fixed_rate_per_s),
+        fmt_rate(sc.fixed_rate_per_s * sc.fanout())
+    )
+}
+
+fn overview(path: &Path, r: &CompareReport, hists: &Hists) -> Drawn {
+    let loads: Vec<&Scenario> = r
+        .scenarios
+        .iter()
+        .filter(|s| s.kind == ScenarioKind::Load)
+        .collect();
+    let idle = r.scenarios.iter().find(|s| s.kind == ScenarioKind::Idle);
+    let latency_rows = loads.len().div_ceil(2) as u32;
+    let height = 480 + if idle.is_some() { 420 } else { 0 } + 460 * latency_rows;
+    let root = SVGBackend::new(path, (1400, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let servers: Vec<String> = r.servers.iter().map(|s| s.name.clone()).collect();
+    let (top, rest) = root.split_vertically(480);
+    let labels: Vec<String> = loads.iter().map(|s| s.title.clone()).collect();
+    let cap = |i: usize, s: &str| {
+        r.summary(&loads[i].id, s)
+            .and_then(|c| c.capacity)
+            .filter(|_| r.mode == "full")
+    };
+    bars(
+        &top,
+        &format!(
+            "Capacity (deliveries/s, zero loss, p99 <= {} ms){}",
+            r.slo_p99_ms,
+            if r.mode == "quick" {
+                ": not measured in --quick"
+            } else {
+                ""
+            }
+        ),
+        "deliveries/s (log)",
+        &labels,
+        &servers,
+        &cap,
+        &|v| fmt_rate(v),
+    )?;
+    let rest = if let Some(sc) = idle {
+        let (mem, rest) = rest.split_vertically(420);
+        let rss = |_: usize, s: &str| {
+            r.summary(&sc.id, s)
+                .and_then(|c| c.rss_per_connection_bytes)
+        };
+        bars(
+            &mem,
+            &format!(
+                "Server memory per idle connection ({} connections)",
+                sc.subscribers
+            ),
+            "bytes (log)",
+            std::slice::from_ref(&sc.title),
+            &servers,
+            &rss,
+            &|v| fmt_kib(v),
+        )?;
+        rest
+    } else {
+        rest
+    };
+    if latency_rows > 0 {
+        let panels = rest.split_evenly((latency_rows as usize, 2));
+        for (sc, area) in loads.iter().zip(panels.iter()) {
+            latency_chart(area, &latency_title(sc), &curves_of(r, sc, hists))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Draws `compare.svg` at `path`.
+pub fn draw_overview(path: &Path, r: &CompareReport, hists: &Hists) -> Result<(), PlotError> {
+    overview(path, r, hists).map_err(|e| PlotError::at(path, e))
+}
+
+/// Draws `latency-<scenario>.svg` at `path`.
+pub fn draw_latency(
+    path: &Path,
+    r: &CompareReport,
+    sc: &Scenario,
+    hists: &Hists,
+) -> Result<(), PlotError> {
+    let draw = || -> Drawn {
+        let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+        root.fill(&WHITE)?;
+        latency_chart(&root, &latency_title(sc), &curves_of(r, sc, hists))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| PlotError::at(path, e))
+}

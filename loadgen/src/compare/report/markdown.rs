@@ -1,0 +1,340 @@
+//! `compare.md`: the comparison as a document, with the machine, the servers and their
+//! versions, the headline capacities, how to read the figures, and one table per scenario.
+
+use std::fmt::Write as _;
+
+use super::cells::{capacity_cell, fmt_ratio, opt_f, opt_ns};
+use crate::compare::model::{CompareReport, Scenario, ScenarioKind};
+use crate::report::machine_rows;
+use crate::units::{fmt_kib, fmt_ns, fmt_rate};
+
+fn load_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
+    let _ = writeln!(
+        out,
+        "Fixed load: **{} msg/s** ({} deliveries/s): {}.\n",
+        fmt_rate(sc.fixed_rate_per_s),
+        fmt_rate(sc.fixed_rate_per_s * sc.fanout()),
+        sc.fixed_rate_reason
+    );
+    let _ = writeln!(
+        out,
+        "| server | capacity, deliveries/s | × ringcast | p50 @ fixed | p99 @ fixed (spread) | p99.9 @ fixed | p50 / p99 / p99.9 × ringcast | server CPU s per M deliveries @ fixed | × ringcast | delivered @ fixed | loadgen CPU @ fixed / @ capacity |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for srv in &r.servers {
+        let Some(s) = r.summary(&sc.id, &srv.name) else {
+            continue;
+        };
+        let spread = match (s.fixed_p99_min_ns, s.fixed_p99_max_ns) {
+            (Some(a), Some(b)) if s.runs > 1 => format!(" ({}–{})", fmt_ns(a), fmt_ns(b)),
+            _ => String::new(),
+        };
+        let delivered = if s.runs == 0 || s.fixed_expected == 0 {
+            "–".to_owned()
+        } else {
+            format!(
+                "{}/{}{}",
+                s.fixed_received,
+                s.fixed_expected,
+                if s.fixed_held {
+                    ""
+                } else if s.fixed_lost > 0 {
+                    " **LOSS**"
+                } else {
+                    " (p99 over SLO)"
+                }
+            )
+        };
+        let lg = format!(
+            "{}{} / {}",
+            s.fixed_loadgen_share
+                .map(|x| format!("{:.0}%", x * 100.0))
+                .unwrap_or_else(|| "–".into()),
+            if s.fixed_loadgen_saturated {
+                " †"
+            } else {
+                ""
+            },
+            s.capacity_loadgen_share
+                .map(|x| format!("{:.0}%", x * 100.0))
+                .unwrap_or_else(|| "–".into()),
+        );
+        let _ = writeln!(
+            out,
+            "| {}{}{} | {} | {} | {} | {}{} | {} | {} / {} / {} | {} | {} | {} | {} |",
+            if srv.name == "ringcast" { "**" } else { "" },
+            srv.name,
+            if srv.name == "ringcast" { "**" } else { "" },
+            capacity_cell(s),
+            fmt_ratio(s.capacity_ratio),
+            opt_ns(s.fixed_p50_ns),
+            opt_ns(s.fixed_p99_ns),
+            spread,
+            opt_ns(s.fixed_p99_9_ns),
+            fmt_ratio(s.fixed_p50_ratio),
+            fmt_ratio(s.fixed_p99_ratio),
+            fmt_ratio(s.fixed_p99_9_ratio),
+            opt_f(s.fixed_cpu_s_per_million, 3),
+            fmt_ratio(s.fixed_cpu_ratio),
+            delivered,
+            lg
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn idle_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
+    let _ = writeln!(
+        out,
+        "| server | RSS per idle connection (spread) | × ringcast | held / still open at the end | connects/s (last run) | peak RSS |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for srv in &r.servers {
+        let Some(s) = r.summary(&sc.id, &srv.name) else {
+            continue;
+        };
+        let spread = match (s.rss_per_connection_min, s.rss_per_connection_max) {
+            (Some(a), Some(b)) if s.runs > 1 => format!(" ({}–{})", fmt_kib(a), fmt_kib(b)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {}{} | {} | {} / {} of {} | {} | {} |",
+            srv.name,
+            s.rss_per_connection_bytes
+                .map(fmt_kib)
+                .unwrap_or_else(|| "–".into()),
+            spread,
+            fmt_ratio(s.rss_ratio),
+            s.idle_held
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "–".into()),
+            s.idle_still_open
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "–".into()),
+            sc.subscribers,
+            s.idle_connect_rate_per_s
+                .map(fmt_rate)
+                .unwrap_or_else(|| "–".into()),
+            s.peak_rss_bytes
+                .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "–".into()),
+        );
+    }
+    let _ = writeln!(out);
+}
+
+/// compare.md.
+pub fn render_markdown(r: &CompareReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# ringcast compared with the servers our users run — {}\n",
+        r.started_utc
+    );
+    let _ = writeln!(out, "```\n{}\n```\n", r.command);
+    let _ = writeln!(out, "| | |\n|---|---|");
+    let _ = writeln!(
+        out,
+        "| date (UTC) | {} → {} ({:.0} s; estimated {:.0} s) |",
+        r.started_utc, r.finished_utc, r.elapsed_s, r.estimated_s
+    );
+    machine_rows(&mut out, &r.machine);
+    let _ = writeln!(
+        out,
+        "| mode | {}, {} repetition(s), order reversed each repetition |",
+        r.mode, r.repeat
+    );
+    let _ = writeln!(
+        out,
+        "| pinning | server on CPU {}, loadgen (1 reader thread + pacer) on CPU {} |",
+        r.server_cpu, r.loadgen_cpu
+    );
+    let _ = writeln!(
+        out,
+        "| steps | fixed load {:.1} s warm-up + {:.1} s measured; capacity steps {:.1} s + {:.1} s; drain ≤ {:.1} s; SLO p99 ≤ {} ms |\n",
+        r.fixed_warmup_s, r.fixed_duration_s, r.step_warmup_s, r.step_duration_s, r.drain_s, r.slo_p99_ms
+    );
+    let _ = writeln!(out, "## Servers\n");
+    let _ = writeln!(out, "| server | version | command | configuration |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for s in &r.servers {
+        let _ = writeln!(
+            out,
+            "| {} | {} | `{}` | {} |",
+            s.name, s.version, s.command, s.notes
+        );
+    }
+    let _ = writeln!(out);
+    for s in &r.skipped {
+        let _ = writeln!(out, "- not compared: {s}");
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(out);
+    }
+
+    // Headline.
+    let loads: Vec<&Scenario> = r
+        .scenarios
+        .iter()
+        .filter(|s| s.kind == ScenarioKind::Load)
+        .collect();
+    if r.mode == "full" && !loads.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Headline: capacity, deliveries/s (zero loss, p99 ≤ {} ms)\n",
+            r.slo_p99_ms
+        );
+        let _ = write!(out, "| scenario |");
+        for s in &r.servers {
+            let _ = write!(out, " {} |", s.name);
+        }
+        let _ = writeln!(out, "\n|---|{}", "---|".repeat(r.servers.len()));
+        for sc in &loads {
+            let _ = write!(out, "| {} |", sc.title);
+            for srv in &r.servers {
+                let cell = r
+                    .summary(&sc.id, &srv.name)
+                    .map(|s| {
+                        let mut c = capacity_cell(s);
+                        if srv.name != "ringcast" {
+                            let _ = write!(c, " ({})", fmt_ratio(s.capacity_ratio));
+                        }
+                        c
+                    })
+                    .unwrap_or_else(|| "–".into());
+                let _ = write!(out, " {cell} |");
+            }
+            let _ = writeln!(out);
+        }
+        if let Some(sc) = r.scenarios.iter().find(|s| s.kind == ScenarioKind::Idle) {
+            let _ = write!(out, "| {}: RSS per connection |", sc.title);
+            for srv in &r.servers {
+                let cell = r
+                    .summary(&sc.id, &srv.name)
+                    .and_then(|s| s.rss_per_connection_bytes)
+                    .map(fmt_kib)
+                    .unwrap_or_else(|| "–".into());
+                let _ = write!(out, " {cell} |");
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out);
+    }
+
+    let _ = writeln!(out, "## How to read it\n");
+    let _ = writeln!(
+        out,
+        "- **Capacity**: the highest achieved deliveries/s of a step with zero loss, nothing unsent, no \
+         disconnect and p99 ≤ the SLO. Rates come from a grid 2^(i/6) msg/s (~12 % apart): the first \
+         repetition starts at a per-server guess and moves ×1.6 until a step holds and one fails, then \
+         bisects until the two are adjacent on the grid; later repetitions start at the previous \
+         answer and walk the grid. The median over repetitions is shown, the spread (min–max) in \
+         parentheses. `0 (< 1 msg/s)`: not even 1 msg/s held. `≥`: every step held up to the \
+         highest rate tried. A step the server did not drain within {:.1} s (it fell seconds behind) \
+         fails, and the server is restarted and reconnected before the next step.",
+        r.drain_s
+    );
+    let _ = writeln!(
+        out,
+        "- **Fixed load**: a rate every server can hold, given per scenario with its reason; \
+         p50/p99/p99.9 of publish → receive latency (from the intended send time, open loop), medians over \
+         repetitions. Server CPU s per million deliveries = the server's CPU time over the step \
+         (all threads, /proc/PID/task/*/schedstat) ÷ deliveries of the step, warm-up included."
+    );
+    let _ = writeln!(
+        out,
+        "- **× ringcast**: this server's figure ÷ ringcast's. Capacity: below 1 means less than \
+         ringcast; latency, CPU and memory: above 1 means more than ringcast."
+    );
+    let _ = writeln!(
+        out,
+        "- **†**: loadgen was saturated (> 90 % of its core) at that step, or at the failing step \
+         just above the capacity: the figure may be the load generator's limit, not the server's. \
+         Loadgen's CPU share is shown per cell."
+    );
+    let _ = writeln!(
+        out,
+        "- **Memory**: (server RSS with N idle connections, 1 s after the last connected − RSS before \
+         connecting) ÷ N.\n"
+    );
+
+    for sc in &r.scenarios {
+        let _ = writeln!(out, "## {}\n", sc.title);
+        match sc.kind {
+            ScenarioKind::Load => {
+                let _ = writeln!(
+                    out,
+                    "{} subscriber(s), {} publisher(s), {} channel(s), {}-byte messages. Latency curves: [`latency-{}.svg`](latency-{}.svg).\n",
+                    sc.subscribers, sc.publishers, sc.channels, sc.size_bytes, sc.id, sc.id
+                );
+                load_table(&mut out, r, sc);
+            }
+            ScenarioKind::Idle => {
+                let _ = writeln!(
+                    out,
+                    "{} idle connections on one channel, opened as fast as the server accepts them (16 at a time), held {} s.\n",
+                    sc.subscribers,
+                    if r.mode == "quick" { "1.5" } else { "2" }
+                );
+                idle_table(&mut out, r, sc);
+            }
+        }
+    }
+
+    if !r.syscalls.is_empty() {
+        let _ = writeln!(out, "## Syscalls per delivery (measured under strace)\n");
+        let _ = writeln!(
+            out,
+            "`strace -c -f -p PID` attached to the server during one fixed-load run of the first \
+             scenario (3.5 s); strace slows the server, so only the counts mean anything. \
+             io_uring operations are not syscalls: ringcast's sends and receives are counted \
+             in its `io_uring_enter` calls.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| server | rate msg/s | deliveries | syscalls | per delivery | per message | most frequent |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for f in &r.syscalls {
+            let top = f
+                .top
+                .iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.3} | {:.1} | {}{} |",
+                f.server,
+                f.rate_per_s,
+                f.deliveries,
+                f.syscalls,
+                f.per_delivery,
+                f.per_message,
+                top,
+                f.error
+                    .as_deref()
+                    .map(|e| format!(" (error: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    if !r.warnings.is_empty() {
+        let _ = writeln!(out, "## Warnings\n");
+        for w in &r.warnings {
+            let _ = writeln!(out, "- {w}");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "Files: `compare.json` (this report, machine-readable, with every step of every run), \
+         `runs.json` (full step results), `compare.svg`, `latency-<scenario>.svg`, \
+         `hgrm/<scenario>-<server>.hgrm` (fixed-load latency, all repetitions merged), `logs/` \
+         (servers' stderr, when not empty)."
+    );
+    out
+}

@@ -1,0 +1,18 @@
+//! The load itself: what is sent and when, how it is received, and how it is counted.
+//!
+//! Bottom up: [`clock`] (one monotonic clock, precise sleeps), [`schedule`] (when each message
+//! is due), [`payload`] (the stamp every message carries); [`client`] (connect + WebSocket
+//! upgrade), [`reader`] (io_uring receive side), [`pacer`] (send side), [`recorder`] (exact
+//! counts and histograms); [`session`] (a set of connections and the rate steps run on it) and
+//! [`idle`] (idle connections held to measure memory). Nothing here knows about commands,
+//! reports or the servers being compared; below it is only [`crate::sys`].
+
+pub mod client;
+pub mod clock;
+pub mod idle;
+pub mod pacer;
+pub mod payload;
+pub mod reader;
+pub mod recorder;
+pub mod schedule;
+pub mod session;

@@ -204,7 +204,7 @@ fn upgrade_request(extra: &str, omit: &str) -> String {
         "Host: localhost".to_owned(),
         "Upgrade: websocket".to_owned(),
         "Connection: Upgrade".to_owned(),
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
+        format!("Sec-WebSocket-Key: {CLIENT_KEY}"),
         "Sec-WebSocket-Version: 13".to_owned(),
     ];
     if !omit.is_empty() {
@@ -356,11 +356,8 @@ async fn request_in_pieces_and_frames_right_after_it() {
     let mut receiver = ws(&server, "/pieces").await;
     wait_connections(&server, 1).await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
-    let req = ringcast_proto::handshake::client_request(
-        &server.addr.to_string(),
-        "/pieces",
-        "dGhlIHNhbXBsZSBub25jZQ==",
-    );
+    let req =
+        ringcast_proto::handshake::client_request(&server.addr.to_string(), "/pieces", CLIENT_KEY);
     // The request in 3 pieces, the last one followed at once by a frame.
     let (p1, rest) = req.split_at(10);
     let (p2, p3) = rest.split_at(30);

@@ -8,10 +8,10 @@
 
 mod common;
 
-use common::Server;
+use common::{run_bounded, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,26 +29,15 @@ fn python() -> PathBuf {
 /// Runs `tests/python/<script> <url>`, bounded, and asserts it printed OK and exited 0.
 fn run_script(script: &str, server: &Server) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
-    let mut child = Command::new(python())
-        .arg("-u")
-        .arg(dir.join(script))
-        .arg(format!("ws://{}", server.addr))
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python");
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill(); // our own child, by PID
-            let _ = child.wait();
-            panic!("{script} still running after {SCRIPT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("python output");
+    let out = run_bounded(
+        Command::new(python())
+            .arg("-u")
+            .arg(dir.join(script))
+            .arg(format!("ws://{}", server.addr))
+            .current_dir(&dir),
+        SCRIPT_TIMEOUT,
+    )
+    .unwrap_or_else(|_| panic!("{script} still running after {SCRIPT_TIMEOUT:?}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

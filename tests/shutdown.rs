@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use ringcast_proto::frame::OpCode;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -105,10 +105,7 @@ async fn unresponsive_clients_hold_up_exit_only_until_the_shutdown_timeout() {
     // One reads the close but never answers; one never reads at all, with data queued for it;
     // one never finished its handshake.
     let mut mute = Raw::connect(server.addr, "/m").await;
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let _stalled = Raw::upgrade(stream, server.addr, "/m").await;
+    let _stalled = Raw::connect_with(server.addr, "/m", Some(4096)).await;
     let mut handshaking = TcpStream::connect(server.addr).await.unwrap();
     handshaking.write_all(b"GET /m HTTP/1.1\r\n").await.unwrap();
     let mut publisher = Raw::connect(server.addr, "/m").await;

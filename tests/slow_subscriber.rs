@@ -16,34 +16,17 @@ use futures_util::{SinkExt, StreamExt};
 use ringcast_proto::frame::{decode_header, OpCode};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Message `i`: its index, then a filler byte derived from it, `size` bytes in all.
-fn message(i: u32, size: usize) -> Vec<u8> {
-    let mut m = i.to_be_bytes().to_vec();
-    m.resize(size, (i as u8) ^ 0x5a);
-    m
-}
-
-fn index_of(payload: &[u8], size: usize) -> u32 {
-    let i = u32::from_be_bytes(payload[..4].try_into().unwrap());
-    assert_eq!(payload, message(i, size), "message {i} corrupted");
-    i
-}
 
 /// A raw client with a 4 KiB receive buffer that will not read until told to.
 async fn stalled_client(server: &Server, path: &str) -> Raw {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    Raw::upgrade(stream, server.addr, path).await
+    Raw::connect_with(server.addr, path, Some(4096)).await
 }
 
 /// Publishes `count` binary messages of `size` bytes from `publisher`, `batch` at a time, and
 /// has each of `fast` read every batch before the next is sent (so a fast subscriber's backlog
 /// never exceeds one batch); asserts they got every message, in order.
-async fn publish_to_fast(publisher: &mut Ws, fast: &mut [Ws], count: u32, size: usize, batch: u32) {
+async fn publish_to_fast(publisher: &mut Ws, fast: &mut [Ws], count: u64, size: usize, batch: u64) {
     within(
         Duration::from_secs(60),
         "publishing to the fast subscribers",
@@ -53,7 +36,7 @@ async fn publish_to_fast(publisher: &mut Ws, fast: &mut [Ws], count: u32, size: 
                 let end = (i + batch).min(count);
                 for j in i..end {
                     publisher
-                        .feed(Message::binary(message(j, size)))
+                        .feed(Message::binary(numbered(j, size)))
                         .await
                         .unwrap();
                 }
@@ -121,14 +104,14 @@ async fn close_policy_cuts_off_the_slow_subscriber_only() {
     let mut fast = vec![ws(&server, "/s").await, ws(&server, "/s").await];
     wait_connections(&server, 4).await;
 
-    const COUNT: u32 = 1000;
+    const COUNT: u64 = 1000;
     const SIZE: usize = 8192;
     // Batches of 32 KiB: a subscriber that keeps up never reaches the 64 KiB cap.
     publish_to_fast(&mut publisher, &mut fast, COUNT, SIZE, 4).await;
 
     wait_metric(&server, "slow_closed_total", 1).await;
     let (frames, truncated) = read_until_closed(&mut slow).await;
-    let mut data = 0u32;
+    let mut data = 0u64;
     let mut close = None;
     for (k, (opcode, payload)) in frames.iter().enumerate() {
         match opcode {
@@ -158,7 +141,7 @@ async fn close_policy_cuts_off_the_slow_subscriber_only() {
     let m = metrics(&server).await;
     assert_eq!(m["ringcast_slow_closed_total"], 1);
     assert_eq!(m["ringcast_slow_dropped_messages_total"], 0);
-    assert_eq!(m["ringcast_messages_in_total"], COUNT as u64);
+    assert_eq!(m["ringcast_messages_in_total"], COUNT);
 }
 
 #[tokio::test]
@@ -175,14 +158,14 @@ async fn drop_policy_skips_messages_and_counts_them() {
     let mut publisher = ws(&server, "/d").await;
     let mut fast = vec![ws(&server, "/d").await, ws(&server, "/d").await];
     wait_connections(&server, 4).await;
-    let (rss_before, _) = server.memory_kib();
+    let rss_before = server.rss_kib();
 
     // 32 MiB through a subscriber that reads nothing.
-    const COUNT: u32 = 512;
+    const COUNT: u64 = 512;
     const SIZE: usize = 64 * 1024;
     // Batches of 128 KiB, under the 256 KiB cap.
     publish_to_fast(&mut publisher, &mut fast, COUNT, SIZE, 2).await;
-    let (_, peak) = server.memory_kib();
+    let peak = server.peak_rss_kib();
 
     // Now the slow client reads: it gets an in-order subset, and the rest were counted as
     // dropped (the count settles once every thread has delivered everything).
@@ -197,7 +180,7 @@ async fn drop_policy_skips_messages_and_counts_them() {
             Ok(None) => panic!("slow client was disconnected under the drop policy"),
             Err(_quiet) => {
                 let dropped = metric(&server, "slow_dropped_messages_total").await;
-                if got.len() as u64 + dropped == COUNT as u64 {
+                if got.len() as u64 + dropped == COUNT {
                     break;
                 }
                 assert!(
@@ -216,7 +199,7 @@ async fn drop_policy_skips_messages_and_counts_them() {
     );
     // Still subscribed: once caught up it gets the next message.
     publisher
-        .send(Message::binary(message(COUNT, SIZE)))
+        .send(Message::binary(numbered(COUNT, SIZE)))
         .await
         .unwrap();
     let f = slow.expect_frame("message after catching up").await;
@@ -257,7 +240,7 @@ async fn ping_flood_from_a_client_that_never_reads_is_cut_off() {
     let mut flooder = stalled_client(&server, "/flood").await;
     let mut bystander = ws(&server, "/flood").await;
     wait_connections(&server, 2).await;
-    let (rss_before, _) = server.memory_kib();
+    let rss_before = server.rss_kib();
 
     let ping = whole(OpCode::Ping, &[0x70; 125]);
     let flood: Vec<u8> = ping
@@ -294,7 +277,7 @@ async fn ping_flood_from_a_client_that_never_reads_is_cut_off() {
             (OpCode::Close, &1008u16.to_be_bytes()[..])
         );
     }
-    let (_, peak) = server.memory_kib();
+    let peak = server.peak_rss_kib();
     assert!(
         peak.saturating_sub(rss_before) < 8 * 1024,
         "peak RSS grew {} KiB under a ping flood",

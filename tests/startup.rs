@@ -10,31 +10,21 @@ mod common;
 
 use common::*;
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Runs the binary to completion (killed after `bound`).
 fn run_to_exit(args: &[&str], bound: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringcast");
-    let deadline = Instant::now() + bound;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill(); // our own child, by PID
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "ringcast {args:?} still running after {bound:?}; stdout {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_ringcast")).args(args),
+        bound,
+    )
+    .unwrap_or_else(|out| {
+        panic!(
+            "ringcast {args:?} still running after {bound:?}; stdout {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[tokio::test]
@@ -96,30 +86,14 @@ fn second_instance_on_the_same_port_fails() {
     // join that group and the kernel then splits new connections between the two servers.
     let first = Server::start(&["--threads", "1"]);
     let addr = first.addr.to_string();
-    let mut second = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["--listen", &addr, "--threads", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    if status.is_none() {
-        let _ = second.kill(); // our own child, by PID
-        let _ = second.wait();
-    }
-    let status = status.unwrap_or_else(|| {
+    let status = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_ringcast")).args(["--listen", &addr, "--threads", "1"]),
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|_| {
         panic!("a second ringcast bound {addr}, where one is already listening, and kept running")
-    });
+    })
+    .status;
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
 

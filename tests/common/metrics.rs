@@ -1,0 +1,55 @@
+//! The server's `/metrics`, read over plain HTTP: all of it parsed, one metric, and waits for a
+//! metric (the connection gauge above all) to reach a value.
+
+use super::{http_raw, Server, STEP};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// `GET /metrics`, parsed: metric name (with labels) to value.
+pub async fn metrics(server: &Server) -> HashMap<String, u64> {
+    let r = http_raw(
+        server.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "GET /metrics: {r:?}");
+    r.body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("metric line");
+            (name.to_owned(), value.parse().expect("metric value"))
+        })
+        .collect()
+}
+
+/// One metric from `/metrics` (`ringcast_` is prefixed).
+pub async fn metric(server: &Server, name: &str) -> u64 {
+    let full = format!("ringcast_{name}");
+    *metrics(server)
+        .await
+        .get(&full)
+        .unwrap_or_else(|| panic!("{full} missing from /metrics"))
+}
+
+/// Polls `/metrics` until `name` equals `want` (within [`STEP`]).
+pub async fn wait_metric(server: &Server, name: &str, want: u64) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let got = metric(server, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ringcast_{name} stayed {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the server has `n` WebSocket connections open (all subscribed to their channel:
+/// the gauge rises only after the subscription).
+pub async fn wait_connections(server: &Server, n: u64) {
+    wait_metric(server, "connections", n).await;
+}

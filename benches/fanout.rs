@@ -1,43 +1,42 @@
-//! What "encode once" buys when one message goes to 1,000 subscribers.
+//! What one message to 1,000 subscribers costs in user space, through the server's real
+//! fan-out path, against the per-subscriber queues it replaced.
 //!
-//! ringcast encodes a broadcast once into a `SharedFrame` (one reference-counted buffer) and
-//! queues a clone of it per subscriber; the alternative, what most servers do, frames and copies
-//! the payload for each subscriber. Both are measured here at 64 B and 4 KiB payloads, in
-//! deliveries per second (Throughput::Elements = subscribers), as a model of the subscriber
-//! queues, and then through the real `FanOut::deliver_local` -> `Subscriber::deliver` path when
-//! io_uring is available.
+//! **Channel log** (the production path): `BlockEncoder::push` + `finish` (the message encoded
+//! once into a block), `Channel::append` (into the log; the 1,000 subscribers parked at its head
+//! are woken onto the send ring's ready list), then one write cycle: for each ready subscriber
+//! `begin_write` (the `iovec`s from its cursor to the head) and `complete_write` as if the whole
+//! write went out (the cursor moves, the subscriber parks again, the block is freed once every
+//! cursor passed it). Real `Subscriber`s, `Channel` and `SendRing`, inside a tokio-uring runtime,
+//! sharing one loopback socket that is never written to: what is timed is everything between a
+//! publisher's read and the kernel's send, minus the send.
 //!
-//! The model: the real `Subscriber` holds a tokio-uring `TcpStream`, so the model keeps just its
-//! queue, a `VecDeque` per subscriber. Each iteration encodes one message, appends it to all
-//! 1,000 queues and releases the oldest frame of each queue once the queue holds `depth` frames
-//! (standing in for the send ring, which drops frames once written), so allocation *and* the
-//! matching free are both counted. At depth 1 every per-subscriber copy is still in cache: the
-//! most favourable case for encode-per-subscriber. At depth 16 (a subscriber a few messages
-//! behind, the normal state under load when writes are coalesced) the copies of a 4 KiB message
-//! no longer fit in cache.
+//! **Per-subscriber queues** (the path before the channel log, commit be910ca), rebuilt here
+//! as a model with the same steps and data structures: the frame encoded once into a shared
+//! buffer, then per subscriber a `RefCell` borrow, the backlog cap check and accounting, an
+//! `Rc` clone pushed onto its `VecDeque`, and its scheduling; then the same write cycle
+//! (`begin_write` walks the queue merging adjacent frames into `iovec`s, `complete_write` pops
+//! and releases them).
 //!
-//! The real path: 1,000 `Subscriber`s in a `FanOut`, sharing one loopback socket, inside a
-//! tokio-uring runtime; they never start writing, so nothing is written. `encode_once_deliver_local`
-//! is the server's fan-out (`SharedFrame::encode` + `FanOut::deliver_local` -> 1,000 x
-//! `Subscriber::deliver`: `RefCell` borrow, backlog check and accounting, frame clone, queueing);
-//! `encode_per_subscriber_deliver` calls `Subscriber::deliver` with a frame encoded for each
-//! subscriber. Queues are emptied (frames released) between batches of 16 messages (as deep as
-//! the model's depth16), outside the timing, so unlike the model the release of the frames is
-//! not counted here.
+//! Each is measured with one message per publisher read (every message its own block and its
+//! own write: low load) and with 256 messages in one read (a publisher's read at load: one
+//! block, one write per subscriber covering all of it), at 64 B and 4 KiB. Throughput is in
+//! deliveries (Throughput::Elements = subscribers x messages).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::config::SlowPolicy;
-use ringcast::fanout::block::SharedFrame;
-use ringcast::fanout::subscriber::{QueueLimits, Subscriber};
-use ringcast::fanout::FanOut;
+use ringcast::fanout::block::BlockEncoder;
+use ringcast::fanout::channel::{Channel, WindowPolicy};
+use ringcast::fanout::log::ChannelLog;
+use ringcast::fanout::subscriber::{Subscriber, SubscriberLimits};
 use ringcast::ring::{ScratchIovecs, SendRing};
 use ringcast::telemetry::metrics::{Metrics, ThreadMetrics};
-use ringcast_proto::frame::{encode_frame, OpCode};
+use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SUBSCRIBERS: usize = 1000;
 
@@ -48,123 +47,212 @@ fn payloads() -> [(&'static str, Vec<u8>); 2] {
     ]
 }
 
-/// Appends `frame()` to every queue, first releasing each queue's oldest frame if it is full.
-#[inline]
-fn enqueue_all<T>(queues: &mut [VecDeque<T>], depth: usize, mut frame: impl FnMut() -> T) {
-    for q in queues {
-        if q.len() == depth {
-            drop(q.pop_front());
-        }
-        q.push_back(frame());
-    }
+/// Messages per publisher read (one block), and per write cycle.
+const DEPTHS: [u64; 2] = [1, 256];
+
+/// The channel log path: one channel, 1,000 real subscribers started and parked at the head.
+struct LogPath {
+    channel: Rc<Channel>,
+    ring: Rc<SendRing<Subscriber>>,
+    subscribers: Vec<Rc<Subscriber>>,
+    metrics: Arc<ThreadMetrics>,
+    encoder: BlockEncoder,
+    scratch: ScratchIovecs,
 }
 
-fn model(c: &mut Criterion) {
-    for depth in [1usize, 16] {
-        let mut group = c.benchmark_group(format!("fanout_1000_model/depth{depth}"));
-        group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
-        for (size, payload) in payloads() {
-            let mut shared: Vec<VecDeque<SharedFrame>> =
-                vec![VecDeque::with_capacity(depth); SUBSCRIBERS];
-            group.bench_function(BenchmarkId::new("encode_once", size), |b| {
-                b.iter(|| {
-                    let frame = SharedFrame::encode(OpCode::Binary, black_box(&payload));
-                    enqueue_all(&mut shared, depth, || frame.clone());
-                })
-            });
-            drop(shared);
-            let mut copies: Vec<VecDeque<Vec<u8>>> =
-                vec![VecDeque::with_capacity(depth); SUBSCRIBERS];
-            group.bench_function(BenchmarkId::new("encode_per_subscriber", size), |b| {
-                b.iter(|| {
-                    enqueue_all(&mut copies, depth, || {
-                        encode_frame(OpCode::Binary, black_box(&payload), None)
-                    })
-                })
-            });
+impl LogPath {
+    fn new(stream: &Rc<tokio_uring::net::TcpStream>) -> LogPath {
+        let metrics = Metrics::new(1).threads[0].clone();
+        let ring = SendRing::new(64).expect("send ring");
+        let policy = WindowPolicy {
+            window: 1 << 30,
+            slow_timeout: Duration::from_secs(10),
+            policy: SlowPolicy::Drop,
+        };
+        let channel = Channel::new(ChannelLog::new(policy.window, None), None, policy);
+        let subscribers: Vec<Rc<Subscriber>> = (0..SUBSCRIBERS as u64)
+            .map(|id| {
+                let s = Subscriber::new(
+                    id,
+                    stream.clone(),
+                    ring.clone(),
+                    channel.log().clone(),
+                    metrics.clone(),
+                    SubscriberLimits {
+                        close_timeout: Duration::from_secs(10),
+                    },
+                );
+                channel.add(s.clone());
+                s
+            })
+            .collect();
+        let mut path = LogPath {
+            channel,
+            ring,
+            subscribers,
+            metrics,
+            encoder: BlockEncoder::default(),
+            scratch: ScratchIovecs::default(),
+        };
+        for s in &path.subscribers {
+            s.start_writing();
         }
-        group.finish();
+        path.write_cycle();
+        path
     }
-}
 
-/// Messages queued per subscriber between two drains of the queues.
-const BATCH: u64 = 16;
-
-/// 1,000 real subscribers on one channel of a `FanOut`, all sharing one loopback socket.
-fn subscribers(
-    stream: &Rc<tokio_uring::net::TcpStream>,
-    ring: &Rc<SendRing<Subscriber>>,
-    channel: &Arc<str>,
-) -> (FanOut, Vec<Rc<Subscriber>>, Arc<ThreadMetrics>) {
-    let metrics = Arc::new(Metrics::new(1));
-    let thread_metrics = metrics.threads[0].clone();
-    let fanout = FanOut::new(Vec::new(), metrics, thread_metrics.clone());
-    let subs: Vec<Rc<Subscriber>> = (0..SUBSCRIBERS as u64)
-        .map(|id| {
-            Subscriber::new(
-                id,
-                stream.clone(),
-                ring.clone(),
-                thread_metrics.clone(),
-                QueueLimits {
-                    // Never reached: the bench measures queueing, not the slow-subscriber path.
-                    max_backlog: 1 << 40,
-                    max_message: 1 << 20,
-                    policy: SlowPolicy::Drop,
-                    close_timeout: Duration::from_secs(10),
-                },
-            )
-        })
-        .collect();
-    for s in &subs {
-        fanout.subscribe(channel, s.clone());
-    }
-    (fanout, subs, thread_metrics)
-}
-
-/// Times `deliver_one` over `iters` messages, emptying the queues (untimed) every [`BATCH`].
-///
-/// The queues are emptied by the send ring's own two steps (`begin_write`, then
-/// `complete_write` as if the whole write went out), without a socket: frames are released
-/// and each queue keeps its capacity, as in steady state. Every batch checks through the
-/// `deliveries_out` counter (`deliver_local`) or the backlog (direct delivery) that everything
-/// was queued, so the bench fails rather than measures refusals.
-fn time_batches(
-    iters: u64,
-    subs: &[Rc<Subscriber>],
-    mut deliver_one: impl FnMut(),
-    delivered: impl Fn() -> u64,
-) -> Duration {
-    let mut timed = Duration::ZERO;
-    let mut done = 0;
-    while done < iters {
-        let n = (iters - done).min(BATCH);
-        let before = delivered();
-        let start = Instant::now();
-        for _ in 0..n {
-            deliver_one();
+    /// One publisher read of `count` messages: one block.
+    fn publish(&mut self, payload: &[u8], count: u64) {
+        for _ in 0..count {
+            self.encoder.push(OpCode::Binary, payload);
         }
-        timed += start.elapsed();
-        assert_eq!(
-            delivered() - before,
-            n * SUBSCRIBERS as u64,
-            "not all queued"
-        );
-        let mut scratch = ScratchIovecs::default();
-        for s in subs {
-            let mut iovecs = scratch.builder();
+        if let Some(block) = self.encoder.finish(u64::MAX) {
+            self.channel.append(block);
+        }
+    }
+
+    /// Every ready subscriber writes everything it has, as if the kernel took it all.
+    fn write_cycle(&mut self) {
+        for s in self.ring.take_ready() {
+            let mut iovecs = self.scratch.builder();
             s.begin_write(&mut iovecs);
             let written = iovecs.bytes();
             s.complete_write(written);
         }
-        done += n;
     }
-    timed
 }
 
-fn real(c: &mut Criterion) {
+/// The per-subscriber queue of the path before the channel log (see the module doc).
+#[derive(Default)]
+struct QueueOutbox {
+    frames: VecDeque<QueuedFrame>,
+    in_flight: usize,
+    ready: bool,
+    backlog_bytes: usize,
+    oversize_frames: usize,
+}
+
+#[derive(Clone)]
+struct QueuedFrame {
+    bytes: Rc<Arc<[u8]>>,
+    start: usize,
+    end: usize,
+}
+
+struct QueueSubscriber {
+    out: RefCell<QueueOutbox>,
+    max_backlog: usize,
+}
+
+struct QueuePath {
+    subscribers: Vec<Rc<QueueSubscriber>>,
+    ready: RefCell<Vec<Rc<QueueSubscriber>>>,
+    scratch: ScratchIovecs,
+    delivered: u64,
+}
+
+impl QueuePath {
+    fn new() -> QueuePath {
+        QueuePath {
+            subscribers: (0..SUBSCRIBERS)
+                .map(|_| {
+                    Rc::new(QueueSubscriber {
+                        out: RefCell::default(),
+                        max_backlog: 8 << 20,
+                    })
+                })
+                .collect(),
+            ready: RefCell::default(),
+            scratch: ScratchIovecs::default(),
+            delivered: 0,
+        }
+    }
+
+    /// One publisher read of `count` messages: encoded back to back into one shared buffer,
+    /// then each frame queued for every subscriber.
+    fn publish(&mut self, payload: &[u8], count: u64) {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(
+            &mut header,
+            true,
+            OpCode::Binary,
+            None,
+            payload.len() as u64,
+        );
+        let mut buf = Vec::with_capacity((n + payload.len()) * count as usize);
+        let mut ends = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            buf.extend_from_slice(&header[..n]);
+            buf.extend_from_slice(payload);
+            ends.push(buf.len());
+        }
+        let bytes: Rc<Arc<[u8]>> = Rc::new(Arc::from(buf));
+        let mut start = 0;
+        for end in ends {
+            let frame = QueuedFrame {
+                bytes: bytes.clone(),
+                start,
+                end,
+            };
+            start = end;
+            self.queue(&frame);
+        }
+    }
+
+    fn queue(&mut self, frame: &QueuedFrame) {
+        let mut queued = 0;
+        for s in &self.subscribers {
+            let mut out = s.out.borrow_mut();
+            let allowance = if out.oversize_frames > 0 { 16 << 20 } else { 0 };
+            if out.backlog_bytes >= s.max_backlog + allowance {
+                continue;
+            }
+            if frame.end - frame.start > s.max_backlog {
+                out.oversize_frames += 1;
+            }
+            out.backlog_bytes += frame.end - frame.start;
+            out.frames.push_back(frame.clone());
+            if !out.ready {
+                out.ready = true;
+                self.ready.borrow_mut().push(s.clone());
+            }
+            queued += 1;
+        }
+        self.delivered += queued;
+    }
+
+    fn write_cycle(&mut self) {
+        let ready = std::mem::take(&mut *self.ready.borrow_mut());
+        for s in ready {
+            let mut out = s.out.borrow_mut();
+            let mut iovecs = self.scratch.builder();
+            let mut count = 0;
+            for f in out.frames.iter().take(1024) {
+                if !iovecs.push(&f.bytes[f.start..f.end]) {
+                    break;
+                }
+                count += 1;
+            }
+            out.in_flight = count;
+            let mut written = iovecs.bytes();
+            out.backlog_bytes -= written;
+            for _ in 0..std::mem::take(&mut out.in_flight) {
+                let Some(f) = out.frames.front() else { break };
+                let len = f.end - f.start;
+                if written < len {
+                    break;
+                }
+                written -= len;
+                out.frames.pop_front();
+            }
+            out.ready = false;
+        }
+    }
+}
+
+fn fanout(c: &mut Criterion) {
     if let Err(e) = io_uring::IoUring::new(8) {
-        eprintln!("io_uring unavailable ({e}): skipping the real Subscriber::deliver bench");
+        eprintln!("io_uring unavailable ({e}): skipping the fan-out bench");
         return;
     }
     tokio_uring::start(async {
@@ -176,62 +264,45 @@ fn real(c: &mut Criterion) {
                 .await
                 .expect("connect loopback"),
         );
-        let channel: Arc<str> = Arc::from("bench");
-        let ring = SendRing::new(64).expect("send ring");
-
-        let mut group = c.benchmark_group("fanout_1000_real");
-        group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
+        let mut group = c.benchmark_group("fanout_1000");
         for (size, payload) in payloads() {
-            let (fanout, subs, metrics) = subscribers(&stream, &ring, &channel);
-            let frame_len = SharedFrame::encode(OpCode::Binary, &payload).len() as u64;
-            // Grow every queue to BATCH frames once, so that timed batches reuse the capacity.
-            time_batches(
-                1,
-                &subs,
-                || {
-                    let frame = SharedFrame::encode(OpCode::Binary, &payload);
-                    for _ in 0..BATCH {
-                        fanout.deliver_local(&channel, &frame, None);
-                    }
-                },
-                || metrics.deliveries_out.load(Relaxed) / BATCH,
-            );
-            group.bench_function(BenchmarkId::new("encode_once_deliver_local", size), |b| {
-                b.iter_custom(|iters| {
-                    time_batches(
-                        iters,
-                        &subs,
-                        || {
-                            let frame = SharedFrame::encode(OpCode::Binary, black_box(&payload));
-                            fanout.deliver_local(&channel, &frame, None);
-                        },
-                        || metrics.deliveries_out.load(Relaxed),
-                    )
-                })
-            });
-            // The same queues, but a frame encoded for each subscriber.
-            group.bench_function(
-                BenchmarkId::new("encode_per_subscriber_deliver", size),
-                |b| {
-                    b.iter_custom(|iters| {
-                        time_batches(
-                            iters,
-                            &subs,
-                            || {
-                                for s in &subs {
-                                    let frame =
-                                        SharedFrame::encode(OpCode::Binary, black_box(&payload));
-                                    s.deliver(&frame);
-                                }
-                            },
-                            || {
-                                subs.iter().map(|s| s.backlog_bytes() as u64).sum::<u64>()
-                                    / frame_len
-                            },
-                        )
+            for depth in DEPTHS {
+                group.throughput(Throughput::Elements(SUBSCRIBERS as u64 * depth));
+                let id = format!("{size}/{depth}_per_read");
+                let mut log = LogPath::new(&stream);
+                group.bench_function(BenchmarkId::new("channel_log", &id), |b| {
+                    b.iter(|| {
+                        log.publish(black_box(&payload), depth);
+                        log.write_cycle();
                     })
-                },
-            );
+                });
+                // Every message reached every subscriber, and the log kept nothing.
+                let delivered = log.metrics.deliveries_out.load(Relaxed);
+                assert_eq!(
+                    delivered % (SUBSCRIBERS as u64),
+                    0,
+                    "{id}: a subscriber missed"
+                );
+                assert!(delivered > 0);
+                assert_eq!(
+                    log.channel.log().borrow().len(),
+                    0,
+                    "{id}: blocks left behind"
+                );
+                drop(log);
+                let mut queues = QueuePath::new();
+                group.bench_function(BenchmarkId::new("per_subscriber_queues", &id), |b| {
+                    b.iter(|| {
+                        queues.publish(black_box(&payload), depth);
+                        queues.write_cycle();
+                    })
+                });
+                assert_eq!(queues.delivered % (SUBSCRIBERS as u64), 0);
+                assert!(queues
+                    .subscribers
+                    .iter()
+                    .all(|s| s.out.borrow().frames.is_empty()));
+            }
         }
         group.finish();
         drop(listener);
@@ -248,6 +319,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = model, real
+    targets = fanout
 }
 criterion_main!(benches);

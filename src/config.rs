@@ -3,16 +3,19 @@
 //! The struct doubles as the command line (clap derive), so `ringcast --help` and this file
 //! cannot disagree. Tests build it with [`Config::default`] and change what they need.
 
+use crate::fanout::registry::MAX_THREADS;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// What to do with a subscriber whose queue of unsent bytes reaches `--max-backlog`.
+/// What to do with a subscriber left behind its channel's window (`--channel-window`, after
+/// `--slow-timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SlowPolicy {
     /// Close it with 1008 (policy violation): it never misses a message silently.
     Close,
-    /// Keep it, skip the messages that do not fit, and count them.
+    /// Keep it: it finishes the block it is in, skips to the oldest message kept, and the
+    /// messages skipped are counted.
     Drop,
 }
 
@@ -27,10 +30,10 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub listen: SocketAddr,
 
-    /// Worker threads, each with its own io_uring and SO_REUSEPORT listener.
+    /// Worker threads, each with its own io_uring and SO_REUSEPORT listener (at most 64).
     /// Default: the number of cores.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: Option<u16>,
 
     /// Pin worker thread i to core i (mod the number of cores).
     #[arg(long)]
@@ -40,15 +43,22 @@ pub struct Config {
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_message: usize,
 
-    /// Cap on a subscriber's queued, unsent bytes: a message that finds the cap reached
-    /// triggers --slow-policy. While a message larger than the cap is queued, the cap widens by
-    /// --max-message, so one large message does not make a reader slow (a backlog is bounded by
-    /// the cap plus two maximum-size messages). Higher rides out longer stalls; lower bounds how
-    /// far behind a subscriber may fall.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
-    pub max_backlog: usize,
+    /// Bytes of published messages each worker thread keeps per channel for its subscribers
+    /// to catch up on. A log over it is full: the channel's publishers pause (for at most
+    /// --slow-timeout) until its slowest reader frees room. Memory per channel per thread is at
+    /// most twice this, shared by all its subscribers however many. Larger rides out longer
+    /// stalls without pausing publishers; smaller bounds memory tighter.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub channel_window: usize,
 
-    /// What happens to a subscriber over --max-backlog.
+    /// Seconds a full channel's publishers wait for its slowest reader to free room before
+    /// the readers behind the window get --slow-policy. A reader that keeps reading frees room
+    /// within milliseconds; longer forgives longer stalls, and delays the channel's other
+    /// readers for as long. 0: no pause, the policy applies as soon as the window is passed.
+    #[arg(long, default_value = "2.0", value_parser = parse_secs)]
+    pub slow_timeout: SecsArg,
+
+    /// What happens to a subscriber left behind its channel's window.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
     pub slow_policy: SlowPolicy,
 
@@ -133,8 +143,9 @@ impl Config {
     /// The worker thread count: `--threads`, or one per core.
     pub fn worker_threads(&self) -> usize {
         self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+            .map(usize::from)
+            .unwrap_or_else(ringcast_os::affinity::online_cpus)
+            .clamp(1, MAX_THREADS)
     }
 
     /// `Some(d)` for a non-zero duration.
@@ -152,7 +163,8 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
         assert_eq!(c.max_message, 16 << 20);
-        assert_eq!(c.max_backlog, 8 << 20);
+        assert_eq!(c.channel_window, 64 << 20);
+        assert_eq!(c.slow_timeout.0, Duration::from_secs(2));
         assert_eq!(c.slow_policy, SlowPolicy::Close);
         assert_eq!(c.handshake_timeout.0, Duration::from_secs(10));
         assert_eq!(Config::enabled(c.ping_interval), None);
@@ -164,5 +176,7 @@ mod tests {
         assert_eq!(c.handshake_timeout.0, Duration::from_millis(500));
         assert!(Config::try_parse_from(["ringcast", "--handshake-timeout", "-1"]).is_err());
         assert!(Config::try_parse_from(["ringcast", "--slow-policy", "maybe"]).is_err());
+        assert!(Config::try_parse_from(["ringcast", "--threads", "65"]).is_err());
+        assert!(Config::try_parse_from(["ringcast", "--threads", "0"]).is_err());
     }
 }

@@ -8,7 +8,10 @@
 
 use crate::config::Config;
 use crate::connection;
-use crate::fanout::{FanOut, Forward, INBOX_CAPACITY};
+use crate::fanout::channel::WindowPolicy;
+use crate::fanout::inbox::{self, InboxReceiver, InboxSender};
+use crate::fanout::registry::Registry;
+use crate::fanout::FanOut;
 use crate::telemetry::metrics::Metrics;
 use crate::worker::{Ring, Worker};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -103,9 +106,9 @@ impl Server {
     pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let threads = self.listeners.len();
         let metrics = Arc::new(Metrics::new(threads));
-        let (inbox_senders, inboxes): (Vec<_>, Vec<_>) = (0..threads)
-            .map(|_| mpsc::channel::<Forward>(INBOX_CAPACITY))
-            .unzip();
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
+            (0..threads).map(|_| inbox::inbox()).unzip();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<ServerError>();
         let admitted = Arc::new(AtomicUsize::new(0));
@@ -117,12 +120,12 @@ impl Server {
             let peers = inbox_senders
                 .iter()
                 .enumerate()
-                .filter(|(j, _)| *j != index)
-                .map(|(_, s)| s.clone())
+                .map(|(j, sender)| (j != index).then(|| sender.clone()))
                 .collect();
             let shared = Shared {
                 config: self.config.clone(),
                 metrics: metrics.clone(),
+                registry: registry.clone(),
                 admitted: admitted.clone(),
             };
             let stop = stop_rx.clone();
@@ -169,6 +172,7 @@ impl Server {
 struct Shared {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     /// Upgraded connections across all threads, for `--max-connections`.
     admitted: Arc<AtomicUsize>,
 }
@@ -176,8 +180,8 @@ struct Shared {
 fn worker_main(
     index: usize,
     listener: std::net::TcpListener,
-    inbox: mpsc::Receiver<Forward>,
-    peers: Vec<mpsc::Sender<Forward>>,
+    inbox: InboxReceiver,
+    peers: Vec<Option<InboxSender>>,
     shared: Shared,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -191,9 +195,17 @@ fn worker_main(
     builder.entries(shared.config.ring_entries);
     let runtime = tokio_uring::Runtime::new(&builder)?;
     runtime.block_on(async move {
+        let config = &shared.config;
+        let policy = WindowPolicy {
+            window: config.channel_window,
+            slow_timeout: config.slow_timeout.0,
+            policy: config.slow_policy,
+        };
         let fanout = Rc::new(FanOut::new(
+            index,
+            shared.registry,
             peers,
-            shared.metrics.clone(),
+            policy,
             shared.metrics.threads[index].clone(),
         ));
         tokio_uring::spawn(fanout.clone().run_inbox(inbox));

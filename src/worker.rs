@@ -7,7 +7,8 @@
 //! them (to the channel, or back to the sender on the echo path).
 
 use crate::config::Config;
-use crate::fanout::block::BlockEncoder;
+use crate::fanout::block::{BlockEncoder, NO_ORIGIN};
+use crate::fanout::channel::Channel;
 use crate::fanout::subscriber::Subscriber;
 use crate::fanout::{FanOut, Forwarding};
 use crate::ring::SendRing;
@@ -111,24 +112,19 @@ impl Worker {
         self.admitted.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Publishes the messages the block encoder holds, from `from` to `channel`, or back to
-    /// `from` alone on the echo path. What is left to do when another thread's inbox is full
-    /// comes back as a future for the publisher to await before it reads on.
+    /// Publishes the messages the block encoder holds, from connection `from` to `channel`
+    /// (on the echo path, `from`'s private channel: the messages come back to it). What is
+    /// left to do when another thread's inbox has no room comes back as a future for the
+    /// publisher to await before it reads on.
     pub(crate) fn publish(
         &self,
-        from: &Rc<Subscriber>,
-        channel: &Arc<str>,
+        from: u64,
+        channel: &Rc<Channel>,
         echo: bool,
     ) -> Option<Forwarding> {
-        let frames = self.block.borrow_mut().finish();
-        if frames.is_empty() {
-            return None;
-        }
-        if echo {
-            self.fanout.echo(from, &frames);
-            return None;
-        }
-        self.fanout.publish(channel, from.id, frames)
+        let origin = if echo { NO_ORIGIN } else { from };
+        let block = self.block.borrow_mut().finish(origin)?;
+        self.fanout.publish(channel, block)
     }
 
     /// Graceful shutdown: close 1001 to every client, wait for the closing handshakes up to

@@ -469,10 +469,11 @@ async fn churn_leaves_nothing_behind() {
 // ---------------------------------------------------------------------------------------------
 
 /// 1,000 subscribers, 10 of which never read (4 KiB SO_RCVBUF, 1 KiB MSS), and a publisher at 100
-/// messages/s of 2 KiB for 4 s, under `--max-backlog 256 KiB --slow-policy close`: the 990
-/// others get all 400 messages in order, exactly the 10 stalled ones are closed (what they can
-/// still read is an in-order prefix), and the server's peak RSS stays under subscribers x
-/// max-backlog.
+/// messages/s of 2 KiB for 4 s, under `--channel-window 256 KiB --slow-timeout 0.2
+/// --slow-policy close`: the 990 others get all 400 messages in order, exactly the 10 stalled
+/// ones are closed (what they can still read is an in-order prefix), and the server's memory
+/// grows by no more than its logs' bound (twice the window per channel per thread) and a small
+/// allowance, however many subscribers share the channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_subscribers_are_closed_and_the_rest_lose_nothing() {
     let _serial = serial().await;
@@ -481,12 +482,14 @@ async fn stalled_subscribers_are_closed_and_the_rest_lose_nothing() {
         limit >= 2100,
         "open-file limit {limit} is too low for 1,000 clients"
     );
-    const BACKLOG: usize = 256 * 1024;
+    const WINDOW: u64 = 256 * 1024;
     let server = Server::start(&[
         "--threads",
         "2",
-        "--max-backlog",
+        "--channel-window",
         "262144",
+        "--slow-timeout",
+        "0.2",
         "--slow-policy",
         "close",
     ]);
@@ -570,7 +573,9 @@ async fn stalled_subscribers_are_closed_and_the_rest_lose_nothing() {
         .await;
         assert!(next < COUNT, "stalled {n} got everything");
     }
-    let bound = (SUBSCRIBERS * BACKLOG / 1024) as u64;
+    // Two threads' logs of one channel, each at most twice the window, plus 16 MiB for
+    // allocator and socket-side slack; a per-subscriber bound would be 1,000 times the window.
+    let bound = rss_connected + 2 * 2 * WINDOW / 1024 + 16 * 1024;
     assert!(peak < bound, "VmHWM {peak} KiB, bound {bound} KiB");
     figure(
         "slow_subscribers",
@@ -587,16 +592,18 @@ async fn stalled_subscribers_are_closed_and_the_rest_lose_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 
-/// `--slow-policy drop`: a subscriber over its backlog has messages dropped, but the pong for
-/// its ping is not: it arrives after the data that was queued before it.
+/// `--slow-policy drop`: a subscriber left behind the channel window has messages skipped, but
+/// the pong for its ping is not: it arrives between messages, after data published before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_frames_are_never_dropped() {
     let _serial = serial().await;
     let server = Server::start(&[
         "--threads",
         "1",
-        "--max-backlog",
+        "--channel-window",
         "65536",
+        "--slow-timeout",
+        "0",
         "--slow-policy",
         "drop",
     ]);
@@ -605,7 +612,7 @@ async fn control_frames_are_never_dropped() {
     let mut publisher = Raw::connect(addr, "/ctl").await;
     wait_connections(&server, 2).await;
     let mut sent = 0u64;
-    within(STEP, "the subscriber going over its backlog", async {
+    within(STEP, "the subscriber falling behind the window", async {
         while metric(&server, "slow_dropped_messages_total").await == 0 {
             for _ in 0..50 {
                 publisher
@@ -648,8 +655,8 @@ async fn control_frames_are_never_dropped() {
     figure(
         "control_frames",
         format!(
-            "{sent} x 1 KiB published, {dropped} dropped for the stalled subscriber \
-             (max-backlog 64 KiB); its pong arrived after {before_pong} data frames"
+            "{sent} x 1 KiB published, {dropped} skipped for the stalled subscriber \
+             (channel-window 64 KiB); its pong arrived after {before_pong} data frames"
         ),
     );
 }
@@ -657,12 +664,12 @@ async fn control_frames_are_never_dropped() {
 // ---------------------------------------------------------------------------------------------
 
 /// A client that floods pings and never reads its pongs is not given unbounded memory: once
-/// its backlog of pongs passes `--max-backlog` (plus the control headroom) it is closed as slow,
+/// its pongs waiting to go out pass the control headroom (64 KiB) it is closed as slow,
 /// while a reader on another connection keeps getting its messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_flood_without_reading_is_closed() {
     let _serial = serial().await;
-    let server = Server::start(&["--threads", "1", "--max-backlog", "65536"]);
+    let server = Server::start(&["--threads", "1"]);
     let addr = server.addr;
     let rss_before = server.rss_kib();
     let mut flooder = Raw::connect_stalling(addr, "/flood").await;
@@ -703,7 +710,7 @@ async fn ping_flood_without_reading_is_closed() {
     figure(
         "ping_flood",
         format!(
-            "{pings} pings (125 B) from a client that never reads, --max-backlog 64 KiB: closed \
+            "{pings} pings (125 B) from a client that never reads (control headroom 64 KiB): closed \
              as slow (slow_closed_total 1); VmRSS {rss_before} KiB at start, VmHWM {peak} KiB; \
              a reader elsewhere got 200/200"
         ),

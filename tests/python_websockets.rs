@@ -1,7 +1,8 @@
 //! The real binary driven by the Python `websockets` library (what our users run), from the
 //! scripts in `tests/python/`: relay with text, binary, a 1 MiB and a fragmented message, no
-//! echo, channel isolation and ping; and the close codes that library sees (1009, an echoed
-//! 4000, 1007, 1002).
+//! echo, channel isolation and ping; the close codes that library sees (1009, an echoed 4000,
+//! 1007, 1002); and bursts of 200 x 64 KiB and 20 x 16 MiB to readers at full speed, with the
+//! default settings.
 //!
 //! Needs the interpreter at `.venv/bin/python` with `websockets` installed, which `scripts/test`
 //! creates; without it these tests fail (they do not skip) and say so.
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -57,4 +58,10 @@ fn python_websockets_relay() {
 fn python_websockets_close_codes() {
     let server = Server::start(&["--threads", "2", "--max-message", "1000"]);
     run_script("close_codes.py", &server);
+}
+
+#[test]
+fn python_websockets_bursts_with_the_defaults() {
+    let server = Server::start(&["--threads", "2"]);
+    run_script("bursts.py", &server);
 }

@@ -397,10 +397,9 @@ async fn query_string_is_not_part_of_the_channel() {
 
 #[tokio::test]
 async fn default_settings_relay_a_max_size_message_followed_by_another() {
-    // With the defaults (--max-message 16 MiB, --max-backlog 8 MiB), a subscriber that reads
-    // continuously must get a 16 MiB message and the small one sent right after it, as
-    // peers/check.py expects of every server. (A 16 MiB frame is still being written when the
-    // next message comes, so a backlog cap below --max-message makes any reader "slow".)
+    // With the defaults (--max-message 16 MiB, --channel-window 64 MiB), a subscriber that
+    // reads continuously must get a 16 MiB message and the small one sent right after it, as
+    // peers/check.py expects of every server.
     let server = Server::start(&["--threads", "2"]);
     let mut sender = ws(&server, "/huge").await;
     let mut receiver = ws(&server, "/huge").await;

@@ -1,5 +1,5 @@
 //! Slow subscribers: a client that completes its upgrade and then never reads (raw TCP with a
-//! small SO_RCVBUF), under a small `--max-backlog`.
+//! small SO_RCVBUF), under a small `--channel-window` and `--slow-timeout`.
 //!
 //! Proves that under `--slow-policy close` the slow client is cut off (what it can still read is
 //! an in-order prefix of the stream, ended by close 1008 or by the TCP close) while the other
@@ -92,8 +92,10 @@ async fn close_policy_cuts_off_the_slow_subscriber_only() {
     let server = Server::start(&[
         "--threads",
         "2",
-        "--max-backlog",
+        "--channel-window",
         "65536",
+        "--slow-timeout",
+        "0.3",
         "--slow-policy",
         "close",
         "--close-timeout",
@@ -106,7 +108,7 @@ async fn close_policy_cuts_off_the_slow_subscriber_only() {
 
     const COUNT: u64 = 1000;
     const SIZE: usize = 8192;
-    // Batches of 32 KiB: a subscriber that keeps up never reaches the 64 KiB cap.
+    // Batches of 32 KiB: a subscriber that keeps up never falls behind the 64 KiB window.
     publish_to_fast(&mut publisher, &mut fast, COUNT, SIZE, 4).await;
 
     wait_metric(&server, "slow_closed_total", 1).await;
@@ -132,7 +134,7 @@ async fn close_policy_cuts_off_the_slow_subscriber_only() {
         matches!(close, Some(1008) | None),
         "slow client closed with {close:?}, want 1008"
     );
-    // 64 KiB of backlog plus socket buffers is far less than the 8 MB sent.
+    // A 64 KiB window plus socket buffers is far less than the 8 MB sent.
     assert!(
         data < COUNT / 2,
         "slow client got {data} of {COUNT}: it was never cut off"
@@ -149,8 +151,10 @@ async fn drop_policy_skips_messages_and_counts_them() {
     let server = Server::start(&[
         "--threads",
         "2",
-        "--max-backlog",
+        "--channel-window",
         "262144",
+        "--slow-timeout",
+        "0.3",
         "--slow-policy",
         "drop",
     ]);
@@ -163,7 +167,7 @@ async fn drop_policy_skips_messages_and_counts_them() {
     // 32 MiB through a subscriber that reads nothing.
     const COUNT: u64 = 512;
     const SIZE: usize = 64 * 1024;
-    // Batches of 128 KiB, under the 256 KiB cap.
+    // Batches of 128 KiB, under the 256 KiB window.
     publish_to_fast(&mut publisher, &mut fast, COUNT, SIZE, 2).await;
     let peak = server.peak_rss_kib();
 
@@ -227,16 +231,9 @@ fn kernel_max_send_buffer() -> usize {
 async fn ping_flood_from_a_client_that_never_reads_is_cut_off() {
     const FLOOD: usize = 100_000;
     // Pongs are never dropped, but a client that pings without reading them must not make the
-    // server queue pongs without bound: past the backlog cap (plus some headroom for control
-    // frames) it is closed as slow.
-    let server = Server::start(&[
-        "--threads",
-        "1",
-        "--max-backlog",
-        "16384",
-        "--close-timeout",
-        "0.5",
-    ]);
+    // server queue pongs without bound: past the headroom for control frames it is closed as
+    // slow.
+    let server = Server::start(&["--threads", "1", "--close-timeout", "0.5"]);
     let mut flooder = stalled_client(&server, "/flood").await;
     let mut bystander = ws(&server, "/flood").await;
     wait_connections(&server, 2).await;
@@ -259,10 +256,10 @@ async fn ping_flood_from_a_client_that_never_reads_is_cut_off() {
     let (frames, _) = read_until_closed(&mut flooder).await;
     let pongs = frames.iter().filter(|f| f.0 == OpCode::Pong).count();
     // What the flooder reads after the cut is what the kernel had taken into the server's send
-    // buffer (up to tcp_wmem's maximum), plus the queue's cap and headroom, plus its own
+    // buffer (up to tcp_wmem's maximum), plus the control headroom, plus its own
     // receive buffer; a server that never cut it off would answer all FLOOD pings.
     let pong_len = 2 + 125;
-    let bound = (kernel_max_send_buffer() + 16384 + 64 * 1024 + 64 * 1024) / pong_len;
+    let bound = (kernel_max_send_buffer() + 64 * 1024 + 64 * 1024) / pong_len;
     assert!(
         bound < FLOOD * 3 / 4,
         "test premise: the flood must exceed what the kernel can buffer"

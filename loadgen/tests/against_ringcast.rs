@@ -163,7 +163,8 @@ fn drop_policy_with_a_stalled_subscriber_counts_the_loss() {
         "run",
         &[
             "--server-arg=--slow-policy=drop",
-            "--server-arg=--max-backlog=262144",
+            "--server-arg=--channel-window=262144",
+            "--server-arg=--slow-timeout=0",
             "-c",
             "3",
             "-R",

@@ -8,7 +8,8 @@
 //! poll in between while they fill the buffer.
 
 use crate::config::Config;
-use crate::fanout::subscriber::{QueueLimits, Subscriber};
+use crate::fanout::channel::Channel;
+use crate::fanout::subscriber::{Subscriber, SubscriberLimits};
 use crate::fanout::Forwarding;
 use crate::telemetry::metrics::ThreadMetrics;
 use crate::worker::Worker;
@@ -17,7 +18,6 @@ use ringcast_proto::frame::OpCode;
 use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -40,7 +40,7 @@ pub(super) struct Link {
     worker: Rc<Worker>,
     stream: Rc<TcpStream>,
     pub(super) subscriber: Rc<Subscriber>,
-    channel: Arc<str>,
+    channel: Rc<Channel>,
     echo: bool,
     /// A protocol violation was read: the rest of the peer's bytes cannot be parsed.
     failed: bool,
@@ -59,23 +59,23 @@ impl Link {
         leftover: Vec<u8>,
     ) -> Box<Link> {
         let config = &worker.config;
+        let echo = config.echo_path.as_deref() == Some(path.as_str());
+        let channel = if echo {
+            worker.fanout.private_channel()
+        } else {
+            worker.fanout.channel(&Arc::from(path))
+        };
         let subscriber = Subscriber::new(
             id,
             stream.clone(),
             worker.send_ring.clone(),
+            channel.log().clone(),
             worker.thread_metrics.clone(),
-            QueueLimits {
-                max_backlog: config.max_backlog,
-                max_message: config.max_message,
-                policy: config.slow_policy,
+            SubscriberLimits {
                 close_timeout: config.close_timeout.0,
             },
         );
-        let echo = config.echo_path.as_deref() == Some(path.as_str());
-        let channel: Arc<str> = Arc::from(path);
-        if !echo {
-            worker.fanout.subscribe(&channel, subscriber.clone());
-        }
+        channel.add(subscriber.clone());
         worker.add_subscriber(&subscriber);
         ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
         if let Some(interval) = Config::enabled(config.ping_interval) {
@@ -106,17 +106,10 @@ impl Link {
 
     /// Unsubscribes and ends the connection.
     pub(super) fn close(&self) {
-        if !self.echo {
-            self.worker
-                .fanout
-                .unsubscribe(&self.channel, self.subscriber.id);
-        }
         self.subscriber.finish();
+        self.worker.fanout.leave(&self.channel, self.subscriber.id);
         self.worker.remove_subscriber(self.subscriber.id);
-        self.worker
-            .thread_metrics
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        ThreadMetrics::sub(&self.worker.thread_metrics.connections_open, 1);
         self.worker.release();
         self.worker.unregister(self.subscriber.id);
     }
@@ -152,6 +145,11 @@ impl Link {
                     buf.drain(..start);
                 }
                 start = 0;
+                // The channel's log is full on some thread: read on once its slowest reader
+                // frees room, or after --slow-timeout (see crate::fanout::channel).
+                self.channel
+                    .wait_for_room(&self.worker.thread_metrics)
+                    .await;
             }
             if wait_first {
                 // The socket was drained: wait for more without holding a small buffer
@@ -240,7 +238,7 @@ impl Link {
                     // (Fields named one by one: `payload` may borrow the reader.)
                     let forwarding =
                         self.worker
-                            .publish(&self.subscriber, &self.channel, self.echo);
+                            .publish(self.subscriber.id, &self.channel, self.echo);
                     self.subscriber.send_control(OpCode::Pong, payload);
                     if forwarding.is_some() {
                         return (start, forwarding);
@@ -249,7 +247,7 @@ impl Link {
                 Some(Event::Close { code, .. }) => {
                     let forwarding =
                         self.worker
-                            .publish(&self.subscriber, &self.channel, self.echo);
+                            .publish(self.subscriber.id, &self.channel, self.echo);
                     // Echo the peer's code (§5.5.1) unless our close went first; once our close
                     // is written, the handshake is over and TCP is closed.
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
@@ -264,7 +262,7 @@ impl Link {
     /// Publishes the messages encoded so far (to the sender alone on the echo path).
     fn publish_block(&self) -> Option<Forwarding> {
         self.worker
-            .publish(&self.subscriber, &self.channel, self.echo)
+            .publish(self.subscriber.id, &self.channel, self.echo)
     }
 
     fn fail(&mut self, err: ProtocolError) {

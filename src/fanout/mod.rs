@@ -1,176 +1,178 @@
 //! Channels and the fan-out of a message to their subscribers, within a worker thread and
 //! across threads.
 //!
-//! Each worker thread keeps its own map from channel name to the subscribers connected to that
-//! thread, touched only by that thread (no locks on the hot path). A message is encoded once
-//! into a [`SharedFrame`]; the publishing thread queues it for its local subscribers and hands
-//! the same frame to every other thread's inbox, where that thread queues it for its own.
-//! Inboxes are bounded: a thread that falls behind slows the publishers that feed it (their
-//! reads pause) instead of growing memory.
+//! Each worker thread keeps its own channels, touched only by that thread (no locks on the hot
+//! path): per channel a log of the blocks published to it and the subscribers on this thread,
+//! each with a cursor into the log. A publish encodes the messages of a publisher's read once
+//! into a [`Block`], appends it to the channel's log on the publisher's thread, and hands the
+//! same block to the inbox of every other thread that has subscribers on the channel (the
+//! node-wide [`Registry`] says which), where that thread appends it to its own log. Nothing is
+//! done per subscriber per message.
+//!
+//! # Layout
+//!
+//! - [`block`]: encoded frames, shared by every thread.
+//! - [`log`]: one thread's log of a channel: blocks, cursors, the window.
+//! - [`subscriber`]: one connection's cursor, control frames and write in flight.
+//! - [`channel`]: a log with its subscribers, and the window policy.
+//! - [`registry`]: which threads have subscribers of a channel, and which are full.
+//! - [`inbox`]: blocks on their way to another thread, bounded in bytes.
 
 pub mod block;
+pub mod channel;
+pub mod inbox;
+pub mod log;
+pub mod registry;
 pub mod subscriber;
 
-use crate::telemetry::metrics::{Metrics, ThreadMetrics};
-use block::SharedFrame;
+use crate::telemetry::metrics::ThreadMetrics;
+use block::Block;
+use channel::{Channel, WindowPolicy};
+use inbox::{InboxReceiver, InboxSender};
+use log::{ChannelLog, FullFlag};
+use registry::Registry;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use subscriber::{Delivery, Subscriber};
-use tokio::sync::mpsc;
 
-/// Frames queued in a thread's inbox before publishers on other threads wait.
-pub const INBOX_CAPACITY: usize = 16 * 1024;
-
-/// A frame published on another thread, for this thread's subscribers of `channel`: its
-/// range of the publisher's shared buffer.
-#[derive(Debug)]
-pub struct Forward {
-    pub channel: Arc<str>,
-    pub bytes: Arc<[u8]>,
-    pub range: Range<usize>,
-}
-
-impl Forward {
-    fn new(channel: &Arc<str>, frame: &SharedFrame) -> Forward {
-        let (bytes, range) = frame.shared();
-        Forward {
-            channel: channel.clone(),
-            bytes,
-            range,
-        }
-    }
-}
-
-/// Forwards still to be made, and the frames still to be published after them, when another
-/// thread's inbox was full (see [`FanOut::publish`]).
+/// Forwards still to be made when another thread's inbox had no room (see
+/// [`FanOut::publish`]).
 pub type Forwarding = Pin<Box<dyn Future<Output = ()>>>;
 
 /// One worker thread's channels, and the way to the other threads' channels.
 pub struct FanOut {
-    channels: RefCell<HashMap<Arc<str>, Vec<Rc<Subscriber>>>>,
-    /// The inboxes of the other worker threads.
-    peers: Vec<mpsc::Sender<Forward>>,
-    metrics: Arc<Metrics>,
-    thread_metrics: Arc<ThreadMetrics>,
+    /// This thread's index.
+    thread: usize,
+    channels: RefCell<HashMap<Arc<str>, Rc<Channel>>>,
+    registry: Arc<Registry>,
+    /// The inboxes of the worker threads, by index (`None` for this one).
+    peers: Vec<Option<InboxSender>>,
+    policy: WindowPolicy,
+    metrics: Arc<ThreadMetrics>,
 }
 
 impl FanOut {
     pub fn new(
-        peers: Vec<mpsc::Sender<Forward>>,
-        metrics: Arc<Metrics>,
-        thread_metrics: Arc<ThreadMetrics>,
+        thread: usize,
+        registry: Arc<Registry>,
+        peers: Vec<Option<InboxSender>>,
+        policy: WindowPolicy,
+        metrics: Arc<ThreadMetrics>,
     ) -> Self {
         FanOut {
+            thread,
             channels: RefCell::default(),
+            registry,
             peers,
+            policy,
             metrics,
-            thread_metrics,
         }
     }
 
-    pub fn subscribe(&self, channel: &Arc<str>, subscriber: Rc<Subscriber>) {
-        let mut channels = self.channels.borrow_mut();
-        let subscribers = channels.entry(channel.clone()).or_default();
-        if subscribers.is_empty() {
-            self.metrics.channel_on_thread(channel, 1);
+    /// This thread's side of channel `name`, created (and registered node-wide) if this thread
+    /// had no subscriber of it.
+    pub fn channel(&self, name: &Arc<str>) -> Rc<Channel> {
+        if let Some(channel) = self.channels.borrow().get(name) {
+            return channel.clone();
         }
-        subscribers.push(subscriber);
+        let shared = self.registry.join(name, self.thread);
+        let flag = FullFlag {
+            shared: shared.clone(),
+            thread: self.thread,
+        };
+        let log = ChannelLog::new(self.policy.window, Some(flag));
+        let channel = Channel::new(log, Some(shared), self.policy);
+        self.channels
+            .borrow_mut()
+            .insert(name.clone(), channel.clone());
+        channel
     }
 
-    pub fn unsubscribe(&self, channel: &Arc<str>, id: u64) {
-        let mut channels = self.channels.borrow_mut();
-        let Some(subscribers) = channels.get_mut(channel) else {
+    /// A channel of one, for the echo path: not registered, never forwarded.
+    pub fn private_channel(&self) -> Rc<Channel> {
+        Channel::new(ChannelLog::new(self.policy.window, None), None, self.policy)
+    }
+
+    /// A subscriber (which has left the log) leaves `channel`; the channel goes once it has
+    /// no subscriber on this thread.
+    pub fn leave(&self, channel: &Rc<Channel>, id: u64) {
+        if !channel.remove(id) {
+            return;
+        }
+        let Some(shared) = channel.shared() else {
             return;
         };
-        if let Some(i) = subscribers.iter().position(|s| s.id == id) {
-            subscribers.swap_remove(i);
-        }
-        if subscribers.is_empty() {
-            channels.remove(channel);
-            self.metrics.channel_on_thread(channel, -1);
+        let mut channels = self.channels.borrow_mut();
+        if channels
+            .get(shared.name())
+            .is_some_and(|c| Rc::ptr_eq(c, channel))
+        {
+            channels.remove(shared.name());
+            drop(channels);
+            self.registry.leave(shared, self.thread);
         }
     }
 
-    /// Sends `frames`, in order, to every subscriber of `channel` on every thread, except
-    /// `sender`.
+    /// Channels with subscribers on this thread.
+    pub fn len(&self) -> usize {
+        self.channels.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes a block to `channel`: appended here, and forwarded to every other thread with
+    /// subscribers of the channel.
     ///
-    /// Never waits: when another thread's inbox is full, what is left to do (the forwards
-    /// still to make, then the rest of the frames) is returned as a future, which the
-    /// publisher awaits before reading on (its reads pause until that thread catches up).
-    /// Kept out of the caller's state, which every connection carries, because it is rare.
+    /// Never waits: when another thread's inbox has no room, the forwards still to make are
+    /// returned as a future, which the publisher awaits before reading on (its reads pause
+    /// until that thread catches up). Kept out of the caller's state, which every connection
+    /// carries, because it is rare.
     pub fn publish(
         self: &Rc<Self>,
-        channel: &Arc<str>,
-        sender: u64,
-        frames: Vec<SharedFrame>,
+        channel: &Rc<Channel>,
+        block: Arc<Block>,
     ) -> Option<Forwarding> {
-        let mut frames = frames.into_iter();
-        while let Some(frame) = frames.next() {
-            ThreadMetrics::add(&self.thread_metrics.messages_in, 1);
-            self.deliver_local(channel, &frame, Some(sender));
-            for (i, peer) in self.peers.iter().enumerate() {
-                if let Err(mpsc::error::TrySendError::Full(forward)) =
-                    peer.try_send(Forward::new(channel, &frame))
-                {
-                    let fanout = self.clone();
-                    let channel = channel.clone();
-                    let rest: Vec<SharedFrame> = frames.collect();
-                    return Some(Box::pin(async move {
-                        let _ = fanout.peers[i].send(forward).await;
-                        for peer in &fanout.peers[i + 1..] {
-                            let _ = peer.send(Forward::new(&channel, &frame)).await;
-                        }
-                        for frame in rest {
-                            ThreadMetrics::add(&fanout.thread_metrics.messages_in, 1);
-                            fanout.deliver_local(&channel, &frame, Some(sender));
-                            for peer in &fanout.peers {
-                                let _ = peer.send(Forward::new(&channel, &frame)).await;
-                            }
-                        }
-                    }));
+        ThreadMetrics::add(&self.metrics.messages_in, u64::from(block.frames()));
+        channel.append(block.clone());
+        let shared = channel.shared()?;
+        let others = shared.threads() & !(1u64 << self.thread);
+        let mut waiting = Vec::new();
+        for thread in (0..self.peers.len()).filter(|t| others & (1u64 << t) != 0) {
+            let Some(peer) = &self.peers[thread] else {
+                continue;
+            };
+            if !waiting.is_empty() || !peer.try_send(shared, &block) {
+                waiting.push(thread);
+            }
+        }
+        if waiting.is_empty() {
+            return None;
+        }
+        let fanout = self.clone();
+        let shared = shared.clone();
+        Some(Box::pin(async move {
+            for thread in waiting {
+                if let Some(peer) = &fanout.peers[thread] {
+                    peer.send(&shared, &block).await;
                 }
             }
-        }
-        None
+        }))
     }
 
-    /// Sends `frames` back to their sender alone (the echo path).
-    pub fn echo(&self, sender: &Subscriber, frames: &[SharedFrame]) {
-        ThreadMetrics::add(&self.thread_metrics.messages_in, frames.len() as u64);
-        let queued = frames
-            .iter()
-            .filter(|frame| sender.deliver(frame) == Delivery::Queued)
-            .count();
-        ThreadMetrics::add(&self.thread_metrics.deliveries_out, queued as u64);
-    }
-
-    /// Queues `frame` for this thread's subscribers of `channel`, except `exclude`.
-    pub fn deliver_local(&self, channel: &str, frame: &SharedFrame, exclude: Option<u64>) {
-        let channels = self.channels.borrow();
-        let Some(subscribers) = channels.get(channel) else {
-            return;
-        };
-        let mut queued = 0u64;
-        for s in subscribers {
-            if Some(s.id) != exclude && s.deliver(frame) == Delivery::Queued {
-                queued += 1;
-            }
-        }
-        ThreadMetrics::add(&self.thread_metrics.deliveries_out, queued);
-    }
-
-    /// Delivers what other threads publish, until every sender is gone.
-    pub async fn run_inbox(self: Rc<Self>, mut inbox: mpsc::Receiver<Forward>) {
+    /// Appends what other threads publish to this thread's logs, until every sender is gone.
+    pub async fn run_inbox(self: Rc<Self>, mut inbox: InboxReceiver) {
         let mut batch = Vec::with_capacity(256);
         while inbox.recv_many(&mut batch, 256).await > 0 {
             for forward in batch.drain(..) {
-                let frame = SharedFrame::from_shared(forward.bytes, forward.range);
-                self.deliver_local(&forward.channel, &frame, None);
+                let channel = self.channels.borrow().get(forward.channel.name()).cloned();
+                if let Some(channel) = channel {
+                    channel.append(forward.block);
+                }
             }
         }
     }

@@ -1,27 +1,32 @@
-//! The sending half of a connection: a bounded queue of shared frames, written by the
-//! worker's [`SendRing`].
+//! The sending half of a connection: a cursor into its channel's log, the control frames of
+//! its own (pongs, pings, the close), and at most one write in flight, issued by the worker's
+//! [`SendRing`].
 //!
-//! Fan-out only ever appends to a queue, and never waits: a slow subscriber delays nobody.
-//! A subscriber has at most one write in flight (writes never interleave) and each write takes
-//! everything queued since the last one, so when frames arrive faster than the socket drains,
-//! many share one system call. On this class of machine a send costs 5-8 µs whatever its size,
-//! so this coalescing is what multiplies capacity. Frames stay in the queue until their write
-//! completes: the kernel reads them from there.
+//! Fan-out never touches a subscriber per message: a publish appends to the channel's log and
+//! wakes the subscribers parked at its head. A woken subscriber writes everything from its
+//! cursor to the head in one `send`/`sendmsg` (one `iovec` per block), so when messages arrive
+//! faster than the socket drains, many share one system call (on this class of machine a send
+//! costs 5-8 µs whatever its size, so this coalescing is what multiplies capacity). When the
+//! write completes the cursor moves on; the log frees a block once every cursor has passed it.
+//! A write holds its blocks by reference until it completes: the kernel reads them there.
 //!
-//! The queue's bytes (queued plus in flight) are capped at `--max-backlog`: a message that
-//! finds the cap reached closes the subscriber with 1008 or is skipped for it, by
-//! `--slow-policy`. A message larger than the cap itself (up to `--max-message`) widens the cap
-//! by `--max-message` while it is queued, so that a subscriber reading at full speed is not
-//! taken for slow because one large message is still on its way; a subscriber's backlog is thus
-//! bounded by the cap plus two maximum-size messages. Frames are shared, so the queued bytes are
-//! mostly not the subscriber's own memory; the cap bounds how far behind it may fall.
+//! Control frames go out between messages, never inside one: at a block boundary (every block
+//! ends with a whole frame), before the log's bytes. A close frame goes after everything the
+//! log held when the close was decided (shutdown, the echo of the peer's close, a protocol
+//! error), or, when the subscriber is cut off (too slow, silent), right after the frame it is
+//! in the middle of: the rest of the current block is finished first (the "tail"), then the
+//! close.
+//!
+//! A subscriber that falls out of its channel's window (see [`super::channel`]) gets the slow
+//! policy: `close` (1008), or `drop`, which finishes the block it is in, then skips to the
+//! oldest message the log still holds and counts the messages skipped.
 
-use super::block::SharedFrame;
+use super::log::{ChannelLog, LogBlock, Parked, Pos, NOT_PARKED};
 use crate::config::SlowPolicy;
 use crate::ring::{IovecBuilder, SendRing, Writer};
 use crate::telemetry::metrics::ThreadMetrics;
 use ringcast_proto::close::{close_payload, CloseCode};
-use ringcast_proto::frame::OpCode;
+use ringcast_proto::frame::{encode_frame, OpCode};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::Shutdown;
@@ -31,27 +36,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
 
-/// Most frames in one write: a write holds them in flight until it completes.
-const MAX_FRAMES_PER_WRITE: usize = 1024;
+/// A subscriber's log.
+pub type Log = ChannelLog<Subscriber>;
 
-/// Control frames may take the backlog this far past the cap before the peer counts as slow:
-/// they are never dropped, but a peer that pings without reading is not given unbounded memory.
+/// Control frames (pongs, pings) waiting to go out may hold this many bytes: past it the peer,
+/// which sends pings without reading the pongs, is closed as slow. Control frames are never
+/// dropped.
 const CONTROL_HEADROOM: usize = 64 * 1024;
-
-/// What a subscriber does with a broadcast frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Queued,
-    /// Skipped: over the backlog cap under `--slow-policy drop`.
-    Dropped,
-    /// Not queued: the subscriber is closing (perhaps just now, for being slow).
-    Closing,
-}
 
 /// Where a subscriber's writing stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Writing {
-    /// Nothing to write, or not started yet.
+    /// Nothing to write (parked at the log's head), or not started yet.
     #[default]
     Idle,
     /// On the send ring's ready list.
@@ -60,20 +56,58 @@ enum Writing {
     InFlight,
 }
 
+/// A piece of the write in flight.
+#[derive(Debug)]
+enum Part {
+    /// The rest of a block this subscriber no longer reads from the log.
+    Tail,
+    /// Control frames.
+    Control,
+    /// Bytes of a block of the log.
+    Log(Rc<LogBlock>),
+    /// The close frame.
+    Close,
+}
+
+#[derive(Debug)]
+struct Segment {
+    part: Part,
+    /// Where the segment starts in its block (for `Log`).
+    start: usize,
+    len: usize,
+}
+
+/// The close frame and where it goes.
+#[derive(Debug)]
+struct CloseFrame {
+    frame: Box<[u8]>,
+    /// Bytes of it written.
+    written: usize,
+    /// The log position it goes after; `None`: after the tail (the subscriber left the log).
+    after: Option<Pos>,
+}
+
 #[derive(Debug, Default)]
 struct Outbox {
-    /// Frames queued; the first `in_flight` of them are in the write in flight.
-    frames: VecDeque<SharedFrame>,
-    in_flight: usize,
+    /// The cursor in the log, while `attached`.
+    pos: Pos,
+    /// In the log: its cursor counts there.
+    attached: bool,
+    /// The unwritten rest of a block the subscriber no longer reads from the log: (block,
+    /// offset). Written before anything else.
+    tail: Option<(Rc<LogBlock>, usize)>,
+    controls: VecDeque<Box<[u8]>>,
+    /// Bytes of the first control frame already written.
+    control_written: usize,
+    control_bytes: usize,
+    close: Option<CloseFrame>,
+    /// The write in flight.
+    segments: Vec<Segment>,
+    /// The slow policy moved the cursor while a write was in flight.
+    moved_in_flight: bool,
     writing: Writing,
     /// The 101 is written: frames may go out.
     started: bool,
-    /// Bytes queued plus bytes in the write in flight.
-    backlog_bytes: usize,
-    /// Frames longer than the cap itself, queued or in flight.
-    oversize_frames: usize,
-    /// A close frame is queued: nothing more will be.
-    closing: bool,
     /// The close frame has been written (and our side of TCP shut down).
     close_written: bool,
     /// The peer's close frame has been received.
@@ -82,14 +116,9 @@ struct Outbox {
     finished: bool,
 }
 
-/// The bounds a subscriber's queue lives within (from [`crate::config::Config`]).
+/// The bounds a subscriber lives within (from [`crate::config::Config`]).
 #[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    /// `--max-backlog`.
-    pub max_backlog: usize,
-    /// `--max-message`: the largest frame payload that may be queued.
-    pub max_message: usize,
-    pub policy: SlowPolicy,
+pub struct SubscriberLimits {
     /// How long a close may take before the socket is shut down regardless.
     pub close_timeout: Duration,
 }
@@ -98,104 +127,221 @@ pub struct QueueLimits {
 pub struct Subscriber {
     pub id: u64,
     stream: Rc<TcpStream>,
-    outbox: RefCell<Outbox>,
+    out: RefCell<Outbox>,
+    log: Rc<RefCell<Log>>,
     ring: Rc<SendRing<Subscriber>>,
     metrics: Arc<ThreadMetrics>,
-    limits: QueueLimits,
+    limits: SubscriberLimits,
     /// When the peer last sent anything, for `--ping-timeout`.
     last_heard: Cell<Instant>,
+    /// When the subscriber last made progress: a write took bytes, or it caught up. A reader
+    /// behind its channel's window that has made none for `--slow-timeout` is stalled.
+    last_progress: Cell<Instant>,
+    /// The slow policy moved it on, and it has made no progress since.
+    left_behind: Cell<bool>,
+    park_slot: Cell<u32>,
     me: Weak<Subscriber>,
 }
 
+impl Parked for Subscriber {
+    fn park_slot(&self) -> &Cell<u32> {
+        &self.park_slot
+    }
+}
+
 impl Subscriber {
+    /// A subscriber reading `log` from its head: it gets what is appended from now on, once
+    /// [`Subscriber::start_writing`] lets it write.
     pub fn new(
         id: u64,
         stream: Rc<TcpStream>,
         ring: Rc<SendRing<Subscriber>>,
+        log: Rc<RefCell<Log>>,
         metrics: Arc<ThreadMetrics>,
-        limits: QueueLimits,
+        limits: SubscriberLimits,
     ) -> Rc<Self> {
+        let pos = log.borrow_mut().join();
         Rc::new_cyclic(|me| Subscriber {
             id,
             stream,
-            outbox: RefCell::default(),
+            out: RefCell::new(Outbox {
+                pos,
+                attached: true,
+                ..Outbox::default()
+            }),
+            log,
             ring,
             metrics,
             limits,
             last_heard: Cell::new(Instant::now()),
+            last_progress: Cell::new(Instant::now()),
+            left_behind: Cell::new(false),
+            park_slot: Cell::new(NOT_PARKED),
             me: me.clone(),
         })
     }
 
-    /// Queues a broadcast. Never blocks. The subscriber is slow when its backlog has already
-    /// reached the cap (widened while an oversize message is queued) before this message.
-    pub fn deliver(&self, frame: &SharedFrame) -> Delivery {
-        let mut out = self.outbox.borrow_mut();
-        if out.closing || out.finished {
-            return Delivery::Closing;
-        }
-        let allowance = if out.oversize_frames > 0 {
-            self.limits.max_message
-        } else {
-            0
-        };
-        if out.backlog_bytes >= self.limits.max_backlog + allowance {
-            return match self.limits.policy {
-                SlowPolicy::Drop => {
-                    ThreadMetrics::add(&self.metrics.slow_dropped_messages, 1);
-                    Delivery::Dropped
-                }
-                SlowPolicy::Close => {
-                    ThreadMetrics::add(&self.metrics.slow_closed, 1);
-                    drop(out);
-                    self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
-                    Delivery::Closing
-                }
-            };
-        }
-        self.push(&mut out, frame.clone());
-        Delivery::Queued
+    /// Lets frames go out: called once the 101 is written (what was appended meanwhile waits).
+    pub fn start_writing(&self) {
+        let mut out = self.out.borrow_mut();
+        out.started = true;
+        self.schedule(&mut out);
     }
 
-    /// Queues a control frame (pong). Control frames are never dropped.
-    pub fn send_control(&self, opcode: OpCode, payload: &[u8]) {
-        let mut out = self.outbox.borrow_mut();
-        if out.closing {
+    /// Its cursor in the log, while it reads from it.
+    pub fn position(&self) -> Option<Pos> {
+        let out = self.out.borrow();
+        out.attached.then_some(out.pos)
+    }
+
+    /// Whether it is stalled: no progress (a write taking bytes, or catching up) for
+    /// `timeout`, or none since the slow policy last moved it on.
+    pub fn is_stalled(&self, timeout: Duration) -> bool {
+        self.left_behind.get() || self.last_progress.get().elapsed() >= timeout
+    }
+
+    /// Woken by an append: something new to write.
+    pub fn wake(&self) {
+        let mut out = self.out.borrow_mut();
+        self.schedule(&mut out);
+    }
+
+    /// The subscriber is behind `window_start`, the oldest position its channel's window
+    /// keeps: apply the slow policy. The log must still hold the block the cursor is in.
+    pub fn fall_behind(&self, window_start: Pos, policy: SlowPolicy) {
+        let mut out = self.out.borrow_mut();
+        if !out.attached || out.pos >= window_start {
             return;
         }
-        if out.backlog_bytes > self.limits.max_backlog + CONTROL_HEADROOM {
+        match policy {
+            SlowPolicy::Close => {
+                ThreadMetrics::add(&self.metrics.slow_closed, 1);
+                drop(out);
+                self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
+            }
+            SlowPolicy::Drop => {
+                let mut log = self.log.borrow_mut();
+                if out.writing != Writing::InFlight {
+                    // Finish the block it is in the middle of, then skip.
+                    let mut resume_from = log.frames_before(out.pos.seq);
+                    if out.pos.off > 0 {
+                        if let Some(block) = log.block(out.pos.seq) {
+                            out.tail = Some((block.clone(), out.pos.off));
+                            resume_from = block.frames_through();
+                        }
+                    }
+                    let skipped = log
+                        .frames_before(window_start.seq)
+                        .saturating_sub(resume_from);
+                    ThreadMetrics::add(&self.metrics.slow_dropped_messages, skipped);
+                } else {
+                    // Skipped for sure: from the end of the write in flight (or from where the
+                    // cursor already is, if it moved on before) to the window's start. What
+                    // the write leaves unwritten is counted when it completes.
+                    let mut from = Self::in_flight_through(out.segments.iter())
+                        .unwrap_or_else(|| log.frames_before(out.pos.seq));
+                    if out.moved_in_flight {
+                        from = from.max(log.frames_before(out.pos.seq));
+                    }
+                    let skipped = log.frames_before(window_start.seq).saturating_sub(from);
+                    ThreadMetrics::add(&self.metrics.slow_dropped_messages, skipped);
+                    out.moved_in_flight = true;
+                }
+                log.advance(out.pos, window_start);
+                out.pos = window_start;
+                drop(log);
+                self.left_behind.set(true);
+                self.schedule(&mut out);
+            }
+        }
+    }
+
+    /// Queues a control frame (pong, ping). Control frames are never dropped; a peer that
+    /// lets them pile up past [`CONTROL_HEADROOM`] is closed as slow.
+    pub fn send_control(&self, opcode: OpCode, payload: &[u8]) {
+        let mut out = self.out.borrow_mut();
+        if out.close.is_some() || out.finished {
+            return;
+        }
+        if out.control_bytes > CONTROL_HEADROOM {
             ThreadMetrics::add(&self.metrics.slow_closed, 1);
             drop(out);
             self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
             return;
         }
-        self.push(&mut out, SharedFrame::encode(opcode, payload));
+        let frame = encode_frame(opcode, payload, None).into_boxed_slice();
+        out.control_bytes += frame.len();
+        out.controls.push_back(frame);
+        self.schedule(&mut out);
     }
 
-    /// Queues a close frame; nothing is queued after it. With `discard_queued`, frames not
-    /// yet handed to the kernel are dropped first, so the close goes out next and their memory
-    /// is freed now. Returns `false` if a close was already queued.
-    pub fn close(&self, code: CloseCode, reason: &str, discard_queued: bool) -> bool {
-        self.queue_close(&close_payload(code, reason), discard_queued)
+    /// Queues a close frame; nothing is written after it. Without `discard` it goes after
+    /// everything the log holds now; with `discard` the subscriber leaves the log at once and
+    /// the close goes right after the block it is in the middle of. Returns `false` if a close
+    /// was already queued.
+    pub fn close(&self, code: CloseCode, reason: &str, discard: bool) -> bool {
+        self.queue_close(close_payload(code, reason), discard)
     }
 
-    /// Queues a close frame whose payload is given as is (the echo of a peer's close).
+    /// Queues a close frame whose payload is given as is (the echo of a peer's close), after
+    /// everything the log holds now.
     pub fn close_with_payload(&self, payload: &[u8]) -> bool {
-        self.queue_close(payload, false)
+        self.queue_close(payload.to_vec(), false)
     }
 
-    fn queue_close(&self, payload: &[u8], discard_queued: bool) -> bool {
-        let mut out = self.outbox.borrow_mut();
-        if out.closing || out.finished {
+    fn queue_close(&self, payload: Vec<u8>, discard: bool) -> bool {
+        let mut out = self.out.borrow_mut();
+        if out.close.is_some() || out.finished {
             return false;
         }
-        if discard_queued {
-            self.clear_queue(&mut out);
-        }
-        out.closing = true;
-        self.push(&mut out, SharedFrame::encode(OpCode::Close, payload));
+        let after = if discard {
+            self.leave_log(&mut out);
+            None
+        } else {
+            out.attached.then(|| self.log.borrow().head())
+        };
+        out.close = Some(CloseFrame {
+            frame: encode_frame(OpCode::Close, &payload, None).into_boxed_slice(),
+            written: 0,
+            after,
+        });
+        self.settle(&mut out);
         self.start_close_timer();
+        self.schedule(&mut out);
         true
+    }
+
+    /// Leaves the log now, keeping the rest of the block it is in the middle of as its tail
+    /// (unless a write is in flight: its completion decides the tail).
+    fn leave_log(&self, out: &mut Outbox) {
+        if !out.attached {
+            return;
+        }
+        let mut log = self.log.borrow_mut();
+        if out.pos.off > 0 && out.writing != Writing::InFlight {
+            if let Some(block) = log.block(out.pos.seq) {
+                out.tail = Some((block.clone(), out.pos.off));
+            }
+        }
+        log.leave(out.pos);
+        log.unpark(self);
+        out.attached = false;
+    }
+
+    /// Once the cursor reaches the position a close goes after, the subscriber leaves the log:
+    /// it reads nothing more from it.
+    fn settle(&self, out: &mut Outbox) {
+        if let Some(CloseFrame {
+            after: Some(after), ..
+        }) = out.close
+        {
+            if out.attached && out.pos >= after {
+                let mut log = self.log.borrow_mut();
+                log.leave(out.pos);
+                log.unpark(self);
+                out.attached = false;
+            }
+        }
     }
 
     /// Bounds the closing handshake: a peer that neither reads our close nor closes TCP is
@@ -241,14 +387,16 @@ impl Subscriber {
         });
     }
 
+    /// A close frame is queued (or the connection is over).
     pub fn is_closing(&self) -> bool {
-        self.outbox.borrow().closing
+        let out = self.out.borrow();
+        out.close.is_some() || out.finished
     }
 
     /// The peer sent its close frame. Once ours is written too, the closing handshake is over
     /// and the server closes TCP at once (§5.5.1) rather than wait for the peer's FIN.
     pub fn peer_closed(&self) {
-        let mut out = self.outbox.borrow_mut();
+        let mut out = self.out.borrow_mut();
         out.peer_closed = true;
         let done = out.close_written;
         drop(out);
@@ -257,55 +405,24 @@ impl Subscriber {
         }
     }
 
-    /// Bytes queued or in flight.
-    pub fn backlog_bytes(&self) -> usize {
-        self.outbox.borrow().backlog_bytes
-    }
-
-    /// Ends the connection: nothing more is written and the socket is shut down both ways,
-    /// which also completes any read or write still in flight.
+    /// Ends the connection: nothing more is written, the subscriber leaves the log, and the
+    /// socket is shut down both ways, which also completes any read or write still in flight.
     pub fn finish(&self) {
-        let mut out = self.outbox.borrow_mut();
-        out.finished = true;
-        self.clear_queue(&mut out);
+        let mut out = self.out.borrow_mut();
+        if !out.finished {
+            out.finished = true;
+            if out.attached {
+                let mut log = self.log.borrow_mut();
+                log.leave(out.pos);
+                log.unpark(self);
+                out.attached = false;
+            }
+            out.tail = None;
+            out.controls.clear();
+            out.control_bytes = 0;
+        }
         drop(out);
         let _ = self.stream.shutdown(Shutdown::Both);
-    }
-
-    /// Drops the frames not yet handed to the kernel, except the unwritten tail of a frame
-    /// partly written (dropping it would corrupt the stream for whatever follows).
-    fn clear_queue(&self, out: &mut Outbox) {
-        let mut keep = out.in_flight;
-        if keep == 0
-            && out
-                .frames
-                .front()
-                .is_some_and(|f| f.len() < f.encoded_len())
-        {
-            keep = 1;
-        }
-        if out.frames.len() <= keep {
-            return;
-        }
-        for frame in out.frames.drain(keep..) {
-            out.backlog_bytes -= frame.len();
-            if self.is_oversize(&frame) {
-                out.oversize_frames -= 1;
-            }
-        }
-    }
-
-    fn is_oversize(&self, frame: &SharedFrame) -> bool {
-        frame.encoded_len() > self.limits.max_backlog
-    }
-
-    fn push(&self, out: &mut Outbox, frame: SharedFrame) {
-        if self.is_oversize(&frame) {
-            out.oversize_frames += 1;
-        }
-        out.backlog_bytes += frame.len();
-        out.frames.push_back(frame);
-        self.schedule(out);
     }
 
     /// Puts the subscriber on the send ring's ready list if it may write and is not already
@@ -313,110 +430,280 @@ impl Subscriber {
     fn schedule(&self, out: &mut Outbox) {
         if out.started && out.writing == Writing::Idle && !out.finished {
             if let Some(me) = self.me.upgrade() {
+                if self.park_slot.get() != NOT_PARKED {
+                    self.log.borrow_mut().unpark(self);
+                }
                 out.writing = Writing::Ready;
                 self.ring.schedule(me);
             }
         }
     }
 
-    /// Lets frames go out: called once the 101 is written (frames queued before wait).
-    pub fn start_writing(&self) {
-        let mut out = self.outbox.borrow_mut();
-        out.started = true;
-        if !out.frames.is_empty() {
-            self.schedule(&mut out);
-        }
-    }
-
-    /// The first half of a write: describes the queued frames (up to
-    /// 1,024 frames; adjacent frames share one `iovec`) and marks them in flight.
-    /// Nothing described means there is nothing to write (the subscriber is finished, or its
-    /// queue empty) and the subscriber goes idle. A benchmark may drive this and
-    /// [`Subscriber::complete_write`] without a socket.
+    /// The first half of a write: describes, through `iovecs`, the tail, the control frames
+    /// (at a block boundary), the log from the cursor to the head (or to where the close goes),
+    /// and the close frame once everything before it is in; marks the write in flight. Nothing
+    /// described: nothing to write, and the subscriber parks at the log's head. A benchmark may
+    /// drive this and [`Subscriber::complete_write`] without a socket.
     pub fn begin_write(&self, iovecs: &mut IovecBuilder<'_>) {
-        let mut out = self.outbox.borrow_mut();
-        if out.finished || out.frames.is_empty() {
+        let mut guard = self.out.borrow_mut();
+        let out = &mut *guard;
+        debug_assert!(out.segments.is_empty());
+        if out.finished {
             out.writing = Writing::Idle;
             return;
         }
-        let mut count = 0;
-        for frame in out.frames.iter().take(MAX_FRAMES_PER_WRITE) {
-            if !iovecs.push(frame.as_slice()) {
-                break;
-            }
-            count += 1;
+        let mut log = self.log.borrow_mut();
+        if out.attached {
+            let pos = log.skip(out.pos, self.id);
+            log.advance(out.pos, pos);
+            out.pos = pos;
         }
-        out.in_flight = count;
-        out.writing = Writing::InFlight;
-    }
-
-    /// The second half of a write: accounts for `written` bytes of the frames in flight,
-    /// releases those fully written and keeps the unwritten rest at the front of the queue.
-    pub fn complete_write(&self, written: usize) {
-        ThreadMetrics::add(&self.metrics.writes, 1);
-        ThreadMetrics::add(&self.metrics.bytes_out, written as u64);
-        let mut out = self.outbox.borrow_mut();
-        out.backlog_bytes = out.backlog_bytes.saturating_sub(written);
-        let mut remaining = written;
-        let in_flight = std::mem::take(&mut out.in_flight);
-        for _ in 0..in_flight {
-            let Some(frame) = out.frames.front_mut() else {
-                break;
+        drop(log);
+        self.settle(out);
+        let mut room = true;
+        if let Some((block, off)) = &out.tail {
+            room = iovecs.push(&block.bytes()[*off..]);
+            out.segments.push(Segment {
+                part: Part::Tail,
+                start: *off,
+                len: block.len() - off,
+            });
+        }
+        let at_boundary = !out.attached || out.tail.is_some() || out.pos.off == 0;
+        if at_boundary {
+            let mut skip = out.control_written;
+            for frame in &out.controls {
+                if !room || !iovecs.push(&frame[skip..]) {
+                    room = false;
+                    break;
+                }
+                out.segments.push(Segment {
+                    part: Part::Control,
+                    start: 0,
+                    len: frame.len() - skip,
+                });
+                skip = 0;
+            }
+        }
+        // The log, up to where the close goes (or the head).
+        let mut reached_limit = !out.attached;
+        if out.attached && room {
+            let log = self.log.borrow();
+            let limit = match &out.close {
+                Some(CloseFrame {
+                    after: Some(after), ..
+                }) => *after,
+                _ => log.head(),
             };
-            if remaining < frame.len() {
-                frame.advance(remaining);
-                break;
-            }
-            remaining -= frame.len();
-            let oversize = self.is_oversize(frame);
-            out.frames.pop_front();
-            if oversize {
-                out.oversize_frames -= 1;
+            let only_current = !at_boundary && !out.controls.is_empty();
+            reached_limit = true;
+            for block in log.blocks_from(out.pos.seq) {
+                if block.seq() >= limit.seq {
+                    break;
+                }
+                if block.origin() == self.id {
+                    continue;
+                }
+                let start = if block.seq() == out.pos.seq {
+                    out.pos.off
+                } else {
+                    0
+                };
+                if !iovecs.push(&block.bytes()[start..]) {
+                    reached_limit = false;
+                    break;
+                }
+                out.segments.push(Segment {
+                    part: Part::Log(block.clone()),
+                    start,
+                    len: block.len() - start,
+                });
+                if only_current {
+                    reached_limit = false;
+                    break;
+                }
             }
         }
-        out.writing = Writing::Idle;
-    }
-
-    /// A write ended with `result` (bytes written, or a negative errno): called by the send
-    /// ring. Schedules the next write if more is queued; once the close frame is out, ends the
-    /// closing handshake's sending half.
-    fn finish_write(&self, result: i32) {
-        if result < 0 {
-            {
-                let mut out = self.outbox.borrow_mut();
-                out.in_flight = 0;
-                out.writing = Writing::Idle;
+        if let Some(close) = &out.close {
+            if room && reached_limit && iovecs.push(&close.frame[close.written..]) {
+                out.segments.push(Segment {
+                    part: Part::Close,
+                    start: close.written,
+                    len: close.frame.len() - close.written,
+                });
             }
-            self.finish();
-            return;
         }
-        self.complete_write(result as usize);
-        let mut out = self.outbox.borrow_mut();
-        if out.finished {
-            // Nothing more goes out: release what is left.
-            while let Some(frame) = out.frames.pop_front() {
-                out.backlog_bytes -= frame.len();
-                if self.is_oversize(&frame) {
-                    out.oversize_frames -= 1;
+        if out.segments.is_empty() {
+            out.writing = Writing::Idle;
+            if out.attached && out.started && out.close.is_none() {
+                // Caught up: that is progress too.
+                self.last_progress.set(self.ring.reaped_at());
+                self.left_behind.set(false);
+                if let Some(me) = self.me.upgrade() {
+                    self.log.borrow_mut().park(me);
                 }
             }
             return;
         }
-        if !out.frames.is_empty() {
-            self.schedule(&mut out);
+        out.writing = Writing::InFlight;
+    }
+
+    /// The second half of a write: `written` bytes of it went out. Moves the cursor past them,
+    /// releases what is fully written, keeps the rest for the next write, and then either
+    /// schedules the next write, parks at the log's head, or (the close frame written) ends the
+    /// sending half of the closing handshake.
+    pub fn complete_write(&self, written: usize) {
+        ThreadMetrics::add(&self.metrics.writes, 1);
+        ThreadMetrics::add(&self.metrics.bytes_out, written as u64);
+        if written > 0 {
+            self.last_progress.set(self.ring.reaped_at());
+            self.left_behind.set(false);
+        }
+        let mut guard = self.out.borrow_mut();
+        let out = &mut *guard;
+        let segments = std::mem::take(&mut out.segments);
+        let in_flight_through = Self::in_flight_through(segments.iter());
+        let mut remaining = written;
+        let mut delivered = 0u64;
+        // Where the write ended in the log: (block, offset reached).
+        let mut end: Option<(Rc<LogBlock>, usize)> = None;
+        for segment in segments {
+            let taken = remaining.min(segment.len);
+            remaining -= taken;
+            match segment.part {
+                Part::Tail => {
+                    if let Some((block, off)) = &mut out.tail {
+                        *off += taken;
+                        if *off >= block.len() {
+                            delivered += u64::from(block.frames());
+                            out.tail = None;
+                        }
+                    }
+                }
+                Part::Control => {
+                    out.control_written += taken;
+                    if let Some(front) = out.controls.front() {
+                        if out.control_written >= front.len() {
+                            out.control_bytes -= front.len();
+                            out.controls.pop_front();
+                            out.control_written = 0;
+                        }
+                    }
+                }
+                Part::Log(block) => {
+                    if taken == segment.len {
+                        delivered += u64::from(block.frames());
+                    }
+                    end = Some((block, segment.start + taken));
+                }
+                Part::Close => {
+                    if let Some(close) = &mut out.close {
+                        close.written += taken;
+                        out.close_written = close.written >= close.frame.len();
+                    }
+                }
+            }
+            if taken < segment.len {
+                break;
+            }
+        }
+        ThreadMetrics::add(&self.metrics.deliveries_out, delivered);
+        let moved = std::mem::take(&mut out.moved_in_flight);
+        if let Some((block, off)) = end {
+            let reached = Pos {
+                seq: block.seq(),
+                off,
+            };
+            if out.attached && reached > out.pos {
+                let mut log = self.log.borrow_mut();
+                let to = log.skip(reached, self.id);
+                log.advance(out.pos, to);
+                out.pos = to;
+            } else if reached < out.pos || !out.attached {
+                // The cursor moved on (slow policy) or left the log while this write was in
+                // flight: finish the block the write stopped in, then go on from the cursor.
+                let mut resume_from = block.frames_before();
+                if off > 0 && off < block.len() {
+                    resume_from = block.frames_through();
+                    out.tail = Some((block, off));
+                } else if off >= block.len() {
+                    resume_from = block.frames_through();
+                }
+                if moved && out.attached {
+                    // The write's blocks it did not finish were skipped too (the rest was
+                    // counted when the cursor moved).
+                    let until = self.log.borrow().frames_before(out.pos.seq);
+                    let skipped = in_flight_through
+                        .unwrap_or(until)
+                        .min(until)
+                        .saturating_sub(resume_from);
+                    ThreadMetrics::add(&self.metrics.slow_dropped_messages, skipped);
+                }
+            }
+        }
+        self.settle(out);
+        out.writing = Writing::Idle;
+        if out.finished {
+            out.tail = None;
             return;
         }
-        if out.closing && !out.close_written {
+        if out.close_written {
             // Everything up to and including the close frame is written.
-            out.close_written = true;
             let peer_closed = out.peer_closed;
-            drop(out);
+            drop(guard);
             if peer_closed {
                 self.finish();
             } else {
                 let _ = self.stream.shutdown(Shutdown::Write);
             }
+            return;
         }
+        if self.has_more(out) {
+            self.schedule(out);
+        } else if out.attached && out.close.is_none() {
+            if let Some(me) = self.me.upgrade() {
+                self.log.borrow_mut().park(me);
+            }
+        }
+    }
+
+    /// The messages up to the end of the last log block in a write's segments.
+    fn in_flight_through<'a>(segments: impl Iterator<Item = &'a Segment>) -> Option<u64> {
+        segments
+            .filter_map(|segment| match &segment.part {
+                Part::Log(block) => Some(block.frames_through()),
+                _ => None,
+            })
+            .last()
+    }
+
+    /// A write ended with `result` (bytes written, or a negative errno): on success it goes on
+    /// as [`Subscriber::complete_write`] says; a failed write ends the connection.
+    fn finish_write(&self, result: i32) {
+        match usize::try_from(result) {
+            Ok(written) => self.complete_write(written),
+            Err(_) => {
+                {
+                    let mut out = self.out.borrow_mut();
+                    out.segments.clear();
+                    out.writing = Writing::Idle;
+                }
+                self.finish();
+            }
+        }
+    }
+
+    /// Whether a write now would have anything to send (the close frame is not written yet).
+    fn has_more(&self, out: &Outbox) -> bool {
+        if out.tail.is_some() || !out.controls.is_empty() || out.close.is_some() {
+            // A close pending: what goes before it, or the close frame itself.
+            return true;
+        }
+        if !out.attached {
+            return false;
+        }
+        let log = self.log.borrow();
+        log.skip(out.pos, self.id) < log.head()
     }
 }
 
@@ -431,5 +718,16 @@ impl Writer for Subscriber {
 
     fn end_write(&self, result: i32) {
         self.finish_write(result);
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let out = self.out.get_mut();
+        if out.attached {
+            if let Ok(mut log) = self.log.try_borrow_mut() {
+                log.leave(out.pos);
+            }
+        }
     }
 }

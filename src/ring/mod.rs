@@ -66,6 +66,8 @@ pub struct SendRing<W: Writer> {
     ring: RefCell<IoUring>,
     /// Writers with something to send and no write in flight.
     ready: RefCell<Vec<Rc<W>>>,
+    /// The ready list being issued (kept to reuse its buffer).
+    issuing: RefCell<Vec<Rc<W>>>,
     /// Wakes the ring's task when the ready list or the poll requests stop being empty.
     kick: Rc<Notify>,
     iovecs: RefCell<IovecArena>,
@@ -76,6 +78,8 @@ pub struct SendRing<W: Writer> {
     in_flight: Cell<usize>,
     /// io_uring_enter calls that failed (logged at powers of two).
     submit_errors: Cell<u64>,
+    /// When the completions being handed back were reaped (one clock read per round).
+    reaped_at: Cell<Instant>,
     polls: Rc<Polls>,
 }
 
@@ -106,12 +110,14 @@ impl<W: Writer> SendRing<W> {
             readable,
             ring: RefCell::new(ring),
             ready: RefCell::default(),
+            issuing: RefCell::default(),
             polls: Rc::new(Polls::new(kick.clone())),
             kick,
             iovecs: RefCell::new(IovecArena::new()),
             headers: RefCell::new(Vec::with_capacity(sq_entries)),
             in_flight: Cell::new(0),
             submit_errors: Cell::new(0),
+            reaped_at: Cell::new(Instant::now()),
         }))
     }
 
@@ -126,10 +132,22 @@ impl<W: Writer> SendRing<W> {
         }
     }
 
+    /// Takes the ready list: for a benchmark or test that drives the writers itself rather
+    /// than through the ring's task.
+    pub fn take_ready(&self) -> Vec<Rc<W>> {
+        std::mem::take(&mut *self.ready.borrow_mut())
+    }
+
     /// Resolves once `fd` has something to read (or has hung up, or failed): a connection
     /// awaits this rather than a read, so that it holds no read buffer while idle.
     pub fn readable(&self, fd: RawFd) -> Readable {
         Readable::new(self.polls.clone(), fd)
+    }
+
+    /// When the completions being handed back now were reaped: a writer's clock for "the
+    /// last time it made progress", read once per round rather than once per completion.
+    pub fn reaped_at(&self) -> Instant {
+        self.reaped_at.get()
     }
 
     /// Writes submitted and not yet completed.
@@ -202,8 +220,9 @@ impl<W: Writer> SendRing<W> {
             }
             issued = true;
         }
-        let ready = std::mem::take(&mut *self.ready.borrow_mut());
-        let mut ready = ready.into_iter();
+        let mut issuing = self.issuing.borrow_mut();
+        std::mem::swap(&mut *issuing, &mut *self.ready.borrow_mut());
+        let mut ready = issuing.drain(..);
         while let Some(writer) = ready.next() {
             if !self.make_room(true) {
                 let mut waiting = self.ready.borrow_mut();
@@ -338,6 +357,9 @@ impl<W: Writer> SendRing<W> {
                 }
                 n
             };
+            if n > 0 {
+                self.reaped_at.set(Instant::now());
+            }
             for &(user_data, result) in &batch[..n] {
                 if user_data & POLL_TAG != 0 {
                     self.polls.complete((user_data >> 1) as u32, result);

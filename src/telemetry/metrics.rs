@@ -1,14 +1,13 @@
 //! Counters for `/metrics` (Prometheus text format) and the `--stats-interval` line.
 //!
 //! Each worker thread owns one [`ThreadMetrics`] and is its only writer, so the hot path pays a
-//! relaxed atomic add on a cache line no other core writes; readers sum over threads. Counters
-//! are bumped once per message or per write, not per delivery, wherever the count is known.
+//! plain load and store on a cache line no other core writes; readers sum over threads.
+//! Counters are bumped once per block or per write, never per delivery.
 
 use ringcast_proto::handshake::HandshakeError;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Handshake failure labels, in the order of [`ThreadMetrics::handshake_failures`].
 pub const HANDSHAKE_FAILURE_LABELS: [&str; 7] = [
@@ -56,11 +55,22 @@ pub struct ThreadMetrics {
     pub slow_closed: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub handshake_failures: [AtomicU64; HANDSHAKE_FAILURE_LABELS.len()],
+    /// Times a publisher waited for room in a full channel log, and for how long in all.
+    pub publisher_pauses: AtomicU64,
+    pub publisher_paused_ns: AtomicU64,
 }
 
 impl ThreadMetrics {
+    /// Adds `n` to one of this thread's counters. Each thread is the only writer of its
+    /// counters, so this is a plain load and store (no locked read-modify-write); readers on
+    /// other threads see every update eventually.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtracts `n` from one of this thread's gauges (see [`ThreadMetrics::add`]).
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
     pub fn handshake_failed(&self, failure: HandshakeFailure) {
@@ -69,16 +79,16 @@ impl ThreadMetrics {
             .iter()
             .position(|l| *l == label)
             .unwrap_or(0);
-        self.handshake_failures[i].fetch_add(1, Relaxed);
+        ThreadMetrics::add(&self.handshake_failures[i], 1);
     }
 }
 
-/// All threads' counters plus the process-wide channel registry.
+/// All threads' counters, and the node's channel count.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub threads: Vec<Arc<ThreadMetrics>>,
-    /// Channel name -> number of worker threads with subscribers on it.
-    channels: Mutex<HashMap<Arc<str>, usize>>,
+    /// Channels with at least one subscriber (kept by the channel registry).
+    channels: AtomicU64,
 }
 
 /// A point-in-time sum over threads.
@@ -95,31 +105,26 @@ pub struct Snapshot {
     pub slow_closed: u64,
     pub protocol_errors: u64,
     pub handshake_failures: [u64; HANDSHAKE_FAILURE_LABELS.len()],
+    pub publisher_pauses: u64,
+    pub publisher_paused_ns: u64,
 }
 
 impl Metrics {
     pub fn new(threads: usize) -> Self {
         Metrics {
             threads: (0..threads).map(|_| Arc::default()).collect(),
-            channels: Mutex::default(),
+            channels: AtomicU64::new(0),
         }
     }
 
-    /// A worker thread gained (`+1`) or lost (`-1`) its last subscriber on `channel`.
-    pub fn channel_on_thread(&self, channel: &Arc<str>, delta: isize) {
-        let Ok(mut map) = self.channels.lock() else {
-            return;
-        };
-        let count = map.entry(channel.clone()).or_insert(0);
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            map.remove(channel);
-        }
+    /// The node now has `n` channels with subscribers.
+    pub fn set_channels(&self, n: usize) {
+        self.channels.store(n as u64, Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
-            channels: self.channels.lock().map_or(0, |m| m.len() as u64),
+            channels: self.channels.load(Relaxed),
             ..Snapshot::default()
         };
         for t in &self.threads {
@@ -132,6 +137,8 @@ impl Metrics {
             s.slow_dropped_messages += t.slow_dropped_messages.load(Relaxed);
             s.slow_closed += t.slow_closed.load(Relaxed);
             s.protocol_errors += t.protocol_errors.load(Relaxed);
+            s.publisher_pauses += t.publisher_pauses.load(Relaxed);
+            s.publisher_paused_ns += t.publisher_paused_ns.load(Relaxed);
             for (sum, c) in s.handshake_failures.iter_mut().zip(&t.handshake_failures) {
                 *sum += c.load(Relaxed);
             }
@@ -178,7 +185,8 @@ impl Snapshot {
         metric(
             "deliveries_out_total",
             "counter",
-            "Messages queued to subscribers.",
+            "Messages written to subscribers (counted when a subscriber's write passes the end \
+             of a block).",
             self.deliveries_out,
         );
         metric(
@@ -190,19 +198,20 @@ impl Snapshot {
         metric(
             "writes_total",
             "counter",
-            "Socket writes (each carries every frame queued for its subscriber, up to 1,024).",
+            "Socket writes (each carries everything from its subscriber's cursor to the log's head).",
             self.writes,
         );
         metric(
             "slow_dropped_messages_total",
             "counter",
-            "Messages skipped for subscribers over --max-backlog (--slow-policy drop).",
+            "Messages skipped by subscribers left behind their channel's window (--slow-policy drop).",
             self.slow_dropped_messages,
         );
         metric(
             "slow_closed_total",
             "counter",
-            "Subscribers closed with 1008 for exceeding --max-backlog.",
+            "Subscribers closed with 1008 as too slow (behind the channel window, or control frames \
+             piling up).",
             self.slow_closed,
         );
         metric(
@@ -210,6 +219,18 @@ impl Snapshot {
             "counter",
             "Connections failed for protocol violations.",
             self.protocol_errors,
+        );
+        metric(
+            "publisher_pauses_total",
+            "counter",
+            "Times a publisher's reads waited for room in a full channel log.",
+            self.publisher_pauses,
+        );
+        metric(
+            "publisher_paused_milliseconds_total",
+            "counter",
+            "Time publishers' reads waited for room in full channel logs, in milliseconds.",
+            self.publisher_paused_ns / 1_000_000,
         );
         let _ = writeln!(
             out,
@@ -253,16 +274,13 @@ mod tests {
         ThreadMetrics::add(&m.threads[0].deliveries_out, 5);
         ThreadMetrics::add(&m.threads[1].deliveries_out, 7);
         m.threads[1].handshake_failed(HandshakeFailure::Rejected(HandshakeError::BadVersion));
-        let ch: Arc<str> = Arc::from("/a");
-        m.channel_on_thread(&ch, 1);
-        m.channel_on_thread(&ch, 1);
+        m.set_channels(1);
         let s = m.snapshot();
         assert_eq!((s.deliveries_out, s.channels), (12, 1));
         let text = s.prometheus();
         assert!(text.contains("ringcast_deliveries_out_total 12\n"));
         assert!(text.contains("ringcast_handshake_failures_total{reason=\"version\"} 1\n"));
-        m.channel_on_thread(&ch, -1);
-        m.channel_on_thread(&ch, -1);
+        m.set_channels(0);
         assert_eq!(m.snapshot().channels, 0);
     }
 

@@ -3,15 +3,17 @@
 
 use super::{http_raw, Server, STEP};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// `GET /metrics`, parsed: metric name (with labels) to value.
 pub async fn metrics(server: &Server) -> HashMap<String, u64> {
-    let r = http_raw(
-        server.addr,
-        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
-    )
-    .await;
+    metrics_at(server.addr).await
+}
+
+/// `GET /metrics` from the server at `addr` (for a task that does not hold the [`Server`]).
+pub async fn metrics_at(addr: SocketAddr) -> HashMap<String, u64> {
+    let r = http_raw(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(r.status, 200, "GET /metrics: {r:?}");
     r.body
         .lines()

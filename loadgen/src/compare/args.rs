@@ -56,10 +56,10 @@ pub struct CompareArgs {
     /// ringcast binary (default: ringcast beside loadgen, rebuilt first under `cargo run`).
     #[arg(long)]
     pub ringcast_bin: Option<PathBuf>,
-    /// ringcast's --max-backlog, bytes: large enough that the benchmark never trips the
-    /// slow-subscriber policy.
+    /// ringcast's --channel-window, bytes (its default: 64 MiB). Large enough that a
+    /// subscriber falls out of the window only far past any latency the benchmark accepts.
     #[arg(long, default_value_t = 64 << 20)]
-    pub ringcast_max_backlog: u64,
+    pub ringcast_channel_window: u64,
     /// The peers/ directory (default: found from the current directory or loadgen's path).
     #[arg(long)]
     pub peers_dir: Option<PathBuf>,

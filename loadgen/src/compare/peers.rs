@@ -183,13 +183,13 @@ pub fn define_server(
                 "127.0.0.1:0".into(),
                 "--threads".into(),
                 "1".into(),
-                "--max-backlog".into(),
-                a.ringcast_max_backlog.to_string(),
+                "--channel-window".into(),
+                a.ringcast_channel_window.to_string(),
             ],
             version: format!("{version}, commit {}", machine::git_commit()),
             notes: format!(
-                "one worker thread (it is pinned to one core); --max-backlog {} MiB so that the benchmark never trips the slow-subscriber policy (default 8 MiB, close){}",
-                a.ringcast_max_backlog >> 20,
+                "one worker thread (it is pinned to one core); --channel-window {} MiB (the log each channel keeps for its subscribers to catch up on){}",
+                a.ringcast_channel_window >> 20,
                 if debug { "; DEBUG BUILD: its figures mean nothing" } else { "" }
             ),
         });

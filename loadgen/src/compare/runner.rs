@@ -40,7 +40,7 @@ pub enum CellError {
 /// Where the capacity search starts, deliveries/s for 64 B messages (divided by 8 for
 /// 4 KiB). Only a starting point: the search doubles or halves from it, so a wrong guess
 /// costs steps, never changes the answer. Set a little under the figures in
-/// shared/ANCHORS.md.
+/// docs/anchors.md.
 fn start_guess_deliveries(server: &str) -> f64 {
     match server {
         "ringcast" => 2e6,

@@ -1,0 +1,169 @@
+//! A channel on one worker thread: its log, its subscribers on this thread, and the window
+//! that bounds the log.
+//!
+//! An append wakes the subscribers parked at the log's head; that is all a publish costs per
+//! subscriber. The log holds at most `--channel-window` bytes before it is *full*. A full log
+//! pauses the channel's publishers on every thread (their reads wait, so TCP pushes back on
+//! the publishing clients) until its slowest reader frees the oldest block, for at most
+//! `--slow-timeout`. Past that, or at once when the log reaches twice its window (several
+//! publishers may each add a block before they pause), the readers still behind the window
+//! get the slow policy: closed with 1008, or moved to the oldest message kept, with what they
+//! skipped counted. A reader that drains at loopback speed frees the oldest block within
+//! milliseconds: a burst of any size costs it nothing. One that stalls costs the channel's
+//! publishers at most `--slow-timeout` before it is dealt with, and never grows memory past the
+//! window's bound.
+
+use super::block::Block;
+use super::log::Pos;
+use super::registry::ChannelShared;
+use super::subscriber::{Log, Subscriber};
+use crate::config::SlowPolicy;
+use crate::telemetry::metrics::ThreadMetrics;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a channel's window is kept (from [`crate::config::Config`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowPolicy {
+    /// `--channel-window`: bytes a log holds before it is full.
+    pub window: usize,
+    /// `--slow-timeout`: how long publishers pause for the slowest reader of a full log.
+    pub slow_timeout: Duration,
+    /// `--slow-policy`: what happens to a reader left behind the window.
+    pub policy: SlowPolicy,
+}
+
+/// One thread's side of a channel (see the module documentation).
+pub struct Channel {
+    log: Rc<RefCell<Log>>,
+    subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
+    /// The subscribers an append wakes (kept to reuse its buffer).
+    woken: RefCell<Vec<Rc<Subscriber>>>,
+    /// The channel's state shared by the node's threads; `None` for a private channel (the
+    /// echo path).
+    shared: Option<Arc<ChannelShared>>,
+    policy: WindowPolicy,
+}
+
+impl Channel {
+    pub fn new(log: Log, shared: Option<Arc<ChannelShared>>, policy: WindowPolicy) -> Rc<Self> {
+        Rc::new(Channel {
+            log: Rc::new(RefCell::new(log)),
+            subscribers: RefCell::default(),
+            woken: RefCell::default(),
+            shared,
+            policy,
+        })
+    }
+
+    /// The log, for a new subscriber to read from.
+    pub fn log(&self) -> &Rc<RefCell<Log>> {
+        &self.log
+    }
+
+    pub fn shared(&self) -> Option<&Arc<ChannelShared>> {
+        self.shared.as_ref()
+    }
+
+    pub fn add(&self, subscriber: Rc<Subscriber>) {
+        self.subscribers
+            .borrow_mut()
+            .insert(subscriber.id, subscriber);
+    }
+
+    /// Forgets a subscriber (which has left the log); returns whether none is left.
+    pub fn remove(&self, id: u64) -> bool {
+        let mut subscribers = self.subscribers.borrow_mut();
+        subscribers.remove(&id);
+        subscribers.is_empty()
+    }
+
+    /// Subscribers on this thread.
+    pub fn len(&self) -> usize {
+        self.subscribers.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a block and wakes the subscribers waiting for it; then keeps the window.
+    pub fn append(&self, block: Arc<Block>) {
+        let mut woken = self.woken.borrow_mut();
+        {
+            let mut log = self.log.borrow_mut();
+            log.append(block);
+            log.take_idle(&mut woken);
+        }
+        for subscriber in woken.drain(..) {
+            subscriber.wake();
+        }
+        drop(woken);
+        self.keep_window();
+    }
+
+    /// If the log is over its window, gives the slow policy to the readers behind the window
+    /// that have had their time: all of them once the log has been full for `--slow-timeout`
+    /// (or reached twice the window, or the timeout is zero), and at once those that are
+    /// stalled: no progress for `--slow-timeout`, or none since the policy last moved them
+    /// (waiting for them would only pause the publishers for nothing).
+    pub fn keep_window(&self) {
+        let timeout = self.policy.slow_timeout;
+        let (start, all_due) = {
+            let log = self.log.borrow();
+            let Some(start) = log.window_start() else {
+                return;
+            };
+            let all_due = timeout.is_zero()
+                || log.bytes() >= self.policy.window.saturating_mul(2)
+                || log
+                    .full_since()
+                    .is_some_and(|since| since.elapsed() >= timeout);
+            (start, all_due)
+        };
+        let behind: Vec<Rc<Subscriber>> = self
+            .subscribers
+            .borrow()
+            .values()
+            .filter(|s| s.position().is_some_and(|p: Pos| p < start))
+            .filter(|s| all_due || s.is_stalled(timeout))
+            .cloned()
+            .collect();
+        for subscriber in behind {
+            subscriber.fall_behind(start, self.policy.policy);
+        }
+    }
+
+    /// Waits while the channel's log is full on some thread, at most `--slow-timeout`: a
+    /// publisher awaits this before it reads on. Returns how long it waited (zero: not full).
+    pub async fn wait_for_room(&self, metrics: &ThreadMetrics) -> Duration {
+        let Some(shared) = &self.shared else {
+            return Duration::ZERO;
+        };
+        if !shared.is_full() || self.policy.slow_timeout.is_zero() {
+            return Duration::ZERO;
+        }
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.policy.slow_timeout;
+        loop {
+            let room = shared.room().notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !shared.is_full() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                break;
+            }
+        }
+        let waited = started.elapsed();
+        ThreadMetrics::add(&metrics.publisher_pauses, 1);
+        ThreadMetrics::add(&metrics.publisher_paused_ns, waited.as_nanos() as u64);
+        // Whoever is still behind has had its time.
+        self.keep_window();
+        waited
+    }
+}

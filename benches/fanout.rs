@@ -40,6 +40,9 @@ use std::time::Duration;
 
 const SUBSCRIBERS: usize = 1000;
 
+/// The server seals a block once it holds this much, even mid-read.
+const BLOCK_BYTES: usize = 256 * 1024;
+
 fn payloads() -> [(&'static str, Vec<u8>); 2] {
     [
         ("64B", (0..64u32).map(|i| i as u8).collect()),
@@ -58,6 +61,7 @@ struct LogPath {
     metrics: Arc<ThreadMetrics>,
     encoder: BlockEncoder,
     scratch: ScratchIovecs,
+    ready: Vec<Rc<Subscriber>>,
 }
 
 impl LogPath {
@@ -93,6 +97,7 @@ impl LogPath {
             metrics,
             encoder: BlockEncoder::default(),
             scratch: ScratchIovecs::default(),
+            ready: Vec::new(),
         };
         for s in &path.subscribers {
             s.start_writing();
@@ -101,11 +106,19 @@ impl LogPath {
         path
     }
 
-    /// One publisher read of `count` messages: one block.
+    /// One publisher read of `count` messages: one block, or several of at most 256 KiB, as
+    /// the server's reader seals them.
     fn publish(&mut self, payload: &[u8], count: u64) {
         for _ in 0..count {
             self.encoder.push(OpCode::Binary, payload);
+            if self.encoder.len() >= BLOCK_BYTES {
+                self.seal();
+            }
         }
+        self.seal();
+    }
+
+    fn seal(&mut self) {
         if let Some(block) = self.encoder.finish(u64::MAX) {
             self.channel.append(block);
         }
@@ -113,7 +126,8 @@ impl LogPath {
 
     /// Every ready subscriber writes everything it has, as if the kernel took it all.
     fn write_cycle(&mut self) {
-        for s in self.ring.take_ready() {
+        self.ring.take_ready(&mut self.ready);
+        for s in self.ready.drain(..) {
             let mut iovecs = self.scratch.builder();
             s.begin_write(&mut iovecs);
             let written = iovecs.bytes();

@@ -44,6 +44,9 @@ pub type Log = ChannelLog<Subscriber>;
 /// dropped.
 const CONTROL_HEADROOM: usize = 64 * 1024;
 
+/// A write's list of segments keeps its buffer for the next write up to this many.
+const KEEP_SEGMENTS: usize = 16;
+
 /// Where a subscriber's writing stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Writing {
@@ -561,13 +564,13 @@ impl Subscriber {
         }
         let mut guard = self.out.borrow_mut();
         let out = &mut *guard;
-        let segments = std::mem::take(&mut out.segments);
+        let mut segments = std::mem::take(&mut out.segments);
         let in_flight_through = Self::in_flight_through(segments.iter());
         let mut remaining = written;
         let mut delivered = 0u64;
         // Where the write ended in the log: (block, offset reached).
         let mut end: Option<(Rc<LogBlock>, usize)> = None;
-        for segment in segments {
+        for segment in segments.drain(..) {
             let taken = remaining.min(segment.len);
             remaining -= taken;
             match segment.part {
@@ -608,6 +611,10 @@ impl Subscriber {
             }
         }
         ThreadMetrics::add(&self.metrics.deliveries_out, delivered);
+        // The next write reuses the list (a write rarely has more than a few segments).
+        if segments.capacity() <= KEEP_SEGMENTS {
+            out.segments = segments;
+        }
         let moved = std::mem::take(&mut out.moved_in_flight);
         if let Some((block, off)) = end {
             let reached = Pos {

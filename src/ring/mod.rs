@@ -132,10 +132,11 @@ impl<W: Writer> SendRing<W> {
         }
     }
 
-    /// Takes the ready list: for a benchmark or test that drives the writers itself rather
-    /// than through the ring's task.
-    pub fn take_ready(&self) -> Vec<Rc<W>> {
-        std::mem::take(&mut *self.ready.borrow_mut())
+    /// Moves the ready list into `into` (emptied first; the two trade buffers): for a
+    /// benchmark or test that drives the writers itself rather than through the ring's task.
+    pub fn take_ready(&self, into: &mut Vec<Rc<W>>) {
+        into.clear();
+        std::mem::swap(&mut *self.ready.borrow_mut(), into);
     }
 
     /// Resolves once `fd` has something to read (or has hung up, or failed): a connection

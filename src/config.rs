@@ -19,6 +19,15 @@ pub enum SlowPolicy {
     Drop,
 }
 
+/// Who delivers a node's own subscribers what its publishers send (with `--cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterDelivery {
+    /// The node itself, at once; the broker does not echo the node's messages back.
+    Local,
+    /// Only what comes back from the broker: one order for every node, one hop more.
+    Broker,
+}
+
 /// ringcast: a WebSocket broadcast server on io_uring.
 ///
 /// Clients connect to `ws://HOST:PORT/<channel>`; every message a client sends is relayed,
@@ -99,6 +108,32 @@ pub struct Config {
     /// Print a line of counters every this many seconds. 0: off.
     #[arg(long, default_value = "0.0", value_parser = parse_secs)]
     pub stats_interval: SecsArg,
+
+    /// A NATS server (nats://HOST:PORT) that links this node with others: a message from a
+    /// client on any node reaches the channel's subscribers on every node. Without it the node
+    /// stands alone, at no cost on the hot path.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// This node's name at the broker and in logs. Default: ringcast-HOSTNAME-PID.
+    #[arg(long)]
+    pub node_name: Option<String>,
+
+    /// Who delivers this node's own subscribers what its publishers send: `local` (at once,
+    /// lowest latency) or `broker` (what comes back from the broker: one order on every node,
+    /// one broker hop more).
+    #[arg(long, value_enum, default_value_t = ClusterDelivery::Local)]
+    pub cluster_delivery: ClusterDelivery,
+
+    /// Bytes of blocks waiting for the broker before publishes to it are dropped (counted;
+    /// local delivery goes on). Larger rides out a slower broker; smaller bounds memory tighter.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub cluster_queue: usize,
+
+    /// The first tokens of every channel's subject at the broker (PREFIX.ch.CHANNEL): nodes
+    /// with the same prefix on one broker form one cluster.
+    #[arg(long, default_value = "ringcast")]
+    pub cluster_prefix: String,
 
     /// Submission queue entries of each worker's two io_urings (tokio-uring's, for accepts and
     /// reads, and the send ring). A fan-out submits one write per subscriber: with fewer

@@ -20,11 +20,13 @@
 //!   [`fanout::subscriber`] (one connection's outgoing side).
 //! - [`ring`]: the send ring, the one raw io_uring of each thread, which writes for every
 //!   connection and knows nothing of WebSockets; and the readiness polls of idle connections.
+//! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
 //! - [`telemetry`]: counters for `/metrics` and the `--stats-interval` line.
 //! - [`config`]: every flag, its default and its trade-off.
 
 pub use ringcast_proto as proto;
 
+pub mod cluster;
 pub mod config;
 pub mod fanout;
 pub mod ring;

@@ -6,11 +6,13 @@
 //! completes, then stops accepting, sends close 1001 to every client, waits up to
 //! `--shutdown-timeout` for them to finish the closing handshake, and returns.
 
+use crate::cluster::{ClusterConfig, ClusterError, ClusterLink};
 use crate::config::Config;
 use crate::connection;
 use crate::fanout::channel::WindowPolicy;
 use crate::fanout::inbox::{self, InboxReceiver, InboxSender};
 use crate::fanout::registry::Registry;
+use crate::fanout::uplink::Uplink;
 use crate::fanout::FanOut;
 use crate::telemetry::metrics::Metrics;
 use crate::worker::{Ring, Worker};
@@ -40,6 +42,8 @@ pub enum ServerError {
     Panicked { index: usize },
     #[error("cannot start the signal runtime: {0}")]
     Runtime(io::Error),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A bound, not yet running server.
@@ -48,6 +52,7 @@ pub struct Server {
     config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
     local_addr: SocketAddr,
+    cluster: Option<ClusterConfig>,
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -78,6 +83,7 @@ impl Server {
     /// Opens one listener per worker thread on `config.listen`.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let threads = config.worker_threads();
+        let cluster = ClusterConfig::from_config(&config)?;
         let bind_err = |addr, source| ServerError::Bind { addr, source };
         let addr = claim_port(config.listen).map_err(|e| bind_err(config.listen, e))?;
         let first = reuseport_listener(addr).map_err(|e| bind_err(config.listen, e))?;
@@ -90,6 +96,7 @@ impl Server {
             config: Arc::new(config),
             listeners,
             local_addr,
+            cluster,
         })
     }
 
@@ -106,9 +113,29 @@ impl Server {
     pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let threads = self.listeners.len();
         let metrics = Arc::new(Metrics::new(threads));
-        let registry = Arc::new(Registry::new(metrics.clone()));
-        let (inbox_senders, inboxes): (Vec<_>, Vec<_>) =
-            (0..threads).map(|_| inbox::inbox()).unzip();
+        let (inbox_senders, inboxes): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| inbox::inbox(inbox::INBOX_BYTES))
+            .unzip();
+        let (registry, cluster) = match self.cluster {
+            None => (Registry::new(metrics.clone()), None),
+            Some(cluster) => {
+                tracing::info!(
+                    url = %cluster.url,
+                    node = %cluster.node_name,
+                    delivery = if cluster.through_broker { "broker" } else { "local" },
+                    "joining the cluster"
+                );
+                let (events, channel_events) = mpsc::unbounded_channel();
+                let link = ClusterLink::start(
+                    cluster,
+                    channel_events,
+                    inbox_senders.clone(),
+                    metrics.clone(),
+                )?;
+                (Registry::with_events(metrics.clone(), events), Some(link))
+            }
+        };
+        let registry = Arc::new(registry);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<ServerError>();
         let admitted = Arc::new(AtomicUsize::new(0));
@@ -127,6 +154,7 @@ impl Server {
                 metrics: metrics.clone(),
                 registry: registry.clone(),
                 admitted: admitted.clone(),
+                uplink: cluster.as_ref().map(|link| link.uplink().clone()),
             };
             let stop = stop_rx.clone();
             let failed = failed_tx.clone();
@@ -163,6 +191,8 @@ impl Server {
         if let Ok(err) = failed_rx.try_recv() {
             result = result.and(Err(err));
         }
+        // The cluster link sends what the workers queued last, then stops.
+        drop(cluster);
         drop(stats);
         result
     }
@@ -175,6 +205,8 @@ struct Shared {
     registry: Arc<Registry>,
     /// Upgraded connections across all threads, for `--max-connections`.
     admitted: Arc<AtomicUsize>,
+    /// The way to the cluster's broker, with `--cluster`.
+    uplink: Option<Uplink>,
 }
 
 fn worker_main(
@@ -207,6 +239,7 @@ fn worker_main(
             peers,
             policy,
             shared.metrics.threads[index].clone(),
+            shared.uplink,
         ));
         tokio_uring::spawn(fanout.clone().run_inbox(inbox));
         let send_ring = Ring::new(shared.config.ring_entries)?;

@@ -9,8 +9,9 @@
 //! goes into each thread's channel log whole (see [`super::log`]); it is freed once no log and
 //! no write in flight holds it.
 
-use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::frame::{decode_header, encode_header, FrameError, OpCode, MAX_HEADER_LEN};
 use std::sync::Arc;
+use thiserror::Error;
 
 /// The origin of a block no connection of this node published (the echo path, a broker).
 pub const NO_ORIGIN: u64 = u64::MAX;
@@ -24,7 +25,55 @@ pub struct Block {
     origin: u64,
 }
 
+/// Why bytes from elsewhere (another node, through the broker) are not a block of frames as
+/// this server encodes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum BadBlock {
+    #[error("malformed frame header: {0}")]
+    Header(#[from] FrameError),
+    #[error("the last frame is cut short")]
+    Truncated,
+    #[error("a frame that is not a whole, unmasked text or binary message")]
+    NotAMessage,
+    #[error("{found} frames where the envelope says {said}")]
+    Count { said: u32, found: u32 },
+}
+
 impl Block {
+    /// A block of frames encoded elsewhere (another node), checked to be what this server
+    /// would have encoded: whole, unmasked text and binary frames, `frames` of them, filling
+    /// `bytes` exactly.
+    pub fn from_encoded(bytes: &[u8], frames: u32, origin: u64) -> Result<Block, BadBlock> {
+        let mut found = 0u32;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let (header, len) = decode_header(&bytes[pos..])?.ok_or(BadBlock::Truncated)?;
+            let data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+            if !header.fin || header.mask.is_some() || header.rsv != 0 || !data {
+                return Err(BadBlock::NotAMessage);
+            }
+            let end = (pos + len)
+                .checked_add(usize::try_from(header.payload_len).map_err(|_| BadBlock::Truncated)?)
+                .ok_or(BadBlock::Truncated)?;
+            if end > bytes.len() {
+                return Err(BadBlock::Truncated);
+            }
+            pos = end;
+            found += 1;
+        }
+        if found != frames {
+            return Err(BadBlock::Count {
+                said: frames,
+                found,
+            });
+        }
+        Ok(Block {
+            bytes: Box::from(bytes),
+            frames,
+            origin,
+        })
+    }
+
     /// The encoded frames.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
@@ -102,6 +151,40 @@ impl BlockEncoder {
 mod tests {
     use super::*;
     use ringcast_proto::frame::encode_frame;
+
+    #[test]
+    fn blocks_from_elsewhere_are_checked_frame_by_frame() {
+        let mut encoder = BlockEncoder::default();
+        encoder.push(OpCode::Text, b"one");
+        encoder.push(OpCode::Binary, &[7u8; 300]);
+        let block = encoder.finish(5).unwrap();
+        let copy = Block::from_encoded(block.bytes(), 2, 9).unwrap();
+        assert_eq!(
+            (copy.bytes(), copy.frames(), copy.origin()),
+            (block.bytes(), 2, 9)
+        );
+        let bytes = block.bytes();
+        assert_eq!(
+            Block::from_encoded(bytes, 3, 9).unwrap_err(),
+            BadBlock::Count { said: 3, found: 2 }
+        );
+        assert_eq!(
+            Block::from_encoded(&bytes[..bytes.len() - 1], 2, 9).unwrap_err(),
+            BadBlock::Truncated
+        );
+        let ping = encode_frame(OpCode::Ping, b"x", None);
+        assert_eq!(
+            Block::from_encoded(&ping, 1, 9).unwrap_err(),
+            BadBlock::NotAMessage
+        );
+        let masked = encode_frame(OpCode::Text, b"x", Some([1, 2, 3, 4]));
+        assert_eq!(
+            Block::from_encoded(&masked, 1, 9).unwrap_err(),
+            BadBlock::NotAMessage
+        );
+        assert!(Block::from_encoded(&[0x83, 0], 1, 9).is_err());
+        assert_eq!(Block::from_encoded(b"", 0, 9).unwrap().frames(), 0);
+    }
 
     #[test]
     fn a_block_holds_each_frame_as_the_codec_encodes_it_back_to_back() {

@@ -1,5 +1,6 @@
-//! The way from one worker thread to another: a thread's inbox of blocks published on other
-//! threads, for its own subscribers.
+//! The way from one thread to another: a worker thread's inbox of blocks published on other
+//! threads (or received from the cluster's broker), for its own subscribers; and the cluster
+//! link's queue of blocks to publish to the broker.
 //!
 //! An inbox is bounded in bytes ([`INBOX_BYTES`]), not in blocks: a block holds anything from
 //! one small message to a 16 MiB one. A publisher whose block finds another thread's inbox out
@@ -11,7 +12,7 @@ use super::registry::ChannelShared;
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Bytes of blocks an inbox holds before publishers on other threads wait.
+/// Bytes of blocks a worker thread's inbox holds before publishers on other threads wait.
 pub const INBOX_BYTES: usize = 64 << 20;
 
 /// The unit of an inbox's budget: every block costs at least one.
@@ -30,27 +31,46 @@ pub struct Forward {
 pub struct InboxSender {
     tx: mpsc::UnboundedSender<Forward>,
     budget: Arc<Semaphore>,
+    /// The budget, in permits: no block takes more.
+    permits: usize,
 }
 
 /// The receiving end of a thread's inbox.
 pub type InboxReceiver = mpsc::UnboundedReceiver<Forward>;
 
-/// A new inbox.
-pub fn inbox() -> (InboxSender, InboxReceiver) {
+/// A new inbox holding at most `bytes` of blocks (a single larger block still fits alone).
+pub fn inbox(bytes: usize) -> (InboxSender, InboxReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let budget = Arc::new(Semaphore::new(INBOX_BYTES / PERMIT_BYTES));
-    (InboxSender { tx, budget }, rx)
-}
-
-/// The permits a block takes: its size in KiB, at least one, at most the whole budget.
-fn permits(block: &Block) -> u32 {
-    (block.len().div_ceil(PERMIT_BYTES)).clamp(1, INBOX_BYTES / PERMIT_BYTES) as u32
+    let permits = (bytes / PERMIT_BYTES).clamp(1, Semaphore::MAX_PERMITS);
+    let budget = Arc::new(Semaphore::new(permits));
+    (
+        InboxSender {
+            tx,
+            budget,
+            permits,
+        },
+        rx,
+    )
 }
 
 impl InboxSender {
+    /// The permits a block takes: its size in KiB, at least one, at most the whole budget.
+    fn permits(&self, block: &Block) -> u32 {
+        block
+            .len()
+            .div_ceil(PERMIT_BYTES)
+            .clamp(1, self.permits)
+            .try_into()
+            .unwrap_or(u32::MAX)
+    }
+
     /// Puts a block in the inbox if it has room; returns whether it had.
     pub fn try_send(&self, channel: &Arc<ChannelShared>, block: &Arc<Block>) -> bool {
-        match self.budget.clone().try_acquire_many_owned(permits(block)) {
+        match self
+            .budget
+            .clone()
+            .try_acquire_many_owned(self.permits(block))
+        {
             Ok(permit) => {
                 self.put(channel, block, permit);
                 true
@@ -61,7 +81,12 @@ impl InboxSender {
 
     /// Puts a block in the inbox once it has room.
     pub async fn send(&self, channel: &Arc<ChannelShared>, block: &Arc<Block>) {
-        if let Ok(permit) = self.budget.clone().acquire_many_owned(permits(block)).await {
+        if let Ok(permit) = self
+            .budget
+            .clone()
+            .acquire_many_owned(self.permits(block))
+            .await
+        {
             self.put(channel, block, permit);
         }
     }

@@ -17,6 +17,7 @@
 //! - [`channel`]: a log with its subscribers, and the window policy.
 //! - [`registry`]: which threads have subscribers of a channel, and which are full.
 //! - [`inbox`]: blocks on their way to another thread, bounded in bytes.
+//! - [`uplink`]: blocks on their way to the cluster's broker.
 
 pub mod block;
 pub mod channel;
@@ -24,6 +25,7 @@ pub mod inbox;
 pub mod log;
 pub mod registry;
 pub mod subscriber;
+pub mod uplink;
 
 use crate::telemetry::metrics::ThreadMetrics;
 use block::Block;
@@ -37,6 +39,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use uplink::Uplink;
 
 /// Forwards still to be made when another thread's inbox had no room (see
 /// [`FanOut::publish`]).
@@ -52,6 +55,8 @@ pub struct FanOut {
     peers: Vec<Option<InboxSender>>,
     policy: WindowPolicy,
     metrics: Arc<ThreadMetrics>,
+    /// The cluster's broker, with `--cluster`.
+    uplink: Option<Uplink>,
 }
 
 impl FanOut {
@@ -61,6 +66,7 @@ impl FanOut {
         peers: Vec<Option<InboxSender>>,
         policy: WindowPolicy,
         metrics: Arc<ThreadMetrics>,
+        uplink: Option<Uplink>,
     ) -> Self {
         FanOut {
             thread,
@@ -69,6 +75,7 @@ impl FanOut {
             peers,
             policy,
             metrics,
+            uplink,
         }
     }
 
@@ -125,8 +132,10 @@ impl FanOut {
         self.len() == 0
     }
 
-    /// Publishes a block to `channel`: appended here, and forwarded to every other thread with
-    /// subscribers of the channel.
+    /// Publishes a block to `channel`: appended here, forwarded to every other thread with
+    /// subscribers of the channel, and handed to the cluster's broker. (With
+    /// `--cluster-delivery broker` a block the broker took is delivered here only when it
+    /// comes back from the broker, like everyone else's.)
     ///
     /// Never waits: when another thread's inbox has no room, the forwards still to make are
     /// returned as a future, which the publisher awaits before reading on (its reads pause
@@ -138,6 +147,11 @@ impl FanOut {
         block: Arc<Block>,
     ) -> Option<Forwarding> {
         ThreadMetrics::add(&self.metrics.messages_in, u64::from(block.frames()));
+        if let (Some(uplink), Some(shared)) = (&self.uplink, channel.shared()) {
+            if uplink.send(shared, &block) && uplink.through_broker() {
+                return None;
+            }
+        }
         channel.append(block.clone());
         let shared = channel.shared()?;
         let others = shared.threads() & !(1u64 << self.thread);
@@ -164,7 +178,8 @@ impl FanOut {
         }))
     }
 
-    /// Appends what other threads publish to this thread's logs, until every sender is gone.
+    /// Appends what other threads publish (and what comes from the cluster's broker) to this
+    /// thread's logs, until every sender is gone.
     pub async fn run_inbox(self: Rc<Self>, mut inbox: InboxReceiver) {
         let mut batch = Vec::with_capacity(256);
         while inbox.recv_many(&mut batch, 256).await > 0 {

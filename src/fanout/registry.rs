@@ -10,7 +10,7 @@ use crate::telemetry::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 /// Most worker threads a node may have: threads are bits of a `u64`.
 pub const MAX_THREADS: usize = 64;
@@ -59,11 +59,21 @@ impl ChannelShared {
     }
 }
 
+/// A channel gained its first or lost its last subscriber on this node: what the cluster link
+/// subscribes and unsubscribes at the broker by.
+#[derive(Debug, Clone)]
+pub enum ChannelEvent {
+    Joined(Arc<ChannelShared>),
+    Left(Arc<ChannelShared>),
+}
+
 /// The node's channels (see the module documentation).
 #[derive(Debug)]
 pub struct Registry {
     channels: Mutex<HashMap<Arc<str>, Arc<ChannelShared>>>,
     metrics: Arc<Metrics>,
+    /// Where channel events go (the cluster link), in order: they are sent under the lock.
+    events: Option<mpsc::UnboundedSender<ChannelEvent>>,
 }
 
 impl Registry {
@@ -71,6 +81,23 @@ impl Registry {
         Registry {
             channels: Mutex::default(),
             metrics,
+            events: None,
+        }
+    }
+
+    /// A registry that reports every channel's first subscriber on the node, and its last
+    /// one leaving, to `events`.
+    pub fn with_events(metrics: Arc<Metrics>, events: mpsc::UnboundedSender<ChannelEvent>) -> Self {
+        Registry {
+            events: Some(events),
+            ..Registry::new(metrics)
+        }
+    }
+
+    fn report(&self, event: ChannelEvent) {
+        if let Some(events) = &self.events {
+            // A cluster link that has stopped takes no more events: nothing to do.
+            let _ = events.send(event);
         }
     }
 
@@ -89,7 +116,9 @@ impl Registry {
                 })
             })
             .clone();
-        shared.threads.fetch_or(1 << thread, Ordering::AcqRel);
+        if shared.threads.fetch_or(1 << thread, Ordering::AcqRel) == 0 {
+            self.report(ChannelEvent::Joined(shared.clone()));
+        }
         self.metrics.set_channels(channels.len());
         shared
     }
@@ -101,7 +130,9 @@ impl Registry {
         shared.set_full(thread, false);
         let bit = 1u64 << thread;
         if shared.threads.fetch_and(!bit, Ordering::AcqRel) == bit {
-            channels.remove(&shared.name);
+            if let Some(gone) = channels.remove(&shared.name) {
+                self.report(ChannelEvent::Left(gone));
+            }
         }
         self.metrics.set_channels(channels.len());
     }
@@ -140,6 +171,29 @@ mod tests {
         assert_eq!((on0.threads(), registry.len()), (0b10, 1));
         registry.leave(&on1, 1);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn the_first_subscriber_and_the_last_are_reported_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let registry = Registry::with_events(Arc::new(Metrics::new(2)), tx);
+        let name: Arc<str> = Arc::from("/e");
+        let a = registry.join(&name, 0);
+        let b = registry.join(&name, 1);
+        registry.leave(&a, 0);
+        registry.leave(&b, 1);
+        let again = registry.join(&name, 1);
+        let events: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e {
+                ChannelEvent::Joined(s) => format!("+{}", s.name()),
+                ChannelEvent::Left(s) => format!("-{}", s.name()),
+            })
+            .collect();
+        assert_eq!(events, ["+/e", "-/e", "+/e"]);
+        assert!(
+            !Arc::ptr_eq(&a, &again),
+            "a channel that came back is a new one"
+        );
     }
 
     #[test]

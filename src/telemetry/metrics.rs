@@ -4,6 +4,7 @@
 //! plain load and store on a cache line no other core writes; readers sum over threads.
 //! Counters are bumped once per block or per write, never per delivery.
 
+use super::cluster::{ClusterMetrics, ClusterSnapshot};
 use ringcast_proto::handshake::HandshakeError;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -89,6 +90,8 @@ pub struct Metrics {
     pub threads: Vec<Arc<ThreadMetrics>>,
     /// Channels with at least one subscriber (kept by the channel registry).
     channels: AtomicU64,
+    /// The cluster link's counters (shown with `--cluster`).
+    pub cluster: ClusterMetrics,
 }
 
 /// A point-in-time sum over threads.
@@ -107,6 +110,7 @@ pub struct Snapshot {
     pub handshake_failures: [u64; HANDSHAKE_FAILURE_LABELS.len()],
     pub publisher_pauses: u64,
     pub publisher_paused_ns: u64,
+    pub cluster: Option<ClusterSnapshot>,
 }
 
 impl Metrics {
@@ -114,6 +118,7 @@ impl Metrics {
         Metrics {
             threads: (0..threads).map(|_| Arc::default()).collect(),
             channels: AtomicU64::new(0),
+            cluster: ClusterMetrics::default(),
         }
     }
 
@@ -125,6 +130,7 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
             channels: self.channels.load(Relaxed),
+            cluster: self.cluster.snapshot(),
             ..Snapshot::default()
         };
         for t in &self.threads {
@@ -243,6 +249,9 @@ impl Snapshot {
                 "ringcast_handshake_failures_total{{reason=\"{label}\"}} {n}"
             );
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.prometheus(&mut out);
+        }
         out
     }
 
@@ -260,7 +269,11 @@ impl Snapshot {
             rate(self.writes, prev.writes),
             self.slow_dropped_messages,
             self.slow_closed,
-        )
+        ) + &match (&self.cluster, &prev.cluster) {
+            (Some(now), Some(before)) => now.stats(before, secs),
+            (Some(now), None) => now.stats(&ClusterSnapshot::default(), secs),
+            _ => String::new(),
+        }
     }
 }
 

@@ -67,3 +67,24 @@ pub fn parse_http(buf: &[u8]) -> HttpResponse {
         body: body.to_owned(),
     }
 }
+
+/// `GET path` over HTTP/1.0 (no chunked encoding, the server closes when done), blocking;
+/// returns the body of a 200 answer. For other programs' HTTP endpoints (nats-server's
+/// monitoring).
+pub fn blocking_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, STEP).expect("connect");
+    s.set_read_timeout(Some(STEP)).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write the request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read the response");
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("incomplete HTTP response from {addr}{path}: {text:?}"));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {head}"
+    );
+    body.to_owned()
+}

@@ -1,0 +1,143 @@
+//! Scale-out: ringcast nodes linked through a NATS server (core pub/sub).
+//!
+//! With `--cluster nats://HOST:PORT` a node runs one more thread, the cluster link, with its own
+//! current-thread tokio runtime and an `async-nats` client. Every channel with at least one
+//! subscriber on the node is one subscription at the broker (subject `PREFIX.ch.TOKEN`, see
+//! [`subject`]), taken when the node gets the channel's first subscriber and dropped when its
+//! last one leaves; the client takes them again itself after a reconnect.
+//!
+//! A publish on a node goes to the broker once, as one broker message per block (see
+//! [`envelope`]): the frames as the publishing node encoded them. A receiving node checks them
+//! and hands the same block to each of its worker threads with subscribers of the channel,
+//! which append it to their logs like a local publish: nothing is encoded again, per node or per
+//! thread.
+//!
+//! Who delivers the publishing node's own subscribers (`--cluster-delivery`):
+//! - `local` (the default): the node delivers them at once, as without a cluster, and asks the
+//!   broker not to echo its own messages back (`no_echo`): the lowest latency. Each sender's
+//!   order holds everywhere; two senders' messages may interleave differently on two nodes.
+//! - `broker`: a publish goes only to the broker, and every node, the publishing one included,
+//!   delivers what comes back: one order for every node (what Centrifugo does), one broker hop
+//!   more for the publishing node's subscribers. While the link is down the node delivers
+//!   locally, so local delivery never stops.
+//!
+//! Faults: a broker unreachable at start is retried with backoff while the node serves its
+//! local channels (a warning says so); after a restart of the broker the client reconnects and
+//! resubscribes; publishes that find the link down or its queue full (`--cluster-queue`) are
+//! counted as dropped, never waited for; and the link reads from the broker promptly whatever
+//! the WebSocket subscribers do (a worker thread that cannot take a block within a second loses
+//! it, counted), since NATS closes a consumer that falls 64 MiB behind.
+
+pub mod envelope;
+mod link;
+pub mod subject;
+
+use crate::config::{ClusterDelivery, Config};
+use crate::fanout::inbox::{self, InboxSender};
+use crate::fanout::registry::ChannelEvent;
+use crate::fanout::uplink::Uplink;
+use crate::telemetry::metrics::Metrics;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+
+/// Why the cluster link could not start.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error("--cluster must be a nats://HOST:PORT URL, not {0:?}")]
+    BadUrl(String),
+    #[error(transparent)]
+    Subject(#[from] subject::SubjectError),
+    #[error("cannot start the cluster link thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// What the cluster link needs to know (from the command line).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub url: String,
+    /// The node's name at the broker (its connection name) and in logs.
+    pub node_name: String,
+    /// A random number naming this node in every envelope it publishes.
+    pub node_id: u64,
+    pub through_broker: bool,
+    pub queue_bytes: usize,
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    /// The cluster settings of `config`, if `--cluster` is set.
+    pub fn from_config(config: &Config) -> Result<Option<ClusterConfig>, ClusterError> {
+        let Some(url) = &config.cluster else {
+            return Ok(None);
+        };
+        if !url.starts_with("nats://") || url.len() <= "nats://".len() {
+            return Err(ClusterError::BadUrl(url.clone()));
+        }
+        subject::check_prefix(&config.cluster_prefix)?;
+        let node_name = config.node_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("ringcast-{}-{}", host.trim(), std::process::id())
+        });
+        Ok(Some(ClusterConfig {
+            url: url.clone(),
+            node_name,
+            node_id: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+            through_broker: config.cluster_delivery == ClusterDelivery::Broker,
+            queue_bytes: config.cluster_queue,
+            prefix: config.cluster_prefix.clone(),
+        }))
+    }
+}
+
+/// The running cluster link: its thread, stopped (after a last flush) when dropped.
+pub struct ClusterLink {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    uplink: Uplink,
+}
+
+impl ClusterLink {
+    /// Starts the link. `events` reports the node's channels coming and going; `inboxes` are
+    /// the worker threads' inboxes, by thread index.
+    pub fn start(
+        config: ClusterConfig,
+        events: mpsc::UnboundedReceiver<ChannelEvent>,
+        inboxes: Vec<InboxSender>,
+        metrics: Arc<Metrics>,
+    ) -> Result<ClusterLink, ClusterError> {
+        metrics.cluster.enabled.store(true, Ordering::Relaxed);
+        let (queue, outgoing) = inbox::inbox(config.queue_bytes);
+        let uplink = Uplink::new(queue, config.through_broker, metrics.clone());
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("ringcast-cluster".into())
+            .spawn(move || link::run(config, events, outgoing, inboxes, metrics, stopped))
+            .map_err(ClusterError::Spawn)?;
+        Ok(ClusterLink {
+            stop,
+            thread: Some(thread),
+            uplink,
+        })
+    }
+
+    /// The worker threads' way to the broker.
+    pub fn uplink(&self) -> &Uplink {
+        &self.uplink
+    }
+}
+
+impl Drop for ClusterLink {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Nodes linked through a real nats-server (`--cluster`): the relay protocol holds across
+//! nodes (every subscriber on every node gets every message once, in order per sender, never
+//! its own, and channels stay apart) with either delivery mode; a node is subscribed at the
+//! broker exactly while it has subscribers of a channel; a broker killed and restarted
+//! mid-run costs remote delivery a gap that the counters show, while local delivery never
+//! stops; and a node whose broker is absent at start serves its local channels and says so.
+//!
+//! Needs `nats-server` (Debian's package; `scripts/test` installs it when missing).
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+const ROOM: &str = "ringcast.ch.%2Froom";
+const OTHER: &str = "ringcast.ch.%2Fother";
+
+fn node(nats: &Nats, name: &str, extra: &[&str]) -> Server {
+    let url = nats.url();
+    let mut args = vec!["--threads", "2", "--cluster", &url, "--node-name", name];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Message `index` of sender `p`: `p<p>:<index>`, binary for odd indices, text for even ones.
+fn message(p: usize, index: u64) -> Message {
+    let body = format!("p{p}:{index}");
+    if index % 2 == 1 {
+        Message::binary(body.into_bytes())
+    } else {
+        Message::text(body)
+    }
+}
+
+/// Reads messages built by [`message`] until `want` have come (checking that each kept its
+/// opcode), then checks that nothing more comes; returns their indices by sender.
+async fn collect(ws: &mut Ws, want: usize, who: &str) -> HashMap<String, Vec<u64>> {
+    let mut by_sender: HashMap<String, Vec<u64>> = HashMap::new();
+    within(Duration::from_secs(30), who, async {
+        for _ in 0..want {
+            let (binary, t) = match next_data(ws, who).await {
+                Message::Text(t) => (false, t.to_string()),
+                Message::Binary(b) => (true, String::from_utf8(b.to_vec()).expect("UTF-8")),
+                other => panic!("{who}: {other:?}"),
+            };
+            let (sender, index) = t.split_once(':').expect("p<sender>:<index>");
+            let index: u64 = index.parse().expect("index");
+            assert_eq!(binary, index % 2 == 1, "{who}: message {t} changed opcode");
+            by_sender.entry(sender.to_owned()).or_default().push(index);
+        }
+    })
+    .await;
+    assert_silent(ws, Duration::from_millis(300), who).await;
+    by_sender
+}
+
+async fn relay_across_three_nodes(delivery: &str) {
+    let nats = Nats::start();
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| node(&nats, &format!("n{i}"), &["--cluster-delivery", delivery]))
+        .collect();
+    let mut subscribers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for k in 0..2 {
+            subscribers.push((format!("n{i} subscriber {k}"), ws(n, "/room").await));
+        }
+    }
+    let mut others = Vec::new();
+    for n in &nodes {
+        others.push(ws(n, "/other").await);
+    }
+    let mut publishers = vec![ws(&nodes[0], "/room").await, ws(&nodes[1], "/room").await];
+    for i in 0..3 {
+        nats.wait_subjects(&format!("n{i}"), &[OTHER, ROOM]);
+    }
+
+    const COUNT: u64 = 300;
+    for k in 0..COUNT {
+        for (p, publisher) in publishers.iter_mut().enumerate() {
+            publisher.feed(message(p, k)).await.unwrap();
+        }
+    }
+    for publisher in &mut publishers {
+        publisher.flush().await.unwrap();
+    }
+    let want: Vec<u64> = (0..COUNT).collect();
+    for (who, ws) in &mut subscribers {
+        let got = collect(ws, 2 * COUNT as usize, who).await;
+        assert_eq!(got.len(), 2, "{who}: senders {:?}", got.keys());
+        for sender in ["p0", "p1"] {
+            assert_eq!(
+                got[sender], want,
+                "{who}: messages of {sender}, in order, once"
+            );
+        }
+    }
+    for (p, ws) in publishers.iter_mut().enumerate() {
+        let got = collect(ws, COUNT as usize, &format!("publisher {p}")).await;
+        let other = format!("p{}", 1 - p);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            [&other],
+            "publisher {p}: no echo"
+        );
+        assert_eq!(got[&other], want, "publisher {p}");
+    }
+    for (i, ws) in others.iter_mut().enumerate() {
+        assert_silent(ws, Duration::from_millis(200), &format!("n{i} /other")).await;
+    }
+    let published: u64 = {
+        let mut sum = 0;
+        for n in &nodes[..2] {
+            sum += metric(n, "cluster_published_messages_total").await;
+        }
+        sum
+    };
+    assert_eq!(published, 2 * COUNT, "each message crossed the broker once");
+    for n in &nodes {
+        assert_eq!(metric(n, "cluster_dropped_out_messages_total").await, 0);
+        assert_eq!(metric(n, "cluster_dropped_in_messages_total").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_relay_every_message_once_delivering_locally() {
+    relay_across_three_nodes("local").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_relay_every_message_once_delivering_through_the_broker() {
+    relay_across_three_nodes("broker").await;
+}
+
+/// The node holds a subscription at the broker exactly while it has subscribers of the
+/// channel, one however many, as nats-server's `/connz?subs=1` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_subscriptions_follow_the_local_subscribers() {
+    let nats = Nats::start();
+    let n = node(&nats, "solo", &[]);
+    nats.wait_subjects("solo", &[]);
+    let a = ws(&n, "/room").await;
+    nats.wait_subjects("solo", &[ROOM]);
+    let mut b = ws(&n, "/room").await;
+    let c = ws(&n, "/other").await;
+    nats.wait_subjects("solo", &[OTHER, ROOM]);
+    assert_eq!(metric(&n, "cluster_subscribed_channels").await, 2);
+    drop(a);
+    b.close(None).await.unwrap();
+    nats.wait_subjects("solo", &[OTHER]);
+    drop(c);
+    nats.wait_subjects("solo", &[]);
+    wait_metric(&n, "cluster_subscribed_channels", 0).await;
+}
+
+/// A broker killed mid-run and restarted a second later: the local subscriber never misses a
+/// message; the remote one misses some, at least as many as the publishing node counted as
+/// not crossing, and gets messages again within seconds of the restart; both nodes count the
+/// reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_costs_remote_delivery_a_counted_gap_and_nothing_else() {
+    let mut nats = Nats::start();
+    let a = node(&nats, "a", &[]);
+    let b = node(&nats, "b", &[]);
+    let local = ws(&a, "/live").await;
+    let remote = ws(&b, "/live").await;
+    let mut publisher = ws(&a, "/live").await;
+    nats.wait_subjects("a", &["ringcast.ch.%2Flive"]);
+    nats.wait_subjects("b", &["ringcast.ch.%2Flive"]);
+
+    const COUNT: u64 = 800;
+    let publishing = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(5));
+        for i in 0..COUNT {
+            ticks.tick().await;
+            publisher.send(Message::text(i.to_string())).await.unwrap();
+        }
+        publisher
+    });
+    let reading = |mut ws: Ws, who: &'static str| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(12), ws.next()).await
+            {
+                let i: u64 = m.into_text().unwrap().parse().unwrap();
+                got.push((i, Instant::now()));
+                if i == COUNT - 1 {
+                    break;
+                }
+            }
+            (got, who)
+        })
+    };
+    let local_reader = reading(local, "local");
+    let remote_reader = reading(remote, "remote");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nats.restart();
+    let restarted = Instant::now();
+    let _publisher = publishing.await.unwrap();
+    let (local_got, _) = local_reader.await.unwrap();
+    let (remote_got, _) = remote_reader.await.unwrap();
+
+    let local_indices: Vec<u64> = local_got.iter().map(|g| g.0).collect();
+    assert_eq!(
+        local_indices,
+        (0..COUNT).collect::<Vec<_>>(),
+        "local delivery stopped"
+    );
+    let remote_indices: Vec<u64> = remote_got.iter().map(|g| g.0).collect();
+    assert!(
+        remote_indices.windows(2).all(|w| w[0] < w[1]),
+        "remote: order or duplicates"
+    );
+    assert_eq!(
+        remote_indices.last(),
+        Some(&(COUNT - 1)),
+        "remote never resumed"
+    );
+    let missed = COUNT - remote_indices.len() as u64;
+    let gap_end = remote_got
+        .windows(2)
+        .find(|w| w[1].0 > w[0].0 + 1)
+        .map(|w| w[1].1)
+        .expect("the remote subscriber saw a gap");
+    let resumed_after = gap_end.saturating_duration_since(restarted);
+    assert!(
+        resumed_after < Duration::from_secs(6),
+        "remote delivery resumed {resumed_after:?} after the broker restarted"
+    );
+    let dropped = metric(&a, "cluster_dropped_out_messages_total").await;
+    assert!(dropped > 0, "no message counted as not crossing");
+    assert!(
+        missed >= dropped,
+        "remote missed {missed}, fewer than the {dropped} counted as not crossing"
+    );
+    for n in [&a, &b] {
+        assert!(metric(n, "cluster_reconnects_total").await >= 1);
+        assert_eq!(metric(n, "cluster_connected").await, 1);
+    }
+    eprintln!(
+        "broker down 1 s: remote missed {missed} of {COUNT} ({dropped} counted as not crossing \
+         on the publishing node), resumed {resumed_after:?} after the restart"
+    );
+}
+
+/// A node whose broker is not there at start serves its local channels and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_its_broker_serves_local_channels_and_warns() {
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{nowhere}");
+    let n = Server::start(&["--threads", "2", "--cluster", &url]);
+    let mut a = ws(&n, "/alone").await;
+    let mut b = ws(&n, "/alone").await;
+    wait_connections(&n, 2).await;
+    send(&mut a, Message::text("still here")).await;
+    assert_eq!(
+        next_data(&mut b, "local relay").await,
+        Message::text("still here")
+    );
+    let deadline = Instant::now() + STEP;
+    while !n.stderr().contains("cannot reach the broker") {
+        assert!(Instant::now() < deadline, "no warning: {}", n.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&n, "cluster_connected").await, 0);
+    assert!(metric(&n, "cluster_dropped_out_messages_total").await >= 1);
+}

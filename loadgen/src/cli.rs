@@ -49,14 +49,33 @@ pub enum Commands {
     Connections(ConnectionsArgs),
     /// ringcast side by side with the peer servers (peers/): capacity, latency, CPU, memory.
     Compare(crate::compare::args::CompareArgs),
+    /// A ringcast cluster: starts nats-server and K ringcast nodes linked through it on free
+    /// loopback ports, runs the load (one rate, or a sweep), stops everything.
+    Cluster(ClusterArgs),
+    /// Serve as one worker of a distributed run (see --workers), for one coordinator.
+    Worker(WorkerArgs),
 }
 
 /// Options shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Server URL, ws://HOST:PORT/PATH. Without it loadgen starts the ringcast server itself.
+    /// Server URL, ws://HOST:PORT/PATH; repeat it for the nodes of a cluster (subscribers go
+    /// round-robin over them). Without it loadgen starts the ringcast server itself.
     #[arg(long)]
-    pub url: Option<String>,
+    pub url: Vec<String>,
+    /// The servers (indices of the --url list, from 0) publishers connect to, round-robin, e.g.
+    /// 0 to publish on the first node only, so that delivery to the others crosses the cluster.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub publish_on: Vec<u32>,
+    /// Run the load in N worker processes on this machine (each with its own open-file
+    /// budget), this process coordinating: needed past ~19,000 connections per process.
+    /// 0: this process alone.
+    #[arg(long, default_value_t = 0)]
+    pub workers: u32,
+    /// A worker already listening (`loadgen worker --listen ADDR`), here or on another
+    /// machine; repeatable, adds to --workers.
+    #[arg(long = "worker", value_name = "HOST:PORT")]
+    pub remote_workers: Vec<std::net::SocketAddr>,
     /// Subscribers.
     #[arg(short = 'c', long = "subscribers", default_value_t = 1000)]
     pub subscribers: u32,
@@ -97,9 +116,10 @@ pub struct CommonArgs {
     /// Extra argument for the started server (repeatable), e.g. --server-arg=--slow-policy=drop.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
-    /// PID of an external server, to report its CPU and memory from /proc.
+    /// PID of an external server, to report its CPU and memory from /proc (repeatable: the
+    /// nodes of a cluster).
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// Output directory (default: results/<UTC date-time>-<scenario>).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -185,6 +205,40 @@ pub struct SweepArgs {
     /// Latency objective: a step passes with zero loss and p99 at most this.
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     pub slo_p99: Duration,
+}
+
+/// `loadgen cluster`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The load (a sweep unless --rate is given).
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    /// ringcast nodes to start, each with --server-threads worker threads.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// One run at this rate (msg/s) instead of a sweep.
+    #[arg(short = 'R', long)]
+    pub rate: Option<f64>,
+    /// Measured duration of the run (with --rate).
+    #[arg(short = 'd', long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Warm-up of the run (with --rate).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// The nats-server binary (default: nats-server on the PATH, or /usr/sbin/nats-server).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// CPUs for the nodes and nats-server (default: all but loadgen's).
+    #[arg(long, value_delimiter = ',')]
+    pub node_cpus: Option<Vec<usize>>,
+}
+
+/// `loadgen worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Address to listen on for the coordinator (port 0: a free one, printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `loadgen connections`.

@@ -15,6 +15,8 @@
 //!   loop, scenarios, peers, the runner of each cell and strace counts fill a leaf data model
 //!   ([`compare::model`]) that [`compare::report`] alone turns into `compare.md`, JSON and
 //!   charts.
+//! - [`distributed`]: loadgen as a coordinator of worker processes (`--workers`), and the
+//!   worker (`loadgen worker`): shares of the run, a common start, exact merged results.
 //! - [`report`]: what a run leaves behind: `summary.json` ([`report::Summary`]), `report.md`,
 //!   the terminal text, `latency.hgrm` ([`report::hgrm`]) and the charts ([`report::plots`]).
 //! - [`search`]: the capacity search: what counts as a step that held and which rate to try
@@ -29,6 +31,7 @@
 pub mod cli;
 pub mod commands;
 pub mod compare;
+pub mod distributed;
 pub mod load;
 pub mod report;
 pub mod search;
@@ -39,13 +42,22 @@ use clap::Parser;
 
 /// Parses the command line and runs the command; returns the process exit status.
 pub fn main_with_args() -> i32 {
-    load::clock::init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
         Some(cli::Commands::Run(a)) => commands::run(&a),
         Some(cli::Commands::Sweep(a)) => commands::sweep(&a),
         Some(cli::Commands::Connections(a)) => commands::connections(&a),
         Some(cli::Commands::Compare(a)) => return compare::main(&a),
+        Some(cli::Commands::Cluster(a)) => commands::cluster(&a),
+        Some(cli::Commands::Worker(a)) => {
+            return match distributed::worker::serve(a.listen) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("loadgen worker: {e}");
+                    1
+                }
+            }
+        }
         None => commands::sweep(&cli.default_sweep),
     };
     match result {

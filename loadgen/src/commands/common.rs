@@ -10,10 +10,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use thiserror::Error;
 
 use crate::cli::{CommonArgs, Format};
+use crate::distributed::{Coordinator, WorkerInfo, WorkerPlan};
 use crate::load::client::{parse_source_ips, AddressError, Target};
 use crate::load::payload::STAMP_LEN;
-use crate::load::session::{LiveStatus, LoadConfig, Session, SessionError, StepResult};
-use crate::report::{self, ConfigEcho, ReportError, ServerInfo, Summary};
+use crate::load::session::{
+    ConnectReport, LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec,
+};
+use crate::load::topology::{Placement, Share};
+use crate::report::{self, BrokerInfo, ConfigEcho, ReportError, ServerInfo, Summary};
+use crate::sys::broker::{self, BrokerProcess};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerError, ServerProcess};
 use crate::units::{fmt_ns, fmt_rate};
@@ -91,16 +96,29 @@ impl Progress {
     }
 }
 
-/// The environment of a command: target, optional server, CPUs, output directory.
+/// The environment of a command: the servers (found by `--url`, or started), CPUs, output
+/// directory.
 pub(super) struct Prepared {
-    pub(super) target: Target,
-    pub(super) server: Option<ServerProcess>,
+    pub(super) targets: Vec<Target>,
+    /// Servers loadgen started (one, or the nodes of a cluster).
+    pub(super) servers: Vec<ServerProcess>,
+    /// The cluster's broker, when loadgen started a cluster.
+    pub(super) broker: Option<BrokerProcess>,
     pub(super) server_info: ServerInfo,
+    pub(super) nodes: Vec<ServerInfo>,
     pub(super) loadgen_cpus: Option<Vec<usize>>,
     pub(super) threads: usize,
     pub(super) dir: Option<PathBuf>,
-    pub(super) server_pid: Option<u32>,
+    pub(super) server_pids: Vec<u32>,
     pub(super) started_unix_s: u64,
+}
+
+/// A cluster for loadgen to start: `nodes` ringcast nodes linked through a nats-server.
+#[derive(Debug, Clone)]
+pub(super) struct NodeSetup {
+    pub(super) nodes: u32,
+    pub(super) nats_server: Option<PathBuf>,
+    pub(super) node_cpus: Option<Vec<usize>>,
 }
 
 fn command_line() -> String {
@@ -120,11 +138,15 @@ pub(super) fn prepare(
     c: &CommonArgs,
     scenario: &str,
     needed_fds: u64,
+    cluster: Option<&NodeSetup>,
 ) -> Result<Prepared, AppError> {
     ringcast_os::fd_limit::raise_nofile();
-    // Fail before starting anything when the descriptors cannot suffice.
-    crate::sys::limits::ensure_fds(needed_fds, "connections")
-        .map_err(|e| AppError::Session(SessionError::Limits(e)))?;
+    // Fail before starting anything when the descriptors cannot suffice (workers bring their
+    // own budgets).
+    if c.workers == 0 && c.remote_workers.is_empty() {
+        crate::sys::limits::ensure_fds(needed_fds, "connections")
+            .map_err(|e| AppError::Session(SessionError::Limits(e)))?;
+    }
     if c.size < STAMP_LEN {
         return Err(AppError::Config(format!(
             "--size must be at least {STAMP_LEN} bytes (the stamp: run tag, publisher, sequence, intended time)"
@@ -147,72 +169,119 @@ pub(super) fn prepare(
             .map_err(|e| AppError::Config(format!("cannot create {}: {e}", d.display())))?;
     }
     let all_cpus: Vec<usize> = (0..ringcast_os::affinity::online_cpus()).collect();
-    let (target, server, server_info, mut loadgen_cpus) = match &c.url {
-        Some(url) => {
-            let target = Target::parse(url)?;
-            let info = ServerInfo {
-                pid: c.server_pid,
-                ..Default::default()
-            };
-            (target, None, info, None)
+    let mut p = Prepared {
+        targets: Vec::new(),
+        servers: Vec::new(),
+        broker: None,
+        server_info: ServerInfo::default(),
+        nodes: Vec::new(),
+        loadgen_cpus: None,
+        threads: 1,
+        dir,
+        server_pids: c.server_pid.clone(),
+        started_unix_s,
+    };
+    if !c.url.is_empty() {
+        p.targets = c
+            .url
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<Result<_, _>>()?;
+        p.server_info.pid = c.server_pid.first().copied();
+    } else {
+        let bin = match &c.server_bin {
+            Some(path) => path.clone(),
+            None => server_process::locate_default_server(true)?,
+        };
+        // The server(s) on the first cores, loadgen on the rest.
+        let (server_cpus, lg_cpus) = if all_cpus.len() >= 2 {
+            let n = c.server_threads.clamp(1, all_cpus.len() - 1);
+            (Some(all_cpus[..n].to_vec()), Some(all_cpus[n..].to_vec()))
+        } else {
+            (None, None)
+        };
+        p.loadgen_cpus = lg_cpus;
+        let node_cpus = cluster.and_then(|k| k.node_cpus.clone()).or(server_cpus);
+        let mut args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--threads".to_owned(),
+            c.server_threads.max(1).to_string(),
+        ];
+        args.extend(c.server_args.iter().cloned());
+        let nodes = cluster.map_or(1, |k| k.nodes.max(1));
+        if let Some(setup) = cluster {
+            let binary = broker::locate(setup.nats_server.as_deref())
+                .map_err(|e| AppError::Config(e.to_string()))?;
+            let started = BrokerProcess::start(&binary, node_cpus.clone())
+                .map_err(|e| AppError::Config(e.to_string()));
+            p.broker = Some(stop_servers_on_error(&mut p, started)?);
         }
-        None => {
-            let bin = match &c.server_bin {
-                Some(p) => p.clone(),
-                None => server_process::locate_default_server(true)?,
-            };
-            let (server_cpus, lg_cpus) = if all_cpus.len() >= 2 {
-                let n = c.server_threads.clamp(1, all_cpus.len() - 1);
-                (Some(all_cpus[..n].to_vec()), Some(all_cpus[n..].to_vec()))
-            } else {
-                (None, None)
-            };
-            let mut args = vec![
-                "--listen".to_owned(),
-                "127.0.0.1:0".to_owned(),
-                "--threads".to_owned(),
-                c.server_threads.max(1).to_string(),
-            ];
-            args.extend(c.server_args.iter().cloned());
-            let log = dir.as_ref().map(|d| d.join("server.log"));
-            let server = ServerProcess::spawn(
+        for node in 0..nodes {
+            let mut node_args = args.clone();
+            if let Some(b) = &p.broker {
+                node_args.extend([
+                    "--cluster".to_owned(),
+                    b.url(),
+                    "--node-name".to_owned(),
+                    format!("node-{node}"),
+                ]);
+            }
+            let log = p.dir.as_ref().map(|d| {
+                d.join(if nodes > 1 {
+                    format!("node-{node}.log")
+                } else {
+                    "server.log".to_owned()
+                })
+            });
+            let started = ServerProcess::spawn(
                 &bin,
-                &args,
-                server_cpus.clone(),
+                &node_args,
+                node_cpus.clone(),
                 log.as_deref(),
                 Duration::from_secs(20),
-            )?;
-            let target = Target::parse(&format!("ws://{}/bench", server.addr))?;
-            let info = ServerInfo {
+            )
+            .map_err(AppError::from);
+            let server = stop_servers_on_error(&mut p, started)?;
+            let target = Target::parse(&format!("ws://{}/bench", server.addr));
+            let target = stop_servers_on_error(&mut p, target.map_err(AppError::from))?;
+            p.targets.push(target);
+            p.nodes.push(ServerInfo {
                 command: Some(server.command.clone()),
                 pid: Some(server.pid),
                 started_by_loadgen: true,
-                pinned_cpus: server_cpus,
+                pinned_cpus: node_cpus.clone(),
                 exit_status: None,
-            };
-            (target, Some(server), info, lg_cpus)
+            });
+            p.server_pids.push(server.pid);
+            p.servers.push(server);
         }
-    };
-    if let Some(cpus) = &c.cpus {
-        loadgen_cpus = Some(cpus.clone());
-    } else if c.pin && loadgen_cpus.is_none() {
-        loadgen_cpus = Some(all_cpus.clone());
+        p.server_info = p.nodes[0].clone();
+        if nodes <= 1 {
+            p.nodes.clear();
+        }
     }
-    let threads = c
+    if let Some(cpus) = &c.cpus {
+        p.loadgen_cpus = Some(cpus.clone());
+    } else if c.pin && p.loadgen_cpus.is_none() {
+        p.loadgen_cpus = Some(all_cpus.clone());
+    }
+    p.threads = c
         .threads
-        .unwrap_or_else(|| loadgen_cpus.as_ref().map_or(all_cpus.len(), |v| v.len()))
+        .unwrap_or_else(|| p.loadgen_cpus.as_ref().map_or(all_cpus.len(), |v| v.len()))
         .max(1);
-    let server_pid = server.as_ref().map(|s| s.pid).or(c.server_pid);
-    Ok(Prepared {
-        target,
-        server,
-        server_info,
-        loadgen_cpus,
-        threads,
-        dir,
-        server_pid,
-        started_unix_s,
-    })
+    if let Some(bad) = c
+        .publish_on
+        .iter()
+        .find(|&&i| i as usize >= p.targets.len())
+    {
+        let r = Err(AppError::Config(format!(
+            "--publish-on {bad}: there are {} servers (indices from 0)",
+            p.targets.len()
+        )));
+        return stop_servers_on_error(&mut p, r);
+    }
+    Ok(p)
 }
 
 /// Descriptors a run or sweep needs: subscribers, publishers twice (socket + reader's dup).
@@ -221,8 +290,18 @@ fn run_fds(c: &CommonArgs) -> u64 {
 }
 
 fn load_config(c: &CommonArgs, p: &Prepared) -> Result<LoadConfig, AppError> {
+    let topology = crate::load::topology::Topology {
+        channels: c.channels.max(1),
+        publishers: c.publishers,
+        subscribers: c.subscribers,
+    };
     Ok(LoadConfig {
-        target: p.target.clone(),
+        targets: p.targets.clone(),
+        placement: Placement {
+            targets: p.targets.len() as u32,
+            publish_on: c.publish_on.clone(),
+        },
+        share: Share::all(&topology),
         subscribers: c.subscribers,
         publishers: c.publishers,
         channels: c.channels,
@@ -240,13 +319,27 @@ fn load_config(c: &CommonArgs, p: &Prepared) -> Result<LoadConfig, AppError> {
         pacer_realtime: !c.no_realtime_pacer,
         stall_subscribers: c.stall_subscribers,
         stall_ns: c.stall_time.as_nanos() as u64,
-        server_pid: p.server_pid,
+        server_pids: p.server_pids.clone(),
+        broker_pid: p.broker.as_ref().map(|b| b.pid),
+        run_tag: None,
+        timed: Vec::new(),
     })
 }
 
 fn config_echo(c: &CommonArgs, p: &Prepared) -> ConfigEcho {
     ConfigEcho {
-        url: p.target.url.clone(),
+        url: p.targets.first().map(|t| t.url.clone()).unwrap_or_default(),
+        urls: if p.targets.len() > 1 {
+            p.targets.iter().map(|t| t.url.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        publish_on: if p.targets.len() > 1 {
+            c.publish_on.clone()
+        } else {
+            Vec::new()
+        },
+        workers: c.workers + c.remote_workers.len() as u32,
         subscribers: c.subscribers,
         publishers: c.publishers,
         channels: c.channels,
@@ -270,6 +363,13 @@ pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summa
         config: config_echo(c, p),
         machine: machine::collect(),
         server: p.server_info.clone(),
+        nodes: p.nodes.clone(),
+        broker: p.broker.as_ref().map(|b| BrokerInfo {
+            command: b.command.clone(),
+            version: b.version(),
+            pid: b.pid,
+            exit_status: None,
+        }),
         ..Default::default()
     }
 }
@@ -287,8 +387,20 @@ pub(super) fn finish(
     format: Format,
     exit_code: i32,
 ) -> Result<Outcome, AppError> {
-    if let Some(server) = prepared.server {
-        summary.server.exit_status = Some(server.stop(Duration::from_secs(5)));
+    for (i, server) in prepared.servers.into_iter().enumerate() {
+        let status = server.stop(Duration::from_secs(5));
+        if i == 0 {
+            summary.server.exit_status = Some(status.clone());
+        }
+        if let Some(node) = summary.nodes.get_mut(i) {
+            node.exit_status = Some(status);
+        }
+    }
+    if let Some(broker) = prepared.broker {
+        let status = broker.stop(Duration::from_secs(5));
+        if let Some(b) = &mut summary.broker {
+            b.exit_status = Some(status);
+        }
     }
     summary.finished_utc = machine::rfc3339(machine::unix_now_s());
     if let Some(dir) = &prepared.dir {
@@ -319,31 +431,115 @@ pub(super) fn finish(
     })
 }
 
-pub(super) fn stop_server_on_error<T>(
+/// On an error, stops whatever servers (and broker) were started before returning it.
+pub(super) fn stop_servers_on_error<T>(
     p: &mut Prepared,
     r: Result<T, AppError>,
 ) -> Result<T, AppError> {
     if r.is_err() {
-        if let Some(s) = p.server.take() {
+        for s in p.servers.drain(..) {
             s.stop(Duration::from_secs(5));
+        }
+        if let Some(b) = p.broker.take() {
+            b.stop(Duration::from_secs(5));
         }
     }
     r
 }
 
-pub(super) fn open_session(
+/// The load of a run: this process's own connections, or those of its workers.
+pub(super) enum Load {
+    Local(Box<Session>),
+    Workers(Box<Coordinator>),
+}
+
+impl Load {
+    pub(super) fn step(
+        &mut self,
+        spec: StepSpec,
+        on_live: &dyn Fn(LiveStatus),
+    ) -> Result<StepOutcome, SessionError> {
+        match self {
+            Load::Local(s) => s.step(spec, on_live),
+            Load::Workers(w) => w.step(spec, on_live),
+        }
+    }
+
+    pub(super) fn connect(&self) -> ConnectReport {
+        match self {
+            Load::Local(s) => s.connect.clone(),
+            Load::Workers(w) => w.connect.clone(),
+        }
+    }
+
+    pub(super) fn workers(&self) -> Vec<WorkerInfo> {
+        match self {
+            Load::Local(_) => Vec::new(),
+            Load::Workers(w) => w.info.clone(),
+        }
+    }
+
+    pub(super) fn close(self) {
+        match self {
+            Load::Local(s) => s.close(),
+            Load::Workers(w) => w.close(),
+        }
+    }
+}
+
+/// The channels each server has subscribers of (publishers subscribe too), by its name at
+/// the broker: what its subscriptions there must cover before a run can start.
+fn channels_per_node(c: &CommonArgs, cfg: &LoadConfig) -> Vec<(String, usize)> {
+    let topology = cfg.topology();
+    let mut per: Vec<std::collections::BTreeSet<u32>> = vec![Default::default(); cfg.targets.len()];
+    for s in 0..c.subscribers {
+        let t = cfg.placement.subscriber_target(s, &topology) as usize;
+        per[t].insert(topology.channel_of_subscriber(s));
+    }
+    for q in 0..c.publishers {
+        let t = cfg.placement.publisher_target(q) as usize;
+        per[t].insert(topology.channel_of_publisher(q));
+    }
+    per.iter()
+        .enumerate()
+        .map(|(i, set)| (format!("node-{i}"), set.len()))
+        .collect()
+}
+
+pub(super) fn open_load(
     c: &CommonArgs,
     p: &mut Prepared,
     progress: &Progress,
-) -> Result<Session, AppError> {
+) -> Result<Load, AppError> {
     let cfg = load_config(c, p);
-    let cfg = stop_server_on_error(p, cfg)?;
+    let cfg = stop_servers_on_error(p, cfg)?;
     let total = c.subscribers + c.publishers;
-    let r = Session::open(cfg, &|n| {
-        progress.message(format!("connecting {n}/{total}"));
-    })
-    .map_err(AppError::from);
-    stop_server_on_error(p, r)
+    let plan = WorkerPlan {
+        local: c.workers,
+        remote: c.remote_workers.clone(),
+    };
+    let opened = if plan.count() > 0 {
+        progress.message(format!(
+            "{} workers connecting {total} clients",
+            plan.count()
+        ));
+        Coordinator::open(&cfg, &plan).map(|c| Load::Workers(Box::new(c)))
+    } else {
+        Session::open(cfg.clone(), &|n| {
+            progress.message(format!("connecting {n}/{total}"));
+        })
+        .map(|s| Load::Local(Box::new(s)))
+    };
+    let load = stop_servers_on_error(p, opened.map_err(AppError::from))?;
+    if let Some(broker) = &p.broker {
+        progress.message("waiting for the cluster's subscriptions at the broker".into());
+        let want = channels_per_node(c, &cfg);
+        if let Err(e) = broker.wait_subscribed(&want, Duration::from_secs(30)) {
+            load.close();
+            return stop_servers_on_error(p, Err(AppError::Config(e.to_string())));
+        }
+    }
+    Ok(load)
 }
 
 /// How `run` and `sweep` start: publishers checked, the environment prepared (the server
@@ -351,14 +547,15 @@ pub(super) fn open_session(
 pub(super) fn start_load(
     c: &CommonArgs,
     scenario: &str,
-) -> Result<(Prepared, Progress, Session), AppError> {
+    cluster: Option<&NodeSetup>,
+) -> Result<(Prepared, Progress, Load), AppError> {
     if c.publishers == 0 {
         return Err(AppError::Config(
             "-p/--publishers must be at least 1".into(),
         ));
     }
-    let mut p = prepare(c, scenario, run_fds(c))?;
+    let mut p = prepare(c, scenario, run_fds(c), cluster)?;
     let progress = Progress::new(!c.no_progress);
-    let session = open_session(c, &mut p, &progress)?;
-    Ok((p, progress, session))
+    let load = open_load(c, &mut p, &progress)?;
+    Ok((p, progress, load))
 }

@@ -2,7 +2,7 @@
 //! memory per connection.
 
 use super::common::{
-    finish, new_summary, prepare, stop_server_on_error, AppError, Outcome, Progress,
+    finish, new_summary, prepare, stop_servers_on_error, AppError, Outcome, Progress,
 };
 use crate::cli::ConnectionsArgs;
 use crate::load::client::parse_source_ips;
@@ -11,14 +11,14 @@ use crate::load::idle::{hold_idle, HoldConfig};
 /// `loadgen connections`: hold idle subscribers, report connect rate and memory.
 pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
     let c = &a.common;
-    let mut p = prepare(c, "connections", u64::from(c.subscribers) + 64)?;
+    let mut p = prepare(c, "connections", u64::from(c.subscribers) + 64, None)?;
     let progress = Progress::new(!c.no_progress);
     let source_ips = match &c.source_ips {
-        Some(s) => stop_server_on_error(&mut p, parse_source_ips(s).map_err(AppError::from))?,
+        Some(s) => stop_servers_on_error(&mut p, parse_source_ips(s).map_err(AppError::from))?,
         None => Vec::new(),
     };
     let cfg = HoldConfig {
-        target: p.target.clone(),
+        target: p.targets[0].clone(),
         connections: c.subscribers,
         channels: c.channels,
         connect_rate_per_s: c.connect_rate,
@@ -26,14 +26,14 @@ pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
         source_ips,
         connect_timeout: c.connect_timeout,
         hold: a.hold,
-        server_pid: p.server_pid,
+        server_pid: p.server_pids.first().copied(),
     };
     let total = c.subscribers;
     let r = hold_idle(&cfg, &|n| {
         progress.message(format!("connecting {n}/{total}"))
     });
     progress.finish();
-    let (connect, held) = stop_server_on_error(&mut p, r.map_err(AppError::from))?;
+    let (connect, held) = stop_servers_on_error(&mut p, r.map_err(AppError::from))?;
     let mut summary = new_summary("connections", c, &p);
     summary.config.publishers = 0;
     summary.verdict = if connect.failed + connect.skipped > 0 {

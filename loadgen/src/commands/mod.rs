@@ -1,17 +1,19 @@
-//! The commands `run`, `sweep` and `connections`: thin layers that turn parsed arguments into
+//! The commands `run`, `sweep`, `cluster` and `connections`: thin layers that turn parsed arguments into
 //! a session on the load layer (starting the server when there is no `--url`), run it, and
 //! write the report. `compare` has its own folder, [`crate::compare`].
 //!
 //! - [`common`]: what every command does around its measurement (limits, server, progress,
 //!   the summary and its files).
-//! - [`run`](mod@run), [`sweep`](mod@sweep), [`connections`](mod@connections): one command
-//!   each.
+//! - [`run`](mod@run), [`sweep`](mod@sweep), [`cluster`](mod@cluster),
+//!   [`connections`](mod@connections): one command each.
 
+pub mod cluster;
 pub mod common;
 pub mod connections;
 pub mod run;
 pub mod sweep;
 
+pub use cluster::cluster;
 pub use common::{AppError, Outcome};
 pub use connections::connections;
 pub use run::run;

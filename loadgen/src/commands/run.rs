@@ -1,7 +1,8 @@
 //! `loadgen run`: one constant-rate step on one set of connections.
 
 use super::common::{
-    finish, machine_busy, new_summary, start_load, stop_server_on_error, AppError, Outcome,
+    finish, machine_busy, new_summary, start_load, stop_servers_on_error, AppError, NodeSetup,
+    Outcome,
 };
 use crate::cli::RunArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
@@ -9,11 +10,21 @@ use crate::units::fmt_ns;
 
 /// `loadgen run`: one constant-rate step.
 pub fn run(a: &RunArgs) -> Result<Outcome, AppError> {
+    run_as(a, "run", None)
+}
+
+/// One constant-rate step, reported as `scenario`, on a cluster loadgen starts when `cluster`
+/// says so.
+pub(super) fn run_as(
+    a: &RunArgs,
+    scenario: &str,
+    cluster: Option<&NodeSetup>,
+) -> Result<Outcome, AppError> {
     let c = &a.common;
     if !(a.rate > 0.0 && a.rate.is_finite()) {
         return Err(AppError::Config("-R/--rate must be positive".into()));
     }
-    let (mut p, progress, mut session) = start_load(c, "run")?;
+    let (mut p, progress, mut session) = start_load(c, scenario, cluster)?;
     let spec = StepSpec {
         rate_per_s: a.rate,
         warmup_ns: a.warmup.as_nanos() as u64,
@@ -21,11 +32,13 @@ pub fn run(a: &RunArgs) -> Result<Outcome, AppError> {
         drain_ns: c.drain.as_nanos() as u64,
     };
     let r = session.step(spec, &|s| progress.live("", s));
-    let connect = session.connect.clone();
+    let connect = session.connect();
+    let workers = session.workers();
     session.close();
     progress.finish();
-    let outcome: StepOutcome = stop_server_on_error(&mut p, r.map_err(AppError::from))?;
-    let mut summary = new_summary("run", c, &p);
+    let outcome: StepOutcome = stop_servers_on_error(&mut p, r.map_err(AppError::from))?;
+    let mut summary = new_summary(scenario, c, &p);
+    summary.workers = workers;
     summary.config.warmup_s = a.warmup.as_secs_f64();
     summary.config.duration_s = a.duration.as_secs_f64();
     summary.config.rates_per_s = vec![a.rate];

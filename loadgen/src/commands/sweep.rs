@@ -2,8 +2,8 @@
 //! [`crate::search`], up to capacity.
 
 use super::common::{
-    finish, machine_busy, new_summary, open_session, start_load, stop_server_on_error, AppError,
-    Outcome,
+    finish, machine_busy, new_summary, open_load, start_load, stop_servers_on_error, AppError,
+    NodeSetup, Outcome,
 };
 use crate::cli::SweepArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
@@ -13,8 +13,17 @@ use crate::units::{fmt_ns, fmt_rate};
 
 /// `loadgen sweep`: rate steps on one set of connections, up to capacity.
 pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
+    sweep_as(a, "sweep", None)
+}
+
+/// A sweep, reported as `scenario`, on a cluster loadgen starts when `cluster` says so.
+pub(super) fn sweep_as(
+    a: &SweepArgs,
+    scenario: &str,
+    cluster: Option<&NodeSetup>,
+) -> Result<Outcome, AppError> {
     let c = &a.common;
-    let (mut p, progress, mut session) = start_load(c, "sweep")?;
+    let (mut p, progress, mut session) = start_load(c, scenario, cluster)?;
     let slo_ns = a.slo_p99.as_nanos() as u64;
     let mut search = Search::new(Rates::new(
         a.rates.clone().map(|r| r.0),
@@ -33,7 +42,7 @@ pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
             // a whole set again.
             reconnects += 1;
             session.close();
-            session = open_session(c, &mut p, &progress)?;
+            session = open_load(c, &mut p, &progress)?;
         }
         let n = outcomes.len() + 1;
         let spec = StepSpec {
@@ -65,15 +74,17 @@ pub fn sweep(a: &SweepArgs) -> Result<Outcome, AppError> {
             }
         }
     }
-    let connect = session.connect.clone();
+    let connect = session.connect();
+    let workers = session.workers();
     session.close();
     progress.finish();
     if let Some(e) = error {
         if outcomes.is_empty() {
-            return stop_server_on_error(&mut p, Err(e.into()));
+            return stop_servers_on_error(&mut p, Err(e.into()));
         }
     }
-    let mut summary = new_summary("sweep", c, &p);
+    let mut summary = new_summary(scenario, c, &p);
+    summary.workers = workers;
     summary.config.warmup_s = a.step_warmup.as_secs_f64();
     summary.config.duration_s = a.step_duration.as_secs_f64();
     summary.config.slo_p99_ms = Some(a.slo_p99.as_secs_f64() * 1e3);

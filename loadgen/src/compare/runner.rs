@@ -19,6 +19,7 @@ use super::plan::Plan;
 use crate::load::client::{AddressError, Target};
 use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::session::{LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec};
+use crate::load::topology::{Placement, Share, Topology};
 use crate::search::{grid_index, grid_rate, step_passes, Grid, Search};
 use crate::sys::machine;
 use crate::sys::server_process::ServerProcess;
@@ -113,8 +114,15 @@ pub fn open_live(
             return Err(e.into());
         }
     };
+    let topology = Topology {
+        channels: sc.channels.max(1),
+        publishers: sc.publishers,
+        subscribers: sc.subscribers,
+    };
     let cfg = LoadConfig {
-        target,
+        targets: vec![target],
+        placement: Placement::single(),
+        share: Share::all(&topology),
         subscribers: sc.subscribers,
         publishers: sc.publishers,
         channels: sc.channels,
@@ -129,7 +137,10 @@ pub fn open_live(
         pacer_realtime: true,
         stall_subscribers: 0,
         stall_ns: 0,
-        server_pid: Some(server.pid),
+        server_pids: vec![server.pid],
+        broker_pid: None,
+        run_tag: None,
+        timed: Vec::new(),
     };
     match Session::open(cfg, &|_| {}) {
         Ok(session) => Ok(Live { server, session }),

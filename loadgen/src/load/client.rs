@@ -260,6 +260,8 @@ pub fn connect(
 /// One connection to open in a ramp.
 #[derive(Debug, Clone)]
 pub struct ConnectJob {
+    /// Which of the ramp's targets (servers).
+    pub target: usize,
     pub path: String,
     pub opts: ConnectOptions,
 }
@@ -270,7 +272,7 @@ pub struct ConnectJob {
 /// [`ConnectError::Skipped`]), so that a dead server ends a large ramp quickly.
 /// Returns the results in job order and the wall time the ramp took.
 pub fn connect_many(
-    target: &Target,
+    targets: &[Target],
     jobs: &[ConnectJob],
     threads: usize,
     rate_per_s: f64,
@@ -299,7 +301,10 @@ pub fn connect_many(
                         let due = start_ns + (i as f64 * 1e9 / rate_per_s) as u64;
                         clock::sleep_until_ns(due);
                     }
-                    let r = connect(target, &job.path, &job.opts);
+                    let r = match targets.get(job.target) {
+                        Some(target) => connect(target, &job.path, &job.opts),
+                        None => Err(ConnectError::Io(std::io::Error::other("no such target"))),
+                    };
                     if r.is_err() {
                         failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

@@ -1,44 +1,59 @@
-//! One process-wide monotonic clock, in nanoseconds since the first call.
+//! One machine-wide monotonic clock, in nanoseconds: `CLOCK_MONOTONIC`.
 //!
 //! Every timestamp in a run (a message's intended send time, its receive time, the pacer's
 //! actual send time) comes from here, so latencies are plain subtractions and no two threads
-//! disagree about "now". `CLOCK_MONOTONIC` is read through the vDSO (tens of ns), and
-//! [`sleep_until_ns`] uses `clock_nanosleep(TIMER_ABSTIME)` on the same clock: tokio's timer
-//! wheel has 1 ms granularity, which would add up to 1 ms of false latency to every message.
+//! disagree about "now". The clock is the kernel's own, not offset per process, so that every
+//! loadgen process on one machine (a coordinator and its workers) shares it: a message stamped
+//! by one process and received by another is timed exactly. Processes on different machines do
+//! not share it; they meet on the wall clock ([`realtime_ns`]) for a common start, and their
+//! deliveries are counted but not timed. `CLOCK_MONOTONIC` is read through the vDSO (tens of
+//! ns), and [`sleep_until_ns`] uses `clock_nanosleep(TIMER_ABSTIME)` on the same clock: tokio's
+//! timer wheel has 1 ms granularity, which would add up to 1 ms of false latency to every
+//! message.
 
-use std::sync::OnceLock;
-
-static EPOCH_NS: OnceLock<u64> = OnceLock::new();
-
-fn raw_monotonic_ns() -> u64 {
+fn read_clock(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec; both clocks used here always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn epoch_ns() -> u64 {
-    *EPOCH_NS.get_or_init(raw_monotonic_ns)
-}
-
-/// Fixes the epoch; call once at start so that the first measured interval is not skewed.
-pub fn init() {
-    let _ = epoch_ns();
-}
-
-/// Nanoseconds since the process epoch.
+/// Nanoseconds on the machine's monotonic clock.
 #[inline]
 pub fn now_ns() -> u64 {
-    let epoch = epoch_ns();
-    raw_monotonic_ns().saturating_sub(epoch)
+    read_clock(libc::CLOCK_MONOTONIC)
 }
 
-/// Sleeps until `deadline_ns` (process-epoch nanoseconds); returns at once if it has passed.
+/// Nanoseconds since the Unix epoch (the wall clock: may step; only for meeting other machines).
+pub fn realtime_ns() -> u64 {
+    read_clock(libc::CLOCK_REALTIME)
+}
+
+/// The monotonic time of wall-clock time `realtime`, as this machine reckons it now.
+pub fn monotonic_of_realtime(realtime: u64) -> u64 {
+    let (mono, real) = (now_ns(), realtime_ns());
+    (realtime + mono).saturating_sub(real)
+}
+
+/// The wall-clock time of monotonic time `monotonic` on this machine.
+pub fn realtime_of_monotonic(monotonic: u64) -> u64 {
+    let (mono, real) = (now_ns(), realtime_ns());
+    (monotonic + real).saturating_sub(mono)
+}
+
+/// This machine's boot id: processes with the same one share [`now_ns`]'s clock.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Sleeps until `deadline_ns` ([`now_ns`]'s clock); returns at once if it has passed.
 pub fn sleep_until_ns(deadline_ns: u64) {
-    let abs = epoch_ns() + deadline_ns;
+    let abs = deadline_ns;
     let ts = libc::timespec {
         tv_sec: (abs / 1_000_000_000) as libc::time_t,
         tv_nsec: (abs % 1_000_000_000) as libc::c_long,
@@ -112,5 +127,13 @@ mod tests {
         assert!(b >= a + 2_000_000);
         wait_until_ns(b + 100_000, 50_000);
         assert!(now_ns() >= b + 100_000);
+    }
+
+    #[test]
+    fn monotonic_and_wall_clock_times_convert_both_ways() {
+        let mono = now_ns() + 5_000_000_000;
+        let back = monotonic_of_realtime(realtime_of_monotonic(mono));
+        assert!(back.abs_diff(mono) < 10_000_000, "{mono} -> {back}");
+        assert_eq!(boot_id().len(), 36);
     }
 }

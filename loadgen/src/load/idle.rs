@@ -63,6 +63,7 @@ pub fn hold_idle(
     let channels = cfg.channels.max(1);
     let jobs: Vec<ConnectJob> = (0..cfg.connections)
         .map(|i| ConnectJob {
+            target: 0,
             path: cfg.target.channel_path(i % channels, channels),
             opts: ConnectOptions {
                 source_ip: (!cfg.source_ips.is_empty())
@@ -75,8 +76,8 @@ pub fn hold_idle(
     let roles: Vec<String> = (0..cfg.connections)
         .map(|i| format!("connection {i}"))
         .collect();
-    let (results, report) = open_connections(
-        &cfg.target,
+    let (results, report, _) = open_connections(
+        std::slice::from_ref(&cfg.target),
         &jobs,
         &roles,
         cfg.connect_threads,

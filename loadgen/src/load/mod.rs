@@ -1,9 +1,11 @@
 //! The load itself: what is sent and when, how it is received, and how it is counted.
 //!
 //! Bottom up: [`clock`] (one monotonic clock, precise sleeps), [`schedule`] (when each message
-//! is due), [`payload`] (the stamp every message carries); [`client`] (connect + WebSocket
+//! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
+//! servers, loadgen processes); [`client`] (connect + WebSocket
 //! upgrade), [`reader`] (io_uring receive side), [`pacer`] (send side), [`recorder`] (exact
-//! counts and histograms); [`session`] (a set of connections and the rate steps run on it) and
+//! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
+//! [`step`] (a step's parts as data, and their merge) and
 //! [`idle`] (idle connections held to measure memory). Nothing here knows about commands,
 //! reports or the servers being compared; below it is only [`crate::sys`].
 
@@ -16,3 +18,5 @@ pub mod reader;
 pub mod recorder;
 pub mod schedule;
 pub mod session;
+pub mod step;
+pub mod topology;

@@ -28,6 +28,8 @@ use crate::load::schedule::Schedule;
 #[derive(Debug)]
 pub struct PublisherSocket {
     pub stream: TcpStream,
+    /// Its global number (in the stamp of what it sends).
+    pub id: u32,
     pub channel: u32,
 }
 
@@ -88,6 +90,7 @@ pub struct PacerHandle {
 
 struct Publisher {
     stream: TcpStream,
+    id: u32,
     channel: u32,
     seq: u64,
     batch: Vec<u8>,
@@ -130,6 +133,7 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
         .into_iter()
         .map(|p| Publisher {
             stream: p.stream,
+            id: p.id,
             channel: p.channel,
             seq: 0,
             batch: Vec::with_capacity(64 * 1024),
@@ -169,7 +173,10 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
             let now = clock::now_ns();
             let due = schedule.due_count(now).min(total).max(next + 1);
             for i in next..due {
-                let p_idx = schedule.publisher_of(i) as usize;
+                if !schedule.is_own(i) {
+                    continue;
+                }
+                let p_idx = (schedule.publisher_of(i) - schedule.own.start) as usize;
                 let Some(p) = pubs.get_mut(p_idx) else {
                     continue;
                 };
@@ -194,7 +201,7 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                 p.batch.resize(start + cfg.size, 0);
                 Stamp {
                     run_tag: cfg.run_tag,
-                    publisher: p_idx as u32,
+                    publisher: p.id,
                     seq: p.seq,
                     intended_ns,
                 }
@@ -214,7 +221,7 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                     .saturating_record(now.saturating_sub(intended_ns).max(1));
                 report.last_intended_ns = intended_ns;
             }
-            for (idx, p) in pubs.iter_mut().enumerate() {
+            for p in pubs.iter_mut() {
                 if p.batch.is_empty() {
                     continue;
                 }
@@ -223,7 +230,7 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                     // Messages in a failed write may or may not have left: count them as sent
                     // (the subscribers' counts say whether they arrived) and stop this publisher.
                     p.failed = true;
-                    report.failed_publishers.push((idx as u32, e.to_string()));
+                    report.failed_publishers.push((p.id, e.to_string()));
                 }
                 p.batch.clear();
                 p.batch_msgs = 0;

@@ -27,8 +27,9 @@ use thiserror::Error;
 
 use crate::load::clock;
 use crate::load::recorder::{
-    new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Topology,
+    new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Taken, Topology,
 };
+use crate::load::topology::Placement;
 
 /// Largest frame payload accepted; a longer one is treated as a protocol error.
 const MAX_FRAME_PAYLOAD: u64 = 16 << 20;
@@ -42,8 +43,13 @@ const CARRY_MAX: usize = MAX_HEADER_LEN + CARRY_PAYLOAD;
 /// What a connection is to the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// A measuring subscriber; `stalled` ones are not read until the stall is released.
-    Subscriber { channel: u32, stalled: bool },
+    /// A measuring subscriber, connected to server `target`; `stalled` ones are not read until
+    /// the stall is released.
+    Subscriber {
+        channel: u32,
+        target: u32,
+        stalled: bool,
+    },
     /// A publisher: what it receives is read and discarded.
     Publisher,
 }
@@ -56,7 +62,7 @@ pub struct ReaderConn {
     pub leftover: Vec<u8>,
 }
 
-/// Step boundaries shared by the main thread with every reader (process-epoch ns).
+/// Step boundaries shared by the main thread with every reader (monotonic ns, `clock::now_ns`).
 #[derive(Debug)]
 pub struct StepClock {
     pub step_start_ns: AtomicU64,
@@ -91,6 +97,8 @@ pub struct Live {
 pub struct ReaderReport {
     pub counts: DeliveryCounts,
     pub latency: Histogram<u64>,
+    /// Latency of same-server ([0]) and cross-server ([1]) deliveries, with several servers.
+    pub by_route: Option<[Histogram<u64>; 2]>,
     pub fanout: FanoutTable,
     /// CPU time of the reader thread since it started.
     pub thread_cpu_ns: u64,
@@ -132,6 +140,9 @@ pub struct ReaderConfig {
     pub cpus: Option<Vec<usize>>,
     pub run_tag: u32,
     pub topology: Topology,
+    pub placement: Placement,
+    /// Publishers whose messages are timed (see [`Recorder::timed`]).
+    pub timed: Vec<bool>,
 }
 
 /// A running reader.
@@ -355,7 +366,7 @@ impl Reader {
             ring,
             bufs,
             conns,
-            rec: Recorder::new(cfg.run_tag, topo),
+            rec: Recorder::new(cfg.run_tag, topo, cfg.placement, cfg.timed),
             clock,
             live,
             to_arm,
@@ -404,7 +415,12 @@ impl Reader {
                 match cmd {
                     Command::Snapshot(reply) => {
                         self.sync_clock();
-                        let (counts, latency, fanout) = self.rec.take();
+                        let Taken {
+                            counts,
+                            latency,
+                            by_route,
+                            fanout,
+                        } = self.rec.take();
                         self.live.received.store(0, Ordering::Relaxed);
                         if let Ok(mut h) = self.live.latency.lock() {
                             h.reset();
@@ -412,6 +428,7 @@ impl Reader {
                         let _ = reply.send(ReaderReport {
                             counts,
                             latency,
+                            by_route,
                             fanout,
                             thread_cpu_ns: clock::thread_cpu_ns(),
                             buffer_exhaustions: self.buffer_exhaustions,
@@ -650,8 +667,13 @@ fn on_frame(
         return;
     }
     match (opcode, conn.role) {
-        (OpCode::Binary | OpCode::Text, Role::Subscriber { channel, .. }) => {
-            rec.on_message(payload, channel, &mut conn.trackers, recv_ns);
+        (
+            OpCode::Binary | OpCode::Text,
+            Role::Subscriber {
+                channel, target, ..
+            },
+        ) => {
+            rec.on_message(payload, channel, target, &mut conn.trackers, recv_ns);
         }
         (OpCode::Binary | OpCode::Text, Role::Publisher) => rec.counts.publisher_frames += 1,
         // Later fragments of a message: its stamp was in the first one.
@@ -712,6 +734,7 @@ mod tests {
                 _stream: s,
                 role: Role::Subscriber {
                     channel: 0,
+                    target: 0,
                     stalled: false,
                 },
                 trackers: vec![SeqTracker::default()],
@@ -757,7 +780,7 @@ mod tests {
         }
         for chunk in [1usize, 2, 3, 13, 64, 139, 140, 1000, 4097, stream.len()] {
             let (mut c, _peer) = conn();
-            let mut rec = Recorder::new(1, topo.clone());
+            let mut rec = Recorder::new(1, topo.clone(), Placement::single(), Vec::new());
             rec.step_start_ns = 0;
             rec.window_start_ns = 0;
             rec.window_end_ns = u64::MAX;
@@ -806,7 +829,7 @@ mod speed {
         }
         let per_buf = seq;
         let (mut c, _peer) = super::tests::conn();
-        let mut rec = Recorder::new(1, topo);
+        let mut rec = Recorder::new(1, topo, Placement::single(), Vec::new());
         rec.step_start_ns = 0;
         rec.window_start_ns = 0;
         rec.window_end_ns = u64::MAX;

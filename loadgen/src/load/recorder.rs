@@ -11,6 +11,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::load::payload::Stamp;
+use crate::load::topology::Placement;
+pub use crate::load::topology::Topology;
 
 /// Highest latency the histograms can hold (1 hour, in ns); larger values are clamped.
 pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
@@ -21,36 +23,76 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| unreachable!())
 }
 
-/// How publishers and subscribers are spread over channels.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Topology {
-    pub channels: u32,
-    pub publishers: u32,
-    pub subscribers: u32,
-}
+/// Histograms on the wire: HdrHistogram's V2 serialized form (lossless: every bucket's count),
+/// base64 in a string, for `#[serde(with = "hist_serde")]`.
+pub mod hist_serde {
+    use base64::Engine;
+    use hdrhistogram::serialization::{Deserializer as V2In, Serializer as _, V2Serializer};
+    use hdrhistogram::Histogram;
+    use serde::{
+        de::Error as _, ser::Error as _, Deserialize, Deserializer, Serialize, Serializer,
+    };
 
-impl Topology {
-    /// Channel of publisher `p` (publishers go round-robin over channels).
-    pub fn channel_of_publisher(&self, p: u32) -> u32 {
-        p % self.channels.max(1)
+    /// The base64 of the V2 serialized form of `h`.
+    pub fn encode(h: &Histogram<u64>) -> Result<String, String> {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(h, &mut bytes)
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
     }
-    /// Channel of subscriber `s` (round-robin too).
-    pub fn channel_of_subscriber(&self, s: u32) -> u32 {
-        s % self.channels.max(1)
+
+    /// A histogram from [`encode`]'s text.
+    pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| e.to_string())?;
+        V2In::new()
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| format!("{e:?}"))
     }
-    /// Index of publisher `p` among the publishers of its channel.
-    pub fn index_in_channel(&self, p: u32) -> u32 {
-        p / self.channels.max(1)
+
+    pub fn serialize<S: Serializer>(h: &Histogram<u64>, s: S) -> Result<S::Ok, S::Error> {
+        encode(h).map_err(S::Error::custom)?.serialize(s)
     }
-    /// Publishers on channel `ch`.
-    pub fn publishers_in_channel(&self, ch: u32) -> u32 {
-        let k = self.channels.max(1);
-        (self.publishers + k - 1 - ch) / k
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Histogram<u64>, D::Error> {
+        decode(&String::deserialize(d)?).map_err(D::Error::custom)
     }
-    /// Subscribers on channel `ch`.
-    pub fn subscribers_in_channel(&self, ch: u32) -> u32 {
-        let k = self.channels.max(1);
-        (self.subscribers + k - 1 - ch) / k
+
+    /// The same for an optional pair of histograms.
+    pub mod option_pair {
+        use super::{decode, encode};
+        use hdrhistogram::Histogram;
+        use serde::{
+            de::Error as _, ser::Error as _, Deserialize, Deserializer, Serialize, Serializer,
+        };
+
+        pub fn serialize<S: Serializer>(
+            h: &Option<[Histogram<u64>; 2]>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            let text = match h {
+                None => None,
+                Some([a, b]) => Some([
+                    encode(a).map_err(S::Error::custom)?,
+                    encode(b).map_err(S::Error::custom)?,
+                ]),
+            };
+            text.serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<[Histogram<u64>; 2]>, D::Error> {
+            match Option::<[String; 2]>::deserialize(d)? {
+                None => Ok(None),
+                Some([a, b]) => Ok(Some([
+                    decode(&a).map_err(D::Error::custom)?,
+                    decode(&b).map_err(D::Error::custom)?,
+                ])),
+            }
+        }
     }
 }
 
@@ -161,14 +203,14 @@ impl SeqTracker {
 
 /// Fan-out of one message as seen by one reader thread: how many of its subscribers got it and
 /// when the last of them did (as latency from the intended time).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FanoutSlot {
     pub count: u32,
     pub max_latency_ns: u64,
 }
 
 /// Fan-out slots of one publisher, indexed by `seq - base`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PublisherFanout {
     pub base: u64,
     pub slots: Vec<FanoutSlot>,
@@ -179,7 +221,7 @@ pub struct PublisherFanout {
 const MAX_FANOUT_AHEAD: u64 = 1 << 26;
 
 /// Per-thread fan-out tables, one per publisher.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FanoutTable {
     pub publishers: Vec<PublisherFanout>,
 }
@@ -311,9 +353,16 @@ pub struct Recorder {
     pub counts: DeliveryCounts,
     /// Publish -> receive latency of messages intended inside the measurement window.
     pub latency: Histogram<u64>,
+    /// The same, split by whether publisher and subscriber are on the same server ([0]) or on
+    /// different ones ([1]): kept only when the run spans several servers.
+    pub by_route: Option<[Histogram<u64>; 2]>,
     pub fanout: FanoutTable,
     pub run_tag: u32,
     pub topology: Topology,
+    pub placement: Placement,
+    /// Publishers whose messages are timed (those that share this process's clock); empty:
+    /// all of them.
+    pub timed: Vec<bool>,
     /// Messages intended before this belong to an earlier step.
     pub step_start_ns: u64,
     /// Measurement window [start, end) on intended times.
@@ -321,28 +370,46 @@ pub struct Recorder {
     pub window_end_ns: u64,
 }
 
+/// One step's measurements, taken from a [`Recorder`].
+pub struct Taken {
+    pub counts: DeliveryCounts,
+    pub latency: Histogram<u64>,
+    pub by_route: Option<[Histogram<u64>; 2]>,
+    pub fanout: FanoutTable,
+}
+
 impl Recorder {
-    pub fn new(run_tag: u32, topology: Topology) -> Recorder {
+    pub fn new(
+        run_tag: u32,
+        topology: Topology,
+        placement: Placement,
+        timed: Vec<bool>,
+    ) -> Recorder {
         let publishers = topology.publishers;
         Recorder {
             counts: DeliveryCounts::default(),
             latency: new_histogram(),
+            by_route: (placement.targets > 1).then(|| [new_histogram(), new_histogram()]),
             fanout: FanoutTable::new(publishers),
             run_tag,
             topology,
+            placement,
+            timed,
             step_start_ns: u64::MAX,
             window_start_ns: u64::MAX,
             window_end_ns: u64::MAX,
         }
     }
 
-    /// Records one data message received by a subscriber of `channel` whose per-publisher
-    /// trackers are `trackers` (indexed by the publisher's index in the channel).
+    /// Records one data message received by a subscriber of `channel`, connected to server
+    /// `target`, whose per-publisher trackers are `trackers` (indexed by the publisher's index
+    /// in the channel).
     #[inline]
     pub fn on_message(
         &mut self,
         payload: &[u8],
         channel: u32,
+        target: u32,
         trackers: &mut [SeqTracker],
         recv_ns: u64,
     ) {
@@ -384,20 +451,34 @@ impl Recorder {
                 return;
             }
         }
-        if stamp.intended_ns >= self.window_start_ns && stamp.intended_ns < self.window_end_ns {
+        let timed = self
+            .timed
+            .get(stamp.publisher as usize)
+            .copied()
+            .unwrap_or(true);
+        if timed
+            && stamp.intended_ns >= self.window_start_ns
+            && stamp.intended_ns < self.window_end_ns
+        {
             let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
             self.latency.saturating_record(latency_ns);
+            if let Some(routes) = &mut self.by_route {
+                let cross = self.placement.publisher_target(stamp.publisher) != target;
+                routes[usize::from(cross)].saturating_record(latency_ns);
+            }
             self.fanout.record(stamp.publisher, stamp.seq, latency_ns);
         }
     }
 
     /// Takes this step's measurements and starts afresh.
-    pub fn take(&mut self) -> (DeliveryCounts, Histogram<u64>, FanoutTable) {
-        (
-            std::mem::take(&mut self.counts),
-            std::mem::replace(&mut self.latency, new_histogram()),
-            self.fanout.take(),
-        )
+    pub fn take(&mut self) -> Taken {
+        let fresh = (self.placement.targets > 1).then(|| [new_histogram(), new_histogram()]);
+        Taken {
+            counts: std::mem::take(&mut self.counts),
+            latency: std::mem::replace(&mut self.latency, new_histogram()),
+            by_route: std::mem::replace(&mut self.by_route, fresh),
+            fanout: self.fanout.take(),
+        }
     }
 }
 
@@ -488,13 +569,38 @@ mod tests {
     }
 
     #[test]
+    fn histograms_cross_the_wire_whole_and_merge_as_their_sum() {
+        // Two workers' histograms, serialized and read back, add up to exactly the histogram
+        // of every value they recorded (bucket by bucket, not percentile by percentile).
+        let (mut a, mut b, mut all) = (new_histogram(), new_histogram(), new_histogram());
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..50_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = 1_000 + x % 2_000_000_000;
+            if i % 3 == 0 { &mut a } else { &mut b }.record(v).unwrap();
+            all.record(v).unwrap();
+        }
+        let mut merged = new_histogram();
+        for h in [&a, &b] {
+            let back = hist_serde::decode(&hist_serde::encode(h).unwrap()).unwrap();
+            assert_eq!(&back, h, "lossless round trip");
+            merged.add(&back).unwrap();
+        }
+        assert_eq!(merged, all);
+        assert_eq!(merged.len(), 50_000);
+        assert_eq!(merged.value_at_quantile(0.99), all.value_at_quantile(0.99));
+    }
+
+    #[test]
     fn recorder_counts_and_fanout() {
         let topo = Topology {
             channels: 1,
             publishers: 1,
             subscribers: 2,
         };
-        let mut r = Recorder::new(9, topo);
+        let mut r = Recorder::new(9, topo, Placement::single(), Vec::new());
         r.step_start_ns = 0;
         r.window_start_ns = 100;
         r.window_end_ns = 1_000;
@@ -502,14 +608,19 @@ mod tests {
         let mut b = vec![SeqTracker::default()];
         for seq in 0..3u64 {
             let t = 50 + seq * 100; // 50 (warm-up), 150, 250
-            r.on_message(&stamp(0, seq, t), 0, &mut a, t + 10);
+            r.on_message(&stamp(0, seq, t), 0, 0, &mut a, t + 10);
             if seq != 2 {
-                r.on_message(&stamp(0, seq, t), 0, &mut b, t + 30);
+                r.on_message(&stamp(0, seq, t), 0, 0, &mut b, t + 30);
             }
         }
-        r.on_message(&stamp(0, 1, 150), 0, &mut b, 500);
-        r.on_message(b"short", 0, &mut b, 500);
-        let (counts, hist, fanout) = r.take();
+        r.on_message(&stamp(0, 1, 150), 0, 0, &mut b, 500);
+        r.on_message(b"short", 0, 0, &mut b, 500);
+        let Taken {
+            counts,
+            latency: hist,
+            fanout,
+            ..
+        } = r.take();
         assert_eq!(counts.received, 5);
         assert_eq!(counts.duplicated, 1);
         assert_eq!(counts.foreign, 1);

@@ -4,12 +4,13 @@
 //! the time it was *meant* to go out. Latency is measured from that intended time, so a server
 //! that stalls the sender cannot hide the stall (coordinated omission, as in wrk2). Message `i`
 //! of a step is intended at `start + i * 1e9 / rate`, computed exactly in integer nanoseconds
-//! (no accumulated floating-point drift), and goes to publisher `i mod P`.
+//! (no accumulated floating-point drift), and goes to publisher `i mod P`. A loadgen process
+//! that runs some of the publishers (a worker) sends the messages of its own only.
 
 /// The intended send times of one rate step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
-    /// Intended time of message 0 (process-epoch ns).
+    /// Intended time of message 0 (monotonic ns, `clock::now_ns`).
     pub start_ns: u64,
     /// Messages are intended strictly before this time.
     pub end_ns: u64,
@@ -17,6 +18,8 @@ pub struct Schedule {
     pub rate_per_s: f64,
     /// Number of publishers (round-robin).
     pub publishers: u32,
+    /// The publishers this process sends for (global numbers).
+    pub own: std::ops::Range<u32>,
 }
 
 impl Schedule {
@@ -26,7 +29,7 @@ impl Schedule {
         ((self.rate_per_s * 1000.0).round() as u128).max(1)
     }
 
-    /// Intended time of message `index` (process-epoch ns): `start + floor(index * 1e9 / rate)`.
+    /// Intended time of message `index` (monotonic ns, `clock::now_ns`): `start + floor(index * 1e9 / rate)`.
     pub fn intended_ns(&self, index: u64) -> u64 {
         self.start_ns + (u128::from(index) * 1_000_000_000_000 / self.rate_milli()) as u64
     }
@@ -34,6 +37,11 @@ impl Schedule {
     /// Publisher (0-based) that sends message `index`.
     pub fn publisher_of(&self, index: u64) -> u32 {
         (index % u64::from(self.publishers.max(1))) as u32
+    }
+
+    /// Whether this process sends message `index`.
+    pub fn is_own(&self, index: u64) -> bool {
+        self.own.contains(&self.publisher_of(index))
     }
 
     /// Number of messages whose intended time is `<= now_ns` and before `end_ns`.
@@ -66,6 +74,7 @@ mod tests {
             end_ns: 1_000 + 1_000_000_000,
             rate_per_s: rate,
             publishers: 3,
+            own: 0..3,
         }
     }
 

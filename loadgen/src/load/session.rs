@@ -1,9 +1,15 @@
 //! A benchmark session: open the connections once, then run rate steps on them.
 //!
 //! `run` is one step (warm-up + measurement + drain) and `sweep` is several on the same
-//! connections. A step: set the measurement window, let the pacer send on schedule, wait for
-//! every expected delivery or the drain timeout, then collect and merge what every reader
-//! measured. Also measures the CPU that loadgen itself used, to flag a saturated load generator.
+//! connections. A step, in phases that a worker process also runs one at a time for its
+//! coordinator: [`Session::begin`] sets the measurement window and lets the pacer send on
+//! schedule; [`Session::wait_paced`] waits for the last send; [`Session::drain`] waits for
+//! every expected delivery or the drain timeout; [`Session::collect`] takes what every reader
+//! measured, with the CPU that loadgen itself used. [`Session::step`] runs them all and merges
+//! the result ([`crate::load::step::merge`]).
+//!
+//! A session runs its [`Share`] of the run's clients (all of them, for one process) against
+//! one or several servers ([`Placement`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -17,18 +23,25 @@ use thiserror::Error;
 
 use crate::load::client::{connect_many, ConnectError, ConnectJob, ConnectOptions, Target};
 use crate::load::clock;
-use crate::load::pacer::{self, PacerCommand, PacerConfig, PacerHandle, PublisherSocket};
-use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
-use crate::load::recorder::{
-    merge_fanout, new_histogram, DeliveryCounts, LatencySummary, Topology,
+use crate::load::pacer::{
+    self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket,
 };
+use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
+use crate::load::recorder::{new_histogram, LatencySummary, Topology};
 use crate::load::schedule::Schedule;
+use crate::load::step::{expected_deliveries, merge, Sent, ServerUse};
+pub use crate::load::step::{CpuReport, LiveStatus, StepOutcome, StepPart, StepResult, StepSpec};
+use crate::load::topology::{Placement, Share};
 use crate::sys::limits;
 
 /// Everything needed to open a session.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub target: Target,
+    /// The servers (one, or the nodes of a cluster).
+    pub targets: Vec<Target>,
+    pub placement: Placement,
+    /// The clients this process runs (of the whole run's).
+    pub share: Share,
     pub subscribers: u32,
     pub publishers: u32,
     pub channels: u32,
@@ -48,17 +61,24 @@ pub struct LoadConfig {
     /// The first N subscribers stop reading for `stall_ns` from the first step's start.
     pub stall_subscribers: u32,
     pub stall_ns: u64,
-    /// The server's PID, to read its CPU and memory from /proc.
-    pub server_pid: Option<u32>,
+    /// The servers' PIDs, to read their CPU and memory from /proc.
+    pub server_pids: Vec<u32>,
+    /// The cluster broker's PID, when loadgen started it (its CPU is reported too).
+    pub broker_pid: Option<u32>,
+    /// The run's tag, shared by all its processes; `None`: this process picks one.
+    pub run_tag: Option<u32>,
+    /// Publishers whose messages this process times (those on its machine); empty: all.
+    pub timed: Vec<bool>,
 }
 
-/// One rate step.
-#[derive(Debug, Clone, Copy)]
-pub struct StepSpec {
-    pub rate_per_s: f64,
-    pub warmup_ns: u64,
-    pub duration_ns: u64,
-    pub drain_ns: u64,
+impl LoadConfig {
+    pub fn topology(&self) -> Topology {
+        Topology {
+            channels: self.channels.max(1),
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+        }
+    }
 }
 
 /// One failed connection.
@@ -85,79 +105,6 @@ pub struct ConnectReport {
     pub handshake_time: LatencySummary,
 }
 
-/// CPU use during a step.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct CpuReport {
-    /// CPUs loadgen may run on.
-    pub loadgen_cores: u32,
-    /// Process CPU time / wall time (1.0 = one full core).
-    pub loadgen_cores_used: f64,
-    /// Busiest reader thread's CPU time / wall time.
-    pub busiest_reader_util: f64,
-    pub pacer_util: f64,
-    /// True when loadgen itself was the bottleneck (> 90 % of its cores or of one reader).
-    pub loadgen_saturated: bool,
-    /// Server process CPU time / wall time, when its PID is known.
-    pub server_cores_used: Option<f64>,
-    pub server_rss_bytes: Option<u64>,
-    /// Time loadgen's threads were runnable but waiting for a CPU, per second of wall time
-    /// (summed over threads): other work on the machine took their CPU.
-    pub loadgen_runqueue_wait_share: f64,
-    /// The same for the server's threads, when its PID is known.
-    pub server_runqueue_wait_share: Option<f64>,
-}
-
-/// The result of one step (the unit of summary.json's `steps`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct StepResult {
-    pub requested_rate_per_s: f64,
-    pub achieved_rate_per_s: f64,
-    pub warmup_s: f64,
-    pub duration_s: f64,
-    /// Messages sent in the whole step (warm-up included).
-    pub sent: u64,
-    pub sent_in_window: u64,
-    /// Messages that could not be sent (publisher socket failed).
-    pub unsent: u64,
-    pub expected_deliveries: u64,
-    pub received: u64,
-    pub lost: u64,
-    pub counts: DeliveryCounts,
-    /// Distinct deliveries of messages intended in the measurement window, per second.
-    pub deliveries_per_s: f64,
-    pub expected_deliveries_per_s: f64,
-    /// Publish (intended time) -> receive, every delivery in the window.
-    pub latency: LatencySummary,
-    /// Publish (intended time) -> last subscriber, every message in the window that reached all.
-    pub fanout: LatencySummary,
-    /// Actual minus intended send time.
-    pub send_lag: LatencySummary,
-    pub drain_s: f64,
-    pub drained: bool,
-    pub cpu: CpuReport,
-    pub publisher_failures: Vec<String>,
-    pub buffer_exhaustions: u64,
-    /// For a sweep: zero loss and p99 within the SLO.
-    pub passed: Option<bool>,
-}
-
-/// A step's result with its full latency histogram.
-pub struct StepOutcome {
-    pub result: StepResult,
-    pub latency: Histogram<u64>,
-}
-
-/// Live figures for the progress line.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LiveStatus {
-    pub elapsed_s: f64,
-    pub phase: &'static str,
-    pub rate_per_s: f64,
-    pub sent: u64,
-    pub deliveries_per_s: f64,
-    pub p99_ns: u64,
-}
-
 /// Why a session failed.
 #[derive(Debug, Error)]
 pub enum SessionError {
@@ -179,6 +126,8 @@ pub enum SessionError {
     Pacer(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("worker {worker}: {message}")]
+    Worker { worker: u32, message: String },
 }
 
 /// Connected clients, readers and pacer.
@@ -186,6 +135,8 @@ pub struct Session {
     pub cfg: LoadConfig,
     pub topology: Topology,
     pub connect: ConnectReport,
+    /// Connect and handshake times of every connection (for merging with other processes').
+    pub connect_hists: (Histogram<u64>, Histogram<u64>),
     readers: Vec<ReaderHandle>,
     pacer: PacerHandle,
     clock: Arc<StepClock>,
@@ -194,17 +145,30 @@ pub struct Session {
     prev_pacer_cpu_ns: u64,
 }
 
-fn summarize(values: &[u64]) -> LatencySummary {
+/// A step under way on one session (between [`Session::begin`] and [`Session::collect`]).
+pub struct Pacing {
+    pub spec: StepSpec,
+    pub start_ns: u64,
+    pub window_start_ns: u64,
+    pub window_end_ns: u64,
+    reply: mpsc::Receiver<PacerReport>,
+    wall0: u64,
+    cpu0: u64,
+    wait0: u64,
+}
+
+fn histogram_of(values: &[u64]) -> Histogram<u64> {
     let mut h = new_histogram();
     for &v in values {
         h.saturating_record(v.max(1));
     }
-    LatencySummary::of(&h)
+    h
 }
 
 /// Opens `jobs` and builds the connect report; fails with the server's answer if any failed.
+#[allow(clippy::type_complexity)]
 pub fn open_connections(
-    target: &Target,
+    targets: &[Target],
     jobs: &[ConnectJob],
     roles: &[String],
     threads: usize,
@@ -214,9 +178,16 @@ pub fn open_connections(
 ) -> (
     Vec<Result<crate::load::client::Connected, ConnectError>>,
     ConnectReport,
+    (Histogram<u64>, Histogram<u64>),
 ) {
-    let (results, elapsed_ns) =
-        connect_many(target, jobs, threads, rate_per_s, max_failures, on_progress);
+    let (results, elapsed_ns) = connect_many(
+        targets,
+        jobs,
+        threads,
+        rate_per_s,
+        max_failures,
+        on_progress,
+    );
     let mut report = ConnectReport {
         attempted: jobs.len() as u32,
         elapsed_s: elapsed_ns as f64 / 1e9,
@@ -249,25 +220,129 @@ pub fn open_connections(
     } else {
         0.0
     };
-    report.connect_time = summarize(&connect_ns);
-    report.handshake_time = summarize(&handshake_ns);
-    (results, report)
+    let hists = (histogram_of(&connect_ns), histogram_of(&handshake_ns));
+    report.connect_time = LatencySummary::of(&hists.0);
+    report.handshake_time = LatencySummary::of(&hists.1);
+    (results, report, hists)
+}
+
+/// The connect reports of several processes as one: counts added, the first failures, the
+/// longest ramp, times from the merged histograms.
+pub fn merge_connect(parts: &[(ConnectReport, Histogram<u64>, Histogram<u64>)]) -> ConnectReport {
+    let mut out = ConnectReport::default();
+    let (mut connect, mut handshake) = (new_histogram(), new_histogram());
+    for (r, c, h) in parts {
+        out.attempted += r.attempted;
+        out.succeeded += r.succeeded;
+        out.failed += r.failed;
+        out.skipped += r.skipped;
+        out.failures.extend(
+            r.failures
+                .iter()
+                .take(20 - out.failures.len().min(20))
+                .cloned(),
+        );
+        out.elapsed_s = out.elapsed_s.max(r.elapsed_s);
+        let _ = connect.add(c);
+        let _ = handshake.add(h);
+    }
+    out.rate_per_s = if out.elapsed_s > 0.0 {
+        f64::from(out.succeeded) / out.elapsed_s
+    } else {
+        0.0
+    };
+    out.connect_time = LatencySummary::of(&connect);
+    out.handshake_time = LatencySummary::of(&handshake);
+    out
+}
+
+/// What the servers (and a cluster's broker) used between two readings of /proc.
+pub struct ServerReading {
+    cpu_ns: Vec<Option<u64>>,
+    wait_ns: Vec<Option<u64>>,
+    broker_cpu_ns: Option<u64>,
+    at_ns: u64,
+}
+
+impl ServerReading {
+    /// Reads the CPU time and run-queue wait of every server, and the broker's CPU time.
+    pub fn now(pids: &[u32], broker: Option<u32>) -> ServerReading {
+        ServerReading {
+            cpu_ns: pids
+                .iter()
+                .map(|&p| ringcast_os::procfs::cpu_ns(p))
+                .collect(),
+            wait_ns: pids
+                .iter()
+                .map(|&p| ringcast_os::procfs::runqueue_wait_ns(p))
+                .collect(),
+            broker_cpu_ns: broker.and_then(ringcast_os::procfs::cpu_ns),
+            at_ns: clock::now_ns(),
+        }
+    }
+
+    /// The servers' use since this reading.
+    pub fn since(&self, pids: &[u32], broker: Option<u32>) -> ServerUse {
+        let now = ServerReading::now(pids, broker);
+        let wall = now.at_ns.saturating_sub(self.at_ns).max(1) as f64;
+        let share = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall),
+            _ => None,
+        };
+        let each: Vec<Option<f64>> = self
+            .cpu_ns
+            .iter()
+            .zip(&now.cpu_ns)
+            .map(|(&a, &b)| share(a, b))
+            .collect();
+        let sum = |v: &[Option<f64>]| -> Option<f64> {
+            if v.is_empty() {
+                None
+            } else {
+                v.iter().copied().sum()
+            }
+        };
+        let waits: Vec<Option<f64>> = self
+            .wait_ns
+            .iter()
+            .zip(&now.wait_ns)
+            .map(|(&a, &b)| share(a, b))
+            .collect();
+        let rss: Option<u64> = if pids.is_empty() {
+            None
+        } else {
+            pids.iter()
+                .map(|&p| ringcast_os::procfs::rss_bytes(p))
+                .sum()
+        };
+        ServerUse {
+            cores_used: sum(&each),
+            rss_bytes: rss,
+            runqueue_wait_share: sum(&waits),
+            cores_by_node: if pids.len() > 1 {
+                each.iter().map(|c| c.unwrap_or(0.0)).collect()
+            } else {
+                Vec::new()
+            },
+            broker_cores_used: share(self.broker_cpu_ns, now.broker_cpu_ns),
+        }
+    }
 }
 
 impl Session {
-    /// Opens every connection (ramped) and starts the reader threads and the pacer.
+    /// Opens this process's share of the connections (ramped) and starts the reader threads
+    /// and the pacer.
     pub fn open(
         cfg: LoadConfig,
         on_progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Session, SessionError> {
-        let topology = Topology {
-            channels: cfg.channels.max(1),
-            publishers: cfg.publishers,
-            subscribers: cfg.subscribers,
-        };
+        let topology = cfg.topology();
+        let share = cfg.share.clone();
+        let my_subscribers = share.subscribers.len() as u64;
+        let my_publishers = share.publishers.len() as u64;
         // Each publisher holds its socket and a dup for the reader.
         limits::ensure_fds(
-            u64::from(cfg.subscribers) + 2 * u64::from(cfg.publishers) + 64,
+            my_subscribers + 2 * my_publishers + 64,
             "subscribers + 2 x publishers",
         )?;
         let mut jobs = Vec::new();
@@ -279,10 +354,18 @@ impl Session {
                 Some(cfg.source_ips[i % cfg.source_ips.len()])
             }
         };
-        for s in 0..cfg.subscribers {
+        let path = |target: u32, ch: u32| {
+            cfg.targets
+                .get(target as usize)
+                .map(|t| t.channel_path(ch, topology.channels))
+                .unwrap_or_default()
+        };
+        for s in share.subscribers.clone() {
             let ch = topology.channel_of_subscriber(s);
+            let target = cfg.placement.subscriber_target(s, &topology);
             jobs.push(ConnectJob {
-                path: cfg.target.channel_path(ch, topology.channels),
+                target: target as usize,
+                path: path(target, ch),
                 opts: ConnectOptions {
                     source_ip: source(jobs.len()),
                     rcvbuf_bytes: (s < cfg.stall_subscribers).then_some(4096),
@@ -291,10 +374,12 @@ impl Session {
             });
             roles.push(format!("subscriber {s}"));
         }
-        for p in 0..cfg.publishers {
+        for p in share.publishers.clone() {
             let ch = topology.channel_of_publisher(p);
+            let target = cfg.placement.publisher_target(p);
             jobs.push(ConnectJob {
-                path: cfg.target.channel_path(ch, topology.channels),
+                target: target as usize,
+                path: path(target, ch),
                 opts: ConnectOptions {
                     source_ip: source(jobs.len()),
                     rcvbuf_bytes: None,
@@ -303,8 +388,8 @@ impl Session {
             });
             roles.push(format!("publisher {p}"));
         }
-        let (results, report) = open_connections(
-            &cfg.target,
+        let (results, report, connect_hists) = open_connections(
+            &cfg.targets,
             &jobs,
             &roles,
             (cfg.threads * 2).max(8),
@@ -330,33 +415,38 @@ impl Session {
         let threads = cfg.threads.max(1);
         let mut per_reader: Vec<Vec<ReaderConn>> = (0..threads).map(|_| Vec::new()).collect();
         let mut pub_sockets = Vec::new();
+        let n_subscribers = share.subscribers.len();
         for (i, r) in results.into_iter().enumerate() {
             let c = r.map_err(|e| std::io::Error::other(e.to_string()))?;
-            if i < cfg.subscribers as usize {
-                let s = i as u32;
+            if i < n_subscribers {
+                let s = share.subscribers.start + i as u32;
                 per_reader[i % threads].push(ReaderConn {
                     stream: c.stream,
                     role: Role::Subscriber {
                         channel: topology.channel_of_subscriber(s),
+                        target: cfg.placement.subscriber_target(s, &topology),
                         stalled: s < cfg.stall_subscribers,
                     },
                     leftover: c.leftover,
                 });
             } else {
-                let p = (i - cfg.subscribers as usize) as u32;
+                let p = share.publishers.start + (i - n_subscribers) as u32;
                 let dup = c.stream.try_clone()?;
-                per_reader[p as usize % threads].push(ReaderConn {
+                per_reader[(i - n_subscribers) % threads].push(ReaderConn {
                     stream: dup,
                     role: Role::Publisher,
                     leftover: c.leftover,
                 });
                 pub_sockets.push(PublisherSocket {
                     stream: c.stream,
+                    id: p,
                     channel: topology.channel_of_publisher(p),
                 });
             }
         }
-        let run_tag = (clock::now_ns() as u32) ^ std::process::id().rotate_left(16) ^ 0x5bd1_e995;
+        let run_tag = cfg.run_tag.unwrap_or_else(|| {
+            (clock::now_ns() as u32) ^ std::process::id().rotate_left(16) ^ 0x5bd1_e995
+        });
         let clock_shared = Arc::new(StepClock::default());
         let mut readers = Vec::new();
         for (id, conns) in per_reader.into_iter().enumerate() {
@@ -378,6 +468,8 @@ impl Session {
                         .map(|c| vec![c[id % c.len()]]),
                     run_tag,
                     topology: topology.clone(),
+                    placement: cfg.placement.clone(),
+                    timed: cfg.timed.clone(),
                 },
                 clock_shared.clone(),
             )?);
@@ -397,6 +489,7 @@ impl Session {
             cfg,
             topology,
             connect: report,
+            connect_hists,
             readers,
             pacer,
             clock: clock_shared,
@@ -426,13 +519,21 @@ impl Session {
         }
     }
 
-    /// Runs one step and returns its merged measurements.
-    pub fn step(
-        &mut self,
-        spec: StepSpec,
-        on_live: &dyn Fn(LiveStatus),
-    ) -> Result<StepOutcome, SessionError> {
-        let start_ns = clock::now_ns() + 50_000_000;
+    /// Live figures for the progress line, `phase` of a step begun at `start_ns`.
+    fn live(&self, phase: &'static str, spec: &StepSpec, start_ns: u64, rate: f64) -> LiveStatus {
+        LiveStatus {
+            elapsed_s: clock::now_ns().saturating_sub(start_ns) as f64 / 1e9,
+            phase,
+            rate_per_s: spec.rate_per_s,
+            sent: self.pacer.live_sent.load(Ordering::Relaxed),
+            deliveries_per_s: rate,
+            p99_ns: self.live_p99(),
+        }
+    }
+
+    /// Starts a step whose schedule begins at `start_ns` (this machine's monotonic clock): the
+    /// readers learn the window, the pacer starts sending on schedule.
+    pub fn begin(&mut self, spec: StepSpec, start_ns: u64) -> Result<Pacing, SessionError> {
         let window_start_ns = start_ns + spec.warmup_ns;
         let window_end_ns = window_start_ns + spec.duration_ns;
         self.clock
@@ -450,22 +551,15 @@ impl Session {
             self.clock.stall_release_ns.store(0, Ordering::Relaxed);
         }
         self.steps_run += 1;
-        let wall0 = clock::now_ns();
-        let cpu0 = clock::process_cpu_ns();
-        let server0 = self.cfg.server_pid.and_then(ringcast_os::procfs::cpu_ns);
         let own_pid = std::process::id();
-        let wait0 = ringcast_os::procfs::runqueue_wait_ns(own_pid).unwrap_or(0);
-        let server_wait0 = self
-            .cfg
-            .server_pid
-            .and_then(ringcast_os::procfs::runqueue_wait_ns);
         let schedule = Schedule {
             start_ns,
             end_ns: window_end_ns,
             rate_per_s: spec.rate_per_s,
             publishers: self.cfg.publishers,
+            own: self.cfg.share.publishers.clone(),
         };
-        let (reply_tx, reply_rx) = mpsc::channel();
+        let (reply_tx, reply) = mpsc::channel();
         self.pacer
             .commands
             .send(PacerCommand::Step {
@@ -475,38 +569,46 @@ impl Session {
                 reply: reply_tx,
             })
             .map_err(|_| SessionError::Pacer("pacer thread is gone".into()))?;
+        Ok(Pacing {
+            spec,
+            start_ns,
+            window_start_ns,
+            window_end_ns,
+            reply,
+            wall0: clock::now_ns(),
+            cpu0: clock::process_cpu_ns(),
+            wait0: ringcast_os::procfs::runqueue_wait_ns(own_pid).unwrap_or(0),
+        })
+    }
+
+    /// Waits for the pacer's last send of the step.
+    pub fn wait_paced(
+        &self,
+        pacing: &Pacing,
+        on_live: &dyn Fn(LiveStatus),
+    ) -> Result<PacerReport, SessionError> {
         let mut last_received = 0u64;
         let mut last_ns = clock::now_ns();
         let mut live_rate = 0.0;
-        let mut status = |phase: &'static str, this: &Session| {
-            let now = clock::now_ns();
-            let received = this.live_received();
-            if now > last_ns + 100_000_000 {
-                live_rate =
-                    received.saturating_sub(last_received) as f64 / ((now - last_ns) as f64 / 1e9);
-                last_received = received;
-                last_ns = now;
-            }
-            on_live(LiveStatus {
-                elapsed_s: now.saturating_sub(start_ns) as f64 / 1e9,
-                phase,
-                rate_per_s: spec.rate_per_s,
-                sent: this.pacer.live_sent.load(Ordering::Relaxed),
-                deliveries_per_s: live_rate,
-                p99_ns: this.live_p99(),
-            });
-        };
-        let pacer_report = loop {
-            match reply_rx.recv_timeout(Duration::from_millis(250)) {
-                Ok(r) => break r,
+        loop {
+            match pacing.reply.recv_timeout(Duration::from_millis(250)) {
+                Ok(r) => return Ok(r),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let phase = if clock::now_ns() < window_start_ns {
+                    let now = clock::now_ns();
+                    let received = self.live_received();
+                    if now > last_ns + 100_000_000 {
+                        live_rate = received.saturating_sub(last_received) as f64
+                            / ((now - last_ns) as f64 / 1e9);
+                        last_received = received;
+                        last_ns = now;
+                    }
+                    let phase = if now < pacing.window_start_ns {
                         "warm-up"
                     } else {
                         "measure"
                     };
-                    status(phase, self);
-                    if clock::now_ns() > window_end_ns + 60_000_000_000 {
+                    on_live(self.live(phase, &pacing.spec, pacing.start_ns, live_rate));
+                    if now > pacing.window_end_ns + 60_000_000_000 {
                         return Err(SessionError::Pacer(
                             "pacer stuck for 60 s past the step end".into(),
                         ));
@@ -516,34 +618,57 @@ impl Session {
                     return Err(SessionError::Pacer("pacer thread is gone".into()))
                 }
             }
-        };
-        let expected: u64 = pacer_report
-            .sent_per_channel
-            .iter()
-            .enumerate()
-            .map(|(ch, &n)| n * u64::from(self.topology.subscribers_in_channel(ch as u32)))
-            .sum();
+        }
+    }
+
+    /// Deliveries this session's subscribers expect when `sent_per_channel` messages were sent
+    /// to each channel (by every process of the run).
+    pub fn expected_for(&self, sent_per_channel: &[u64]) -> u64 {
+        let topology = &self.topology;
+        let share = &self.cfg.share;
+        expected_deliveries(sent_per_channel, |ch| {
+            share.subscribers_in_channel(topology, ch)
+        })
+    }
+
+    /// Waits until this session's subscribers have `expected` deliveries, or `drain_ns` has
+    /// passed since `from_ns` (the later of the last send and the window's end); returns
+    /// whether everything arrived and how long the drain took.
+    pub fn drain(
+        &self,
+        pacing: &Pacing,
+        expected: u64,
+        on_live: &dyn Fn(LiveStatus),
+    ) -> (bool, f64) {
         let drain_start = clock::now_ns();
-        let drain_deadline = drain_start.max(window_end_ns) + spec.drain_ns;
-        let mut drained = false;
+        let deadline = drain_start.max(pacing.window_end_ns) + pacing.spec.drain_ns;
         let mut last_status = 0u64;
-        loop {
+        let drained = loop {
             if self.live_received() >= expected {
-                drained = true;
-                break;
+                break true;
             }
             let now = clock::now_ns();
-            if now >= drain_deadline {
-                break;
+            if now >= deadline {
+                break false;
             }
             if now > last_status + 250_000_000 {
                 last_status = now;
-                status("drain", self);
+                on_live(self.live("drain", &pacing.spec, pacing.start_ns, 0.0));
             }
             std::thread::sleep(Duration::from_millis(2));
-        }
-        let drain_s = (clock::now_ns() - drain_start) as f64 / 1e9;
-        // Anything arriving from now on belongs to no step.
+        };
+        (drained, (clock::now_ns() - drain_start) as f64 / 1e9)
+    }
+
+    /// Ends the step: takes every reader's measurements (anything arriving later belongs to no
+    /// step) and this process's CPU use.
+    pub fn collect(
+        &mut self,
+        pacing: Pacing,
+        paced: PacerReport,
+        drained: bool,
+        drain_s: f64,
+    ) -> Result<StepPart, SessionError> {
         self.clock.step_start_ns.store(u64::MAX, Ordering::Relaxed);
         self.clock
             .window_start_ns
@@ -560,51 +685,35 @@ impl Session {
                 Err(_) => return Err(SessionError::Pacer("a reader did not answer".into())),
             }
         }
-        let wall_ns = (clock::now_ns() - wall0).max(1);
-        let cpu_ns = clock::process_cpu_ns() - cpu0;
-        let wait_share = ringcast_os::procfs::runqueue_wait_ns(own_pid)
+        let wall_ns = (clock::now_ns() - pacing.wall0).max(1);
+        let cpu_ns = clock::process_cpu_ns() - pacing.cpu0;
+        let wait_share = ringcast_os::procfs::runqueue_wait_ns(std::process::id())
             .unwrap_or(0)
-            .saturating_sub(wait0) as f64
+            .saturating_sub(pacing.wait0) as f64
             / wall_ns as f64;
-        let server_wait_share = match (
-            server_wait0,
-            self.cfg
-                .server_pid
-                .and_then(ringcast_os::procfs::runqueue_wait_ns),
-        ) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall_ns as f64),
-            _ => None,
-        };
-        let server_cpu = match (
-            server0,
-            self.cfg.server_pid.and_then(ringcast_os::procfs::cpu_ns),
-        ) {
-            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / wall_ns as f64),
-            _ => None,
-        };
-
-        let mut counts = DeliveryCounts::default();
+        let mut counts = crate::load::recorder::DeliveryCounts::default();
         let mut latency = new_histogram();
-        let mut tables = Vec::new();
+        let mut by_route: Option<[Histogram<u64>; 2]> = None;
+        let mut fanout = Vec::new();
         let mut busiest = 0.0f64;
         let mut exhaustions = 0;
         for (i, rep) in reports.into_iter().enumerate() {
             counts.merge(&rep.counts);
             let _ = latency.add(&rep.latency);
-            tables.push(rep.fanout);
+            if let Some(routes) = &rep.by_route {
+                let total = by_route.get_or_insert_with(|| [new_histogram(), new_histogram()]);
+                for (t, h) in total.iter_mut().zip(routes) {
+                    let _ = t.add(h);
+                }
+            }
+            fanout.push(rep.fanout);
             let used = rep.thread_cpu_ns.saturating_sub(self.prev_reader_cpu_ns[i]);
             self.prev_reader_cpu_ns[i] = rep.thread_cpu_ns;
             busiest = busiest.max(used as f64 / wall_ns as f64);
             exhaustions += rep.buffer_exhaustions;
         }
-        let topo = self.topology.clone();
-        let (fanout, _incomplete) = merge_fanout(&tables, |p| {
-            topo.subscribers_in_channel(topo.channel_of_publisher(p))
-        });
-        let pacer_cpu = pacer_report
-            .thread_cpu_ns
-            .saturating_sub(self.prev_pacer_cpu_ns);
-        self.prev_pacer_cpu_ns = pacer_report.thread_cpu_ns;
+        let pacer_cpu = paced.thread_cpu_ns.saturating_sub(self.prev_pacer_cpu_ns);
+        self.prev_pacer_cpu_ns = paced.thread_cpu_ns;
         let cores = self
             .cfg
             .cpus
@@ -612,49 +721,52 @@ impl Session {
             .map(|c| c.len())
             .unwrap_or_else(ringcast_os::affinity::online_cpus)
             .max(1) as u32;
-        let cores_used = cpu_ns as f64 / wall_ns as f64;
-        let duration_s = spec.duration_ns as f64 / 1e9;
-        let received = counts.received;
-        let result = StepResult {
-            requested_rate_per_s: spec.rate_per_s,
-            achieved_rate_per_s: pacer_report.sent_in_window as f64 / duration_s,
-            warmup_s: spec.warmup_ns as f64 / 1e9,
-            duration_s,
-            sent: pacer_report.sent,
-            sent_in_window: pacer_report.sent_in_window,
-            unsent: pacer_report.unsent,
-            expected_deliveries: expected,
-            received,
-            lost: expected.saturating_sub(received),
-            deliveries_per_s: latency.len() as f64 / duration_s,
-            expected_deliveries_per_s: spec.rate_per_s * self.topology.subscribers as f64
-                / self.topology.channels.max(1) as f64,
-            latency: LatencySummary::of(&latency),
-            fanout: LatencySummary::of(&fanout),
-            send_lag: LatencySummary::of(&pacer_report.send_lag),
-            drain_s,
-            drained,
-            cpu: CpuReport {
-                loadgen_cores: cores,
-                loadgen_cores_used: cores_used,
-                busiest_reader_util: busiest,
+        Ok(StepPart {
+            sent: Sent {
+                sent: paced.sent,
+                sent_in_window: paced.sent_in_window,
+                sent_per_channel: paced.sent_per_channel,
+                unsent: paced.unsent,
+                publisher_failures: paced
+                    .failed_publishers
+                    .iter()
+                    .map(|(p, e)| format!("publisher {p}: {e}"))
+                    .collect(),
+                send_lag: paced.send_lag,
                 pacer_util: pacer_cpu as f64 / wall_ns as f64,
-                loadgen_saturated: cores_used > 0.9 * cores as f64 || busiest > 0.9,
-                server_cores_used: server_cpu,
-                server_rss_bytes: self.cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes),
-                loadgen_runqueue_wait_share: wait_share,
-                server_runqueue_wait_share: server_wait_share,
             },
-            publisher_failures: pacer_report
-                .failed_publishers
-                .iter()
-                .map(|(p, e)| format!("publisher {p}: {e}"))
-                .collect(),
-            buffer_exhaustions: exhaustions,
             counts,
-            passed: None,
-        };
-        Ok(StepOutcome { result, latency })
+            latency,
+            by_route,
+            fanout,
+            drained,
+            drain_s,
+            wall_ns,
+            cpu_ns,
+            cores,
+            busiest_reader_util: busiest,
+            runqueue_wait_share: wait_share,
+            buffer_exhaustions: exhaustions,
+            subscribers: self.cfg.share.subscribers.len() as u32,
+            publishers: self.cfg.share.publishers.len() as u32,
+            cpus: self.cfg.cpus.clone(),
+        })
+    }
+
+    /// Runs one step on this session alone and returns its merged measurements.
+    pub fn step(
+        &mut self,
+        spec: StepSpec,
+        on_live: &dyn Fn(LiveStatus),
+    ) -> Result<StepOutcome, SessionError> {
+        let servers = ServerReading::now(&self.cfg.server_pids, self.cfg.broker_pid);
+        let pacing = self.begin(spec, clock::now_ns() + 50_000_000)?;
+        let paced = self.wait_paced(&pacing, on_live)?;
+        let expected = self.expected_for(&paced.sent_per_channel);
+        let (drained, drain_s) = self.drain(&pacing, expected, on_live);
+        let part = self.collect(pacing, paced, drained, drain_s)?;
+        let server = servers.since(&self.cfg.server_pids, self.cfg.broker_pid);
+        Ok(merge(&spec, &self.topology, &[part], server))
     }
 
     /// Stops the pacer and readers and closes every connection.

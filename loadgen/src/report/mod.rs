@@ -7,6 +7,7 @@
 
 pub mod hgrm;
 pub mod plots;
+pub mod spread;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::distributed::WorkerInfo;
 use crate::load::idle::ConnectionsReport;
 use crate::load::recorder::LatencySummary;
 use crate::load::session::{ConnectReport, StepResult};
@@ -28,6 +30,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConfigEcho {
     pub url: String,
+    /// Every server, when there are several (the nodes of a cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// The servers publishers connected to (indices of `urls`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish_on: Vec<u32>,
+    /// Worker processes (0: loadgen ran alone).
+    #[serde(default)]
+    pub workers: u32,
     pub subscribers: u32,
     pub publishers: u32,
     pub channels: u32,
@@ -50,6 +61,15 @@ pub struct ServerInfo {
     pub pid: Option<u32>,
     pub started_by_loadgen: bool,
     pub pinned_cpus: Option<Vec<usize>>,
+    pub exit_status: Option<String>,
+}
+
+/// The broker of a cluster loadgen started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BrokerInfo {
+    pub command: String,
+    pub version: String,
+    pub pid: u32,
     pub exit_status: Option<String>,
 }
 
@@ -80,6 +100,14 @@ pub struct Summary {
     pub config: ConfigEcho,
     pub machine: MachineInfo,
     pub server: ServerInfo,
+    /// Every node, when loadgen started a cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ServerInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerInfo>,
+    /// Loadgen's worker processes, with --workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerInfo>,
     pub connect: Option<ConnectReport>,
     pub steps: Vec<StepResult>,
     /// Step shown in latency.hgrm / latency.svg.
@@ -213,6 +241,7 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32) {
             .map(|x| format!(", server {:.1}%", x * 100.0))
             .unwrap_or_default()
     );
+    spread::step_text(out, s);
 }
 
 /// The wrk2-style terminal summary.
@@ -239,6 +268,27 @@ pub fn render_text(s: &Summary) -> String {
     );
     if let Some(cmd) = &s.server.command {
         let _ = writeln!(out, "  server: {cmd} (pid {})", s.server.pid.unwrap_or(0));
+    }
+    if s.nodes.len() > 1 {
+        let pids: Vec<String> = s
+            .nodes
+            .iter()
+            .map(|n| n.pid.unwrap_or(0).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {} nodes (pids {}){}; publishers on server(s) {:?}",
+            s.nodes.len(),
+            pids.join(", "),
+            s.broker
+                .as_ref()
+                .map(|b| format!(", broker nats-server {} (pid {})", b.version, b.pid))
+                .unwrap_or_default(),
+            c.publish_on
+        );
+    }
+    if !s.workers.is_empty() {
+        let _ = writeln!(out, "  {} loadgen worker processes", s.workers.len());
     }
     if let Some(conn) = &s.connect {
         let _ = writeln!(
@@ -472,6 +522,7 @@ pub fn render_markdown(s: &Summary) -> String {
             }
         );
     }
+    spread::markdown(&mut out, s);
     let _ = writeln!(out, "## Terminal summary\n\n```\n{}```", render_text(s));
     out
 }

@@ -5,10 +5,12 @@
 //! of a process) and nothing else of the crate.
 //!
 //! - [`server_process`]: start the server under test, pinned, on a free port; stop it.
+//! - [`broker`]: start the nats-server of a ringcast cluster; see its subscriptions; stop it.
 //! - [`limits`]: fail early, naming the limit, when a run needs more descriptors than allowed.
 //! - [`machine`]: cores, CPU model, memory, kernel, git commit, UTC time (the only module that
 //!   reads `/proc` files of its own).
 
+pub mod broker;
 pub mod limits;
 pub mod machine;
 pub mod server_process;

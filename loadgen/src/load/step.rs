@@ -1,0 +1,312 @@
+//! One rate step as data: what to run ([`StepSpec`]), what one loadgen process measured of it
+//! ([`StepPart`], serializable: a worker sends it to its coordinator), and the merge of every
+//! process's part into the step's result ([`merge`]).
+//!
+//! Merging is exact: counts add up, histograms add up bucket by bucket (never percentiles
+//! averaged), and fan-out completion is computed over every process's per-message tables.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::load::recorder::{
+    hist_serde, merge_fanout, new_histogram, DeliveryCounts, FanoutTable, LatencySummary,
+};
+use crate::load::topology::Topology;
+
+/// One rate step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub rate_per_s: f64,
+    pub warmup_ns: u64,
+    pub duration_ns: u64,
+    pub drain_ns: u64,
+}
+
+/// CPU use during a step.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuReport {
+    /// CPUs loadgen may run on (all its processes).
+    pub loadgen_cores: u32,
+    /// Process CPU time / wall time (1.0 = one full core), summed over loadgen's processes.
+    pub loadgen_cores_used: f64,
+    /// Busiest reader thread's CPU time / wall time.
+    pub busiest_reader_util: f64,
+    pub pacer_util: f64,
+    /// True when loadgen itself was the bottleneck (> 90 % of its cores or of one reader).
+    pub loadgen_saturated: bool,
+    /// Server process CPU time / wall time (summed over the servers of a cluster), when their
+    /// PIDs are known.
+    pub server_cores_used: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    /// Time loadgen's threads were runnable but waiting for a CPU, per second of wall time
+    /// (summed over threads): other work on the machine took their CPU.
+    pub loadgen_runqueue_wait_share: f64,
+    /// The same for the server's threads, when its PID is known.
+    pub server_runqueue_wait_share: Option<f64>,
+    /// Each server's CPU time / wall time, when there are several (the nodes of a cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_cores_by_node: Vec<f64>,
+    /// The cluster broker's CPU time / wall time, when loadgen started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_cores_used: Option<f64>,
+}
+
+/// What one loadgen worker process ran and used in a step (for the report's worker table).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStep {
+    pub worker: u32,
+    pub subscribers: u32,
+    pub publishers: u32,
+    pub sent: u64,
+    pub received: u64,
+    /// Its process CPU time / wall time.
+    pub cores_used: f64,
+    pub busiest_reader_util: f64,
+    pub pacer_util: f64,
+}
+
+/// The result of one step (the unit of summary.json's `steps`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StepResult {
+    pub requested_rate_per_s: f64,
+    pub achieved_rate_per_s: f64,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    /// Messages sent in the whole step (warm-up included).
+    pub sent: u64,
+    pub sent_in_window: u64,
+    /// Messages that could not be sent (publisher socket failed).
+    pub unsent: u64,
+    pub expected_deliveries: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub counts: DeliveryCounts,
+    /// Distinct deliveries of messages intended in the measurement window, per second.
+    pub deliveries_per_s: f64,
+    pub expected_deliveries_per_s: f64,
+    /// Publish (intended time) -> receive, every timed delivery in the window.
+    pub latency: LatencySummary,
+    /// The same for deliveries whose publisher and subscriber were on the same server, and on
+    /// different servers (runs over several servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_same_server: Option<LatencySummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_cross_server: Option<LatencySummary>,
+    /// Publish (intended time) -> last subscriber, every message in the window that reached all.
+    pub fanout: LatencySummary,
+    /// Actual minus intended send time.
+    pub send_lag: LatencySummary,
+    pub drain_s: f64,
+    pub drained: bool,
+    pub cpu: CpuReport,
+    pub publisher_failures: Vec<String>,
+    pub buffer_exhaustions: u64,
+    /// Per loadgen worker process (runs with --workers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerStep>,
+    /// For a sweep: zero loss and p99 within the SLO.
+    pub passed: Option<bool>,
+}
+
+/// A step's result with its full latency histogram.
+pub struct StepOutcome {
+    pub result: StepResult,
+    pub latency: Histogram<u64>,
+}
+
+/// Live figures for the progress line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveStatus {
+    pub elapsed_s: f64,
+    pub phase: &'static str,
+    pub rate_per_s: f64,
+    pub sent: u64,
+    pub deliveries_per_s: f64,
+    pub p99_ns: u64,
+}
+
+/// What one loadgen process's publishers sent in a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    pub sent: u64,
+    pub sent_in_window: u64,
+    pub sent_per_channel: Vec<u64>,
+    pub unsent: u64,
+    pub publisher_failures: Vec<String>,
+    #[serde(with = "hist_serde")]
+    pub send_lag: Histogram<u64>,
+    pub pacer_util: f64,
+}
+
+/// What one loadgen process measured in a step: its publishers' sends and its subscribers'
+/// receipts, with its CPU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepPart {
+    pub sent: Sent,
+    pub counts: DeliveryCounts,
+    #[serde(with = "hist_serde")]
+    pub latency: Histogram<u64>,
+    #[serde(with = "hist_serde::option_pair")]
+    pub by_route: Option<[Histogram<u64>; 2]>,
+    pub fanout: Vec<FanoutTable>,
+    pub drained: bool,
+    pub drain_s: f64,
+    pub wall_ns: u64,
+    pub cpu_ns: u64,
+    pub cores: u32,
+    pub busiest_reader_util: f64,
+    pub runqueue_wait_share: f64,
+    pub buffer_exhaustions: u64,
+    pub subscribers: u32,
+    pub publishers: u32,
+    /// The CPUs this process was pinned to (`None`: not pinned).
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// Deliveries expected from `sent_per_channel` (messages sent to each channel, by every
+/// process) for the subscribers in `subscribers_in_channel(ch)`.
+pub fn expected_deliveries(
+    sent_per_channel: &[u64],
+    subscribers_in_channel: impl Fn(u32) -> u64,
+) -> u64 {
+    sent_per_channel
+        .iter()
+        .enumerate()
+        .map(|(ch, &n)| n * subscribers_in_channel(ch as u32))
+        .sum()
+}
+
+/// What is measured outside loadgen during a step: the servers' CPU and memory.
+#[derive(Debug, Clone, Default)]
+pub struct ServerUse {
+    pub cores_used: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub runqueue_wait_share: Option<f64>,
+    /// Per server, when there are several.
+    pub cores_by_node: Vec<f64>,
+    pub broker_cores_used: Option<f64>,
+}
+
+/// Merges every process's part of a step into its result.
+pub fn merge(
+    spec: &StepSpec,
+    topology: &Topology,
+    parts: &[StepPart],
+    server: ServerUse,
+) -> StepOutcome {
+    let channels = topology.channels.max(1) as usize;
+    let mut sent_per_channel = vec![0u64; channels];
+    let mut counts = DeliveryCounts::default();
+    let mut latency = new_histogram();
+    let mut send_lag = new_histogram();
+    let mut by_route: Option<[Histogram<u64>; 2]> = None;
+    let mut tables = Vec::new();
+    let (mut sent, mut in_window, mut unsent) = (0u64, 0u64, 0u64);
+    let mut failures = Vec::new();
+    let (mut cpu_ns, mut busiest, mut pacer, mut wait) = (0f64, 0f64, 0f64, 0f64);
+    let mut cpus: Option<std::collections::BTreeSet<usize>> = Some(Default::default());
+    let mut unpinned_cores = 0u32;
+    let (mut drained, mut drain_s, mut exhaustions) = (true, 0f64, 0u64);
+    let mut workers = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        for (total, n) in sent_per_channel.iter_mut().zip(&part.sent.sent_per_channel) {
+            *total += n;
+        }
+        sent += part.sent.sent;
+        in_window += part.sent.sent_in_window;
+        unsent += part.sent.unsent;
+        failures.extend(part.sent.publisher_failures.iter().cloned());
+        let _ = send_lag.add(&part.sent.send_lag);
+        counts.merge(&part.counts);
+        let _ = latency.add(&part.latency);
+        if let Some(parts_routes) = &part.by_route {
+            let routes = by_route.get_or_insert_with(|| [new_histogram(), new_histogram()]);
+            for (total, h) in routes.iter_mut().zip(parts_routes) {
+                let _ = total.add(h);
+            }
+        }
+        tables.extend(part.fanout.iter().cloned());
+        let wall = part.wall_ns.max(1) as f64;
+        let used = part.cpu_ns as f64 / wall;
+        cpu_ns += used;
+        match (&part.cpus, &mut cpus) {
+            (Some(list), Some(all)) => all.extend(list),
+            _ => {
+                cpus = None;
+                unpinned_cores = unpinned_cores.max(part.cores);
+            }
+        }
+        busiest = busiest.max(part.busiest_reader_util);
+        pacer = pacer.max(part.sent.pacer_util);
+        wait += part.runqueue_wait_share;
+        drained &= part.drained;
+        drain_s = drain_s.max(part.drain_s);
+        exhaustions += part.buffer_exhaustions;
+        if parts.len() > 1 {
+            workers.push(WorkerStep {
+                worker: i as u32,
+                subscribers: part.subscribers,
+                publishers: part.publishers,
+                sent: part.sent.sent,
+                received: part.counts.received,
+                cores_used: used,
+                busiest_reader_util: part.busiest_reader_util,
+                pacer_util: part.sent.pacer_util,
+            });
+        }
+    }
+    let expected = expected_deliveries(&sent_per_channel, |ch| {
+        u64::from(topology.subscribers_in_channel(ch))
+    });
+    let (fanout, _incomplete) = merge_fanout(&tables, |p| {
+        topology.subscribers_in_channel(topology.channel_of_publisher(p))
+    });
+    let duration_s = spec.duration_ns as f64 / 1e9;
+    let received = counts.received;
+    // The CPUs loadgen's processes could use between them (several workers may share one).
+    let cores = cpus.map_or(unpinned_cores, |c| c.len() as u32).max(1);
+    let saturated = cpu_ns > 0.9 * f64::from(cores)
+        || busiest > 0.9
+        || workers.iter().any(|w| w.cores_used > 0.9);
+    let result = StepResult {
+        requested_rate_per_s: spec.rate_per_s,
+        achieved_rate_per_s: in_window as f64 / duration_s,
+        warmup_s: spec.warmup_ns as f64 / 1e9,
+        duration_s,
+        sent,
+        sent_in_window: in_window,
+        unsent,
+        expected_deliveries: expected,
+        received,
+        lost: expected.saturating_sub(received),
+        deliveries_per_s: latency.len() as f64 / duration_s,
+        expected_deliveries_per_s: spec.rate_per_s * f64::from(topology.subscribers)
+            / f64::from(topology.channels.max(1)),
+        latency: LatencySummary::of(&latency),
+        latency_same_server: by_route.as_ref().map(|r| LatencySummary::of(&r[0])),
+        latency_cross_server: by_route.as_ref().map(|r| LatencySummary::of(&r[1])),
+        fanout: LatencySummary::of(&fanout),
+        send_lag: LatencySummary::of(&send_lag),
+        drain_s,
+        drained,
+        cpu: CpuReport {
+            loadgen_cores: cores,
+            loadgen_cores_used: cpu_ns,
+            busiest_reader_util: busiest,
+            pacer_util: pacer,
+            loadgen_saturated: saturated,
+            server_cores_used: server.cores_used,
+            server_rss_bytes: server.rss_bytes,
+            loadgen_runqueue_wait_share: wait,
+            server_runqueue_wait_share: server.runqueue_wait_share,
+            server_cores_by_node: server.cores_by_node,
+            broker_cores_used: server.broker_cores_used,
+        },
+        publisher_failures: failures,
+        buffer_exhaustions: exhaustions,
+        workers,
+        counts,
+        passed: None,
+    };
+    StepOutcome { result, latency }
+}

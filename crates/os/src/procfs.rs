@@ -22,6 +22,29 @@ fn schedstat_sum(pid: u32, field: usize) -> Option<u64> {
     any.then_some(total)
 }
 
+/// CPU time of the threads of `pid` whose name starts with `prefix` (the kernel keeps the
+/// first 15 bytes of a thread's name), in ns, from their schedstat.
+pub fn threads_cpu_ns(pid: u32, prefix: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !name.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let stat = fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+        if let Some(v) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += v;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
 /// CPU time (all threads, user + system) of `pid` in ns: from schedstat, exact, or from
 /// `/proc/PID/stat` in clock ticks where schedstat is not available.
 pub fn cpu_ns(pid: u32) -> Option<u64> {
@@ -88,6 +111,12 @@ mod tests {
         assert!(stat_cpu_ns(me).is_some());
         assert!(runqueue_wait_ns(me).is_some());
         assert!(open_fds(me).unwrap() >= 3);
+        let named = std::thread::Builder::new()
+            .name("procfs-probe".into())
+            .spawn(move || threads_cpu_ns(me, "procfs-probe"))
+            .unwrap();
+        assert!(named.join().unwrap().is_some());
+        assert_eq!(threads_cpu_ns(me, "no-such-thread"), None);
         assert_eq!(rss_bytes(u32::MAX), None);
     }
 }

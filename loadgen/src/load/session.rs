@@ -259,6 +259,7 @@ pub fn merge_connect(parts: &[(ConnectReport, Histogram<u64>, Histogram<u64>)]) 
 /// What the servers (and a cluster's broker) used between two readings of /proc.
 pub struct ServerReading {
     cpu_ns: Vec<Option<u64>>,
+    link_ns: Vec<Option<u64>>,
     wait_ns: Vec<Option<u64>>,
     broker_cpu_ns: Option<u64>,
     at_ns: u64,
@@ -271,6 +272,10 @@ impl ServerReading {
             cpu_ns: pids
                 .iter()
                 .map(|&p| ringcast_os::procfs::cpu_ns(p))
+                .collect(),
+            link_ns: pids
+                .iter()
+                .map(|&p| ringcast_os::procfs::threads_cpu_ns(p, "ringcast-clust"))
                 .collect(),
             wait_ns: pids
                 .iter()
@@ -325,6 +330,12 @@ impl ServerReading {
                 Vec::new()
             },
             broker_cores_used: share(self.broker_cpu_ns, now.broker_cpu_ns),
+            cluster_link_cores_by_node: self
+                .link_ns
+                .iter()
+                .zip(&now.link_ns)
+                .filter_map(|(&a, &b)| share(a, b))
+                .collect(),
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct CpuReport {
     /// The cluster broker's CPU time / wall time, when loadgen started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_cores_used: Option<f64>,
+    /// Each node's cluster link thread (`ringcast-cluster`: the broker hop), CPU time / wall
+    /// time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_link_cores_by_node: Vec<f64>,
 }
 
 /// What one loadgen worker process ran and used in a step (for the report's worker table).
@@ -185,6 +189,7 @@ pub struct ServerUse {
     /// Per server, when there are several.
     pub cores_by_node: Vec<f64>,
     pub broker_cores_used: Option<f64>,
+    pub cluster_link_cores_by_node: Vec<f64>,
 }
 
 /// Merges every process's part of a step into its result.
@@ -301,6 +306,7 @@ pub fn merge(
             server_runqueue_wait_share: server.runqueue_wait_share,
             server_cores_by_node: server.cores_by_node,
             broker_cores_used: server.broker_cores_used,
+            cluster_link_cores_by_node: server.cluster_link_cores_by_node,
         },
         publisher_failures: failures,
         buffer_exhaustions: exhaustions,

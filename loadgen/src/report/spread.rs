@@ -40,6 +40,20 @@ pub fn step_text(out: &mut String, s: &StepResult) {
                 .unwrap_or_default()
         );
     }
+    if !s.cpu.cluster_link_cores_by_node.is_empty() {
+        let links: Vec<String> = s
+            .cpu
+            .cluster_link_cores_by_node
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("node {i} {:.1}%", c * 100.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  Cluster link threads (the broker hop): {}",
+            links.join(", ")
+        );
+    }
     for w in &s.workers {
         let _ = writeln!(
             out,
@@ -114,7 +128,7 @@ pub fn markdown(out: &mut String, s: &Summary) {
     }
     let _ = writeln!(
         out,
-        "| rate msg/s | deliveries/s | same-server p50 / p99 | cross-server p50 / p99 | server CPU by node | broker CPU |\n|---|---|---|---|---|---|"
+        "| rate msg/s | deliveries/s | same-server p50 / p99 | cross-server p50 / p99 | server CPU by node | cluster link threads | broker CPU |\n|---|---|---|---|---|---|---|"
     );
     for st in spread {
         let pair = |l: &Option<crate::load::recorder::LatencySummary>| {

@@ -14,6 +14,7 @@ pub use client::{client_request, parse_response, ResponseError};
 pub use key::accept_key;
 pub use server::{
     accept_response, error_response, parse_request, plain_response, HandshakeError, Request,
+    MAX_PATH_BYTES,
 };
 
 #[cfg(test)]

@@ -8,6 +8,14 @@ use thiserror::Error;
 /// Headers parsed per request; more is an error (431).
 const MAX_HEADERS: usize = 64;
 
+/// Longest request path (the channel name) accepted, in bytes; longer is an error (414). It
+/// bounds what one channel name costs in memory and keeps the name, escaped as a NATS subject
+/// (at most 3 bytes per byte), within NATS's default 4 KiB protocol line.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// Request headers RFC 6455 (§11.3.1, §11.3.5) and RFC 9110 (§7.2, Host) allow at most once.
+const SINGLE_HEADERS: [&str; 3] = ["Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version"];
+
 /// A request the server cannot accept. Each cause has its HTTP status ([`Self::status`]) and
 /// its one-line reason (the `Display` text), which becomes the body of the error answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -20,6 +28,11 @@ pub enum HandshakeError {
     NotHttp11,
     #[error("request path must start with /")]
     PathNotAbsolute,
+    #[error("request path longer than {} bytes", MAX_PATH_BYTES)]
+    PathTooLong,
+    /// A header allowed once (see `SINGLE_HEADERS`) was sent more than once.
+    #[error("{0} header sent more than once")]
+    DuplicateHeader(&'static str),
     #[error("missing Host header")]
     MissingHost,
     #[error("Upgrade header must be websocket")]
@@ -46,6 +59,7 @@ impl HandshakeError {
     pub fn status(self) -> u16 {
         match self {
             HandshakeError::BadVersion => 426,
+            HandshakeError::PathTooLong => 414,
             HandshakeError::HeaderBlockTooLarge | HandshakeError::TooManyHeaders => 431,
             _ => 400,
         }
@@ -64,6 +78,8 @@ impl HandshakeError {
             | HandshakeError::NotGet
             | HandshakeError::NotHttp11
             | HandshakeError::PathNotAbsolute
+            | HandshakeError::PathTooLong
+            | HandshakeError::DuplicateHeader(_)
             | HandshakeError::MissingHost => "malformed",
         }
     }
@@ -83,6 +99,17 @@ fn has_token(value: &[u8], token: &str) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The values of every header field named `name` (any case), in order.
+fn values<'h>(
+    headers: &'h [httparse::Header<'h>],
+    name: &'static str,
+) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
 }
 
 /// Parses the request at the start of `buf`.
@@ -114,23 +141,28 @@ pub fn parse_request(
     if !path.starts_with('/') {
         return Err(HandshakeError::PathNotAbsolute);
     }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(HandshakeError::PathTooLong);
+    }
 
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
+    let all = |name: &'static str| values(req.headers, name);
+    for name in SINGLE_HEADERS {
+        if all(name).nth(1).is_some() {
+            return Err(HandshakeError::DuplicateHeader(name));
+        }
+    }
+    let header = |name: &'static str| all(name).next();
     if header("Host").is_none() {
         return Err(HandshakeError::MissingHost);
     }
-    let Some(upgrade) = header("Upgrade") else {
+    // Upgrade and Connection are lists: repeated fields are one list (RFC 9110 §5.3).
+    if all("Upgrade").next().is_none() {
         return Ok(Some((Request::Get { path }, consumed)));
-    };
-    if !has_token(upgrade, "websocket") {
+    }
+    if !all("Upgrade").any(|v| has_token(v, "websocket")) {
         return Err(HandshakeError::UpgradeNotWebSocket);
     }
-    if !header("Connection").is_some_and(|v| has_token(v, "upgrade")) {
+    if !all("Connection").any(|v| has_token(v, "upgrade")) {
         return Err(HandshakeError::ConnectionNotUpgrade);
     }
     let key = header("Sec-WebSocket-Key")
@@ -165,6 +197,7 @@ fn status_text(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        414 => "URI Too Long",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -282,9 +315,83 @@ mod tests {
                 HandshakeError::BadVersion,
             ),
             ("GARBAGE\r\n\r\n".to_string(), HandshakeError::Malformed),
+            (
+                RFC_REQUEST.replace("/chat", "ws://server.example.com/chat"),
+                HandshakeError::PathNotAbsolute,
+            ),
+            (
+                RFC_REQUEST.replace("/chat", &format!("/{}", "c".repeat(MAX_PATH_BYTES))),
+                HandshakeError::PathTooLong,
+            ),
         ];
         for (req, want) in cases {
             assert_eq!(parse_request(req.as_bytes(), 8192), Err(want), "{req:?}");
+        }
+    }
+
+    /// RFC 6455 §11.3.1 and §11.3.5: Sec-WebSocket-Key and Sec-WebSocket-Version appear at
+    /// most once in a request; RFC 9110 §7.2: a request with two Host fields gets 400. Names
+    /// compare without case, so a repeat in another case is a repeat too.
+    #[test]
+    fn headers_allowed_once_are_refused_twice() {
+        let cases = [
+            (
+                "Host: server.example.com\r\n",
+                "host: other.example.com\r\n",
+                "Host",
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n",
+                "Sec-WebSocket-Key",
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\n",
+                "Sec-WebSocket-Version: 13\r\n",
+                "Sec-WebSocket-Version",
+            ),
+        ];
+        for (line, repeat, name) in cases {
+            let req = RFC_REQUEST.replace(line, &format!("{line}{repeat}"));
+            let err = parse_request(req.as_bytes(), 8192).unwrap_err();
+            assert_eq!(err, HandshakeError::DuplicateHeader(name), "{req:?}");
+            assert_eq!(err.status(), 400);
+            assert_eq!(
+                err.to_string(),
+                format!("{name} header sent more than once")
+            );
+        }
+    }
+
+    /// Upgrade and Connection are lists: the same field twice is one list (RFC 9110 §5.3), so
+    /// a token in the second field counts.
+    #[test]
+    fn list_headers_may_repeat() {
+        let req = RFC_REQUEST.replace(
+            "Connection: Upgrade\r\n",
+            "Connection: keep-alive\r\nConnection: Upgrade\r\n",
+        );
+        assert!(matches!(
+            parse_request(req.as_bytes(), 8192),
+            Ok(Some((Request::Upgrade { .. }, _)))
+        ));
+        let req = RFC_REQUEST.replace(
+            "Upgrade: websocket\r\n",
+            "Upgrade: h2c\r\nUpgrade: websocket\r\n",
+        );
+        assert!(matches!(
+            parse_request(req.as_bytes(), 8192),
+            Ok(Some((Request::Upgrade { .. }, _)))
+        ));
+    }
+
+    #[test]
+    fn a_path_of_the_limit_is_accepted() {
+        let path = format!("/{}", "c".repeat(MAX_PATH_BYTES - 1));
+        let req = RFC_REQUEST.replace("/chat", &path);
+        match parse_request(req.as_bytes(), 8192) {
+            Ok(Some((Request::Upgrade { path: got, .. }, _))) => assert_eq!(got, path),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -302,6 +409,12 @@ mod tests {
             (HandshakeError::Malformed, 400, "malformed"),
             (HandshakeError::HeaderBlockTooLarge, 431, "too large"),
             (HandshakeError::TooManyHeaders, 431, "too many"),
+            (HandshakeError::PathTooLong, 414, "1024 bytes"),
+            (
+                HandshakeError::DuplicateHeader("Host"),
+                400,
+                "more than once",
+            ),
         ];
         for (err, status, word) in cases {
             assert_eq!(err.status(), status, "{err}");

@@ -120,11 +120,12 @@ pub struct CommonArgs {
     /// nodes of a cluster).
     #[arg(long)]
     pub server_pid: Vec<u32>,
-    /// Output directory (default: results/<UTC date-time>-<scenario>).
+    /// Output directory (default: results/runs/<UTC date-time>-<scenario>, which git ignores:
+    /// copy a run into results/reference/ on purpose to keep it).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
     /// Parent of the default output directory.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = "results/runs")]
     pub results_dir: PathBuf,
     /// Write no files.
     #[arg(long)]

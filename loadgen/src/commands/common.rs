@@ -110,6 +110,8 @@ pub(super) struct Prepared {
     pub(super) threads: usize,
     pub(super) dir: Option<PathBuf>,
     pub(super) server_pids: Vec<u32>,
+    /// The servers' resident memory before any client connected (servers loadgen started).
+    pub(super) server_rss_idle: Option<u64>,
     pub(super) started_unix_s: u64,
 }
 
@@ -179,6 +181,7 @@ pub(super) fn prepare(
         threads: 1,
         dir,
         server_pids: c.server_pid.clone(),
+        server_rss_idle: None,
         started_unix_s,
     };
     if !c.url.is_empty() {
@@ -260,6 +263,11 @@ pub(super) fn prepare(
         if nodes <= 1 {
             p.nodes.clear();
         }
+        p.server_rss_idle = p
+            .server_pids
+            .iter()
+            .map(|&pid| ringcast_os::procfs::rss_bytes(pid))
+            .sum();
     }
     if let Some(cpus) = &c.cpus {
         p.loadgen_cpus = Some(cpus.clone());
@@ -364,6 +372,7 @@ pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summa
         machine: machine::collect(),
         server: p.server_info.clone(),
         nodes: p.nodes.clone(),
+        server_rss_idle_bytes: p.server_rss_idle,
         broker: p.broker.as_ref().map(|b| BrokerInfo {
             command: b.command.clone(),
             version: b.version(),

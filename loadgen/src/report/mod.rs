@@ -103,6 +103,9 @@ pub struct Summary {
     /// Every node, when loadgen started a cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<ServerInfo>,
+    /// The servers' resident memory before any client connected (servers loadgen started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_idle_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerInfo>,
     /// Loadgen's worker processes, with --workers.
@@ -147,7 +150,10 @@ fn latency_lines(out: &mut String, l: &LatencySummary) {
     }
 }
 
-fn step_block(out: &mut String, s: &StepResult, subs: u32) {
+/// One step's figures; the connection count (`subs + publishers`) and `rss_idle` (the servers'
+/// memory before any client) give the memory per connection.
+fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_idle: Option<u64>) {
+    let connections = subs + publishers;
     let _ = writeln!(
         out,
         "  Requested rate {} msg/s, achieved {} msg/s ({} expected deliveries/s, achieved {})",
@@ -217,11 +223,21 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32) {
         );
     }
     let server = match (s.cpu.server_cores_used, s.cpu.server_rss_bytes) {
-        (Some(c), Some(r)) => format!(
-            "; server {:.0}% of a core, RSS {:.1} MiB",
-            c * 100.0,
-            r as f64 / 1048576.0
-        ),
+        (Some(c), Some(r)) => {
+            let per_connection = match rss_idle {
+                Some(idle) if connections > 0 => format!(
+                    " ({:.1} MiB before connecting, {:.2} KiB per connection)",
+                    idle as f64 / 1048576.0,
+                    r.saturating_sub(idle) as f64 / 1024.0 / f64::from(connections)
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "; server {:.0}% of a core, RSS {:.1} MiB{per_connection}",
+                c * 100.0,
+                r as f64 / 1048576.0
+            )
+        }
         _ => String::new(),
     };
     let _ = writeln!(
@@ -307,7 +323,7 @@ pub fn render_text(s: &Summary) -> String {
             let _ = writeln!(out, "  FAILED {}: {}", f.role, f.error);
         }
     }
-    if s.scenario == "sweep" {
+    if s.steps.len() > 1 || s.capacity.is_some() {
         let _ = writeln!(
             out,
             "\n  {:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>10} {:>6}  result",
@@ -364,7 +380,13 @@ pub fn render_text(s: &Summary) -> String {
         if let Some(i) = s.histogram_step {
             if let Some(st) = s.steps.get(i) {
                 let _ = writeln!(out, "\n  Step {} in detail:", i + 1);
-                step_block(&mut out, st, c.subscribers);
+                step_block(
+                    &mut out,
+                    st,
+                    c.subscribers,
+                    c.publishers,
+                    s.server_rss_idle_bytes,
+                );
             }
         }
     } else if let Some(st) = s.steps.first() {
@@ -376,7 +398,13 @@ pub fn render_text(s: &Summary) -> String {
             st.drain_s,
             if st.drained { "" } else { " (timed out)" }
         );
-        step_block(&mut out, st, c.subscribers);
+        step_block(
+            &mut out,
+            st,
+            c.subscribers,
+            c.publishers,
+            s.server_rss_idle_bytes,
+        );
     }
     if let Some(cr) = &s.connections {
         let _ = writeln!(
@@ -569,7 +597,7 @@ pub fn write_files(
         plots::latency_curve(h, &title, &p)?;
         written.push(p);
     }
-    if summary.scenario == "sweep" {
+    if summary.steps.len() > 1 || summary.capacity.is_some() {
         let p = dir.join("sweep.svg");
         let title = format!(
             "sweep: {} subscribers, {} B messages",

@@ -60,10 +60,12 @@ pub struct Config {
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub channel_window: usize,
 
-    /// Seconds a full channel's publishers wait for its slowest reader to free room before
-    /// the readers behind the window get --slow-policy. A reader that keeps reading frees room
-    /// within milliseconds; longer forgives longer stalls, and delays the channel's other
-    /// readers for as long. 0: no pause, the policy applies as soon as the window is passed.
+    /// Seconds without progress after which a reader behind a full channel's window gets
+    /// --slow-policy; meanwhile the channel's publishers pause (at most this long at a time)
+    /// for it to free room. A reader that keeps reading is given the policy only if it falls
+    /// two windows behind (the memory bound). Longer forgives longer stalls, and delays the
+    /// channel's other readers for as long. 0: no pause, the policy applies as soon as the
+    /// window is passed.
     #[arg(long, default_value = "2.0", value_parser = parse_secs)]
     pub slow_timeout: SecsArg,
 
@@ -79,9 +81,14 @@ pub struct Config {
     #[arg(long, default_value_t = 8192)]
     pub max_header_bytes: usize,
 
-    /// Connections held at once; beyond it a handshake gets 503. 0: no limit.
-    #[arg(long, default_value_t = 0)]
-    pub max_connections: usize,
+    /// Connections held at once; beyond it a handshake gets 503 with the reason. Default: the
+    /// open-file limit (raised to its hard limit at start) minus a reserve of
+    /// `FD_RESERVE_BASE + FD_RESERVE_PER_THREAD x threads` descriptors for the server's own
+    /// files (listeners, io_urings, eventfds, the broker socket, spares) and for connections
+    /// still in their handshake, so the limit answers before the process runs out of
+    /// descriptors. 0: no limit (a connection that finds no descriptor is still answered 503).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 
     /// Seconds between the pings the server sends each client. 0: never ping.
     #[arg(long, default_value = "0.0", value_parser = parse_secs)]
@@ -174,6 +181,14 @@ impl Default for Config {
     }
 }
 
+/// Descriptors `--max-connections`'s default leaves to the process: stdio, the signal and
+/// cluster threads' files, the broker socket, and headroom for handshakes in flight.
+pub const FD_RESERVE_BASE: usize = 64;
+
+/// Descriptors `--max-connections`'s default leaves per worker thread: its listener, two
+/// io_urings, eventfds, the accept spare.
+pub const FD_RESERVE_PER_THREAD: usize = 16;
+
 impl Config {
     /// The worker thread count: `--threads`, or one per core.
     pub fn worker_threads(&self) -> usize {
@@ -181,6 +196,25 @@ impl Config {
             .map(usize::from)
             .unwrap_or_else(ringcast_os::affinity::online_cpus)
             .clamp(1, MAX_THREADS)
+    }
+
+    /// The connection limit in force: `--max-connections`, or the open-file limit minus the
+    /// reserve (see the flag). `None`: no limit.
+    pub fn connection_limit(&self) -> Option<usize> {
+        match self.max_connections {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => {
+                let (soft, _) = ringcast_os::fd_limit::nofile();
+                let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_THREAD * self.worker_threads();
+                Some(
+                    usize::try_from(soft)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(reserve)
+                        .max(1),
+                )
+            }
+        }
     }
 
     /// `Some(d)` for a non-zero duration.

@@ -11,6 +11,7 @@
 //!
 //! - [`server`]: binds the listeners, starts one worker thread per core, runs until the
 //!   shutdown future it is given completes, then drains.
+//! - `accept`: each worker's accept loop, which answers 503 when descriptors run out.
 //! - `worker`: one thread's state (channels, send ring, block encoder, connections) and the
 //!   publishing of what its clients send.
 //! - `connection`: one client from its first byte to its close: `upgrade` (the HTTP request
@@ -23,6 +24,8 @@
 //! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
 //! - [`telemetry`]: counters for `/metrics` and the `--stats-interval` line.
 //! - [`config`]: every flag, its default and its trade-off.
+//! - `maps`: hash maps that shrink back when their entries leave; `memory`: freed memory
+//!   handed back to the OS after a spike of connections.
 
 pub use ringcast_proto as proto;
 
@@ -33,5 +36,8 @@ pub mod ring;
 pub mod server;
 pub mod telemetry;
 
+mod accept;
 mod connection;
+mod maps;
+mod memory;
 mod worker;

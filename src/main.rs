@@ -26,7 +26,18 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    ringcast_os::fd_limit::raise_nofile();
+    let nofile = ringcast_os::fd_limit::raise_nofile();
+    match config.connection_limit() {
+        Some(limit) if config.max_connections.is_none() => tracing::info!(
+            "at most {limit} connections: the open-file limit {nofile} minus {} reserved \
+             (set --max-connections to change)",
+            nofile.saturating_sub(limit as u64)
+        ),
+        Some(limit) => tracing::info!("at most {limit} connections (--max-connections)"),
+        None => tracing::info!(
+            "no connection limit (--max-connections 0); the open-file limit is {nofile}"
+        ),
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let server = Server::bind(config)?;
     println!(

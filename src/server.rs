@@ -6,9 +6,9 @@
 //! completes, then stops accepting, sends close 1001 to every client, waits up to
 //! `--shutdown-timeout` for them to finish the closing handshake, and returns.
 
+use crate::accept;
 use crate::cluster::{ClusterConfig, ClusterError, ClusterLink};
 use crate::config::Config;
-use crate::connection;
 use crate::fanout::channel::WindowPolicy;
 use crate::fanout::inbox::{self, InboxReceiver, InboxSender};
 use crate::fanout::registry::Registry;
@@ -24,7 +24,6 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_uring::net::TcpListener;
@@ -253,7 +252,7 @@ fn worker_main(
             send_ring,
         );
         let listener = TcpListener::from_std(listener);
-        accept_loop(&worker, &listener, stop).await;
+        accept::run(&worker, &listener, stop).await;
         // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.
         unsafe {
             libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
@@ -261,22 +260,4 @@ fn worker_main(
         worker.drain().await;
         Ok(())
     })
-}
-
-async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    tokio_uring::spawn(connection::serve(worker.clone(), stream));
-                }
-                Err(err) => {
-                    // Out of descriptors or a connection reset before accept: keep serving.
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = stop.changed() => return,
-        }
-    }
 }

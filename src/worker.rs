@@ -11,6 +11,8 @@ use crate::fanout::block::{BlockEncoder, NO_ORIGIN};
 use crate::fanout::channel::Channel;
 use crate::fanout::subscriber::Subscriber;
 use crate::fanout::{FanOut, Forwarding};
+use crate::maps::remove_and_shrink;
+use crate::memory::Trimmer;
 use crate::ring::SendRing;
 use crate::telemetry::metrics::{Metrics, ThreadMetrics};
 use ringcast_proto::close::CloseCode;
@@ -38,12 +40,16 @@ pub(crate) struct Worker {
     pub(crate) block: RefCell<BlockEncoder>,
     /// Upgraded connections across all threads, for `--max-connections`.
     admitted: Arc<AtomicUsize>,
+    /// `--max-connections` in force (`None`: no limit).
+    connection_limit: Option<usize>,
     next_id: Cell<u64>,
     /// Every open socket of this thread, upgraded or not.
     streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
     /// The upgraded connections.
     subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
     shutting_down: Cell<bool>,
+    /// Returns freed memory to the OS after a spike of connections.
+    trimmer: Trimmer,
 }
 
 impl Worker {
@@ -56,6 +62,7 @@ impl Worker {
         send_ring: Rc<Ring>,
     ) -> Rc<Worker> {
         Rc::new(Worker {
+            connection_limit: config.connection_limit(),
             config,
             thread_metrics: metrics.threads[index].clone(),
             metrics,
@@ -68,6 +75,7 @@ impl Worker {
             streams: RefCell::default(),
             subscribers: RefCell::default(),
             shutting_down: Cell::new(false),
+            trimmer: Trimmer::default(),
         })
     }
 
@@ -75,12 +83,20 @@ impl Worker {
     pub(crate) fn register(&self, stream: &Rc<TcpStream>) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        self.streams.borrow_mut().insert(id, stream.clone());
+        let mut streams = self.streams.borrow_mut();
+        streams.insert(id, stream.clone());
+        self.trimmer.note(streams.len());
         id
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.streams.borrow_mut().remove(&id);
+        let mut streams = self.streams.borrow_mut();
+        remove_and_shrink(&mut streams, &id);
+    }
+
+    /// The once-a-second housekeeping: memory back to the OS after a spike.
+    pub(crate) fn tick(&self) {
+        self.trimmer.tick(self.streams.borrow().len());
     }
 
     pub(crate) fn add_subscriber(&self, subscriber: &Rc<Subscriber>) {
@@ -90,7 +106,7 @@ impl Worker {
     }
 
     pub(crate) fn remove_subscriber(&self, id: u64) {
-        self.subscribers.borrow_mut().remove(&id);
+        remove_and_shrink(&mut self.subscribers.borrow_mut(), &id);
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -99,9 +115,8 @@ impl Worker {
 
     /// Takes a place under `--max-connections`; `false` when the server is full.
     pub(crate) fn try_admit(&self) -> bool {
-        let limit = self.config.max_connections;
         let before = self.admitted.fetch_add(1, Ordering::Relaxed);
-        if limit != 0 && before >= limit {
+        if self.connection_limit.is_some_and(|limit| before >= limit) {
             self.admitted.fetch_sub(1, Ordering::Relaxed);
             return false;
         }

@@ -3,8 +3,8 @@
 //! comes from the broker to the worker threads.
 
 use super::envelope;
+use super::settings::ClusterConfig;
 use super::subject;
-use super::ClusterConfig;
 use crate::fanout::block::{Block, NO_ORIGIN};
 use crate::fanout::inbox::{Forward, InboxReceiver, InboxSender};
 use crate::fanout::registry::{ChannelEvent, ChannelShared};

@@ -18,6 +18,7 @@ use super::log::Pos;
 use super::registry::ChannelShared;
 use super::subscriber::{Log, Subscriber};
 use crate::config::SlowPolicy;
+use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::ThreadMetrics;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -77,7 +78,7 @@ impl Channel {
     /// Forgets a subscriber (which has left the log); returns whether none is left.
     pub fn remove(&self, id: u64) -> bool {
         let mut subscribers = self.subscribers.borrow_mut();
-        subscribers.remove(&id);
+        remove_and_shrink(&mut subscribers, &id);
         subscribers.is_empty()
     }
 
@@ -106,10 +107,11 @@ impl Channel {
     }
 
     /// If the log is over its window, gives the slow policy to the readers behind the window
-    /// that have had their time: all of them once the log has been full for `--slow-timeout`
-    /// (or reached twice the window, or the timeout is zero), and at once those that are
-    /// stalled: no progress for `--slow-timeout`, or none since the policy last moved them
-    /// (waiting for them would only pause the publishers for nothing).
+    /// that have had their time: those that are stalled (no progress for `--slow-timeout`, or
+    /// none since the policy last moved them), and all of them once the log holds twice the
+    /// window (the memory bound) or when the timeout is zero. A reader that keeps reading is
+    /// never given the policy for being slow within that bound: the publishers pause for it
+    /// (at most `--slow-timeout` at a time), then read on into the second window.
     pub fn keep_window(&self) {
         let timeout = self.policy.slow_timeout;
         let (start, all_due) = {
@@ -117,11 +119,7 @@ impl Channel {
             let Some(start) = log.window_start() else {
                 return;
             };
-            let all_due = timeout.is_zero()
-                || log.bytes() >= self.policy.window.saturating_mul(2)
-                || log
-                    .full_since()
-                    .is_some_and(|since| since.elapsed() >= timeout);
+            let all_due = timeout.is_zero() || log.bytes() >= self.policy.window.saturating_mul(2);
             (start, all_due)
         };
         let behind: Vec<Rc<Subscriber>> = self

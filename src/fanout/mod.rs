@@ -27,6 +27,7 @@ pub mod registry;
 pub mod subscriber;
 pub mod uplink;
 
+use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::ThreadMetrics;
 use block::Block;
 use channel::{Channel, WindowPolicy};
@@ -117,7 +118,7 @@ impl FanOut {
             .get(shared.name())
             .is_some_and(|c| Rc::ptr_eq(c, channel))
         {
-            channels.remove(shared.name());
+            remove_and_shrink(&mut channels, shared.name());
             drop(channels);
             self.registry.leave(shared, self.thread);
         }

@@ -6,6 +6,7 @@
 //! thread's channel holds; the map itself is locked only when a thread gains its first or loses
 //! its last subscriber of a channel.
 
+use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,7 +131,7 @@ impl Registry {
         shared.set_full(thread, false);
         let bit = 1u64 << thread;
         if shared.threads.fetch_and(!bit, Ordering::AcqRel) == bit {
-            if let Some(gone) = channels.remove(&shared.name) {
+            if let Some(gone) = remove_and_shrink(&mut channels, &shared.name) {
                 self.report(ChannelEvent::Left(gone));
             }
         }

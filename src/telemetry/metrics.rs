@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Handshake failure labels, in the order of [`ThreadMetrics::handshake_failures`].
-pub const HANDSHAKE_FAILURE_LABELS: [&str; 7] = [
+pub const HANDSHAKE_FAILURE_LABELS: [&str; 8] = [
     "malformed",
     "bad_key",
     "version",
@@ -19,6 +19,7 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 7] = [
     "not_upgrade",
     "timeout",
     "over_capacity",
+    "out_of_descriptors",
 ];
 
 /// Why a connection did not become a WebSocket.
@@ -30,6 +31,8 @@ pub enum HandshakeFailure {
     Timeout,
     /// The server was at `--max-connections`.
     OverCapacity,
+    /// The process was out of file descriptors: answered 503 at accept.
+    OutOfDescriptors,
 }
 
 impl HandshakeFailure {
@@ -39,6 +42,7 @@ impl HandshakeFailure {
             HandshakeFailure::Rejected(err) => err.metric_label(),
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::OverCapacity => "over_capacity",
+            HandshakeFailure::OutOfDescriptors => "out_of_descriptors",
         }
     }
 }
@@ -308,6 +312,7 @@ mod tests {
             HandshakeFailure::Rejected(E::NotUpgrade),
             HandshakeFailure::Timeout,
             HandshakeFailure::OverCapacity,
+            HandshakeFailure::OutOfDescriptors,
         ];
         let labels: Vec<&str> = failures.iter().map(|f| f.label()).collect();
         assert_eq!(labels, HANDSHAKE_FAILURE_LABELS);

@@ -2,8 +2,8 @@
 //! binary on port 0 and look at the process from outside ([`server`]), talk to it with
 //! tokio-tungstenite clients ([`ws`]), with raw WebSocket frames over plain TCP sockets, so that
 //! a test can misbehave in ways a WebSocket library would not ([`raw`]), and with plain HTTP
-//! ([`http`]), and read its `/metrics` ([`metrics`]); and run a real nats-server for the cluster
-//! tests ([`nats`]).
+//! ([`http`]), and read its `/metrics` ([`metrics`]); run a real nats-server for the cluster
+//! tests ([`nats`]); and put a server under a memory limit ([`cgroup`]).
 //!
 //! Everything here is bounded in time: a helper that waits does so under [`STEP`] (or a bound
 //! it is given) and panics with a message saying what it was waiting for.
@@ -12,6 +12,7 @@
 //! allowed.
 #![allow(dead_code, unused_imports)]
 
+pub mod cgroup;
 pub mod http;
 pub mod metrics;
 pub mod nats;
@@ -19,6 +20,7 @@ pub mod raw;
 pub mod server;
 pub mod ws;
 
+pub use cgroup::*;
 pub use http::*;
 pub use metrics::*;
 pub use nats::*;

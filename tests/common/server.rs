@@ -29,20 +29,47 @@ impl Server {
     /// Starts `ringcast --listen 127.0.0.1:0 ARGS...` (without the `--listen` if ARGS has
     /// one) and waits for its listening line.
     pub fn start(args: &[&str]) -> Server {
+        Server::spawn(args, None)
+    }
+
+    /// [`Server::start`] with the open-file limit (soft and hard) set to `nofile`, as
+    /// `ulimit -n` would.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Server {
+        Server::spawn(args, Some(nofile))
+    }
+
+    fn spawn(args: &[&str], nofile: Option<u64>) -> Server {
+        use std::os::unix::process::CommandExt;
         let listen: &[&str] = if args.contains(&"--listen") {
             &[]
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+        command
             .args(listen)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the ringcast binary");
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn the ringcast binary");
         let pid = child.id() as i32;
 
         let stderr = Arc::new(Mutex::new(String::new()));

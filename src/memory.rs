@@ -18,7 +18,8 @@ pub(crate) struct Trimmer {
 }
 
 impl Trimmer {
-    /// The thread now has `open` sockets (called at every change).
+    /// The thread now has `open` sockets (called as sockets are registered: only the peak
+    /// matters).
     pub(crate) fn note(&self, open: usize) {
         if open > self.peak.get() {
             self.peak.set(open);

@@ -202,7 +202,7 @@ impl Link {
     /// and the forwarding to wait for before handling more when another thread is behind.
     ///
     /// The messages are encoded back to back into the thread's block encoder and published
-    /// together (see [`crate::shared_frame::BlockEncoder`]) before anything else is done:
+    /// together (see [`crate::fanout::block::BlockEncoder`]) before anything else is done:
     /// before a control frame is answered, and before returning.
     fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Forwarding>) {
         loop {

@@ -71,8 +71,8 @@ pub(super) async fn handshake(
             }
             let link = Link::open(worker, stream, id, path, leftover);
             // Subscribed before the 101 goes out, so a client holding its 101 gets every
-            // message published after it; what comes meanwhile waits in the queue until
-            // writing starts.
+            // message published after it; what comes meanwhile waits in the channel's log,
+            // from the cursor the subscriber took at its head, until writing starts.
             let response = handshake::accept_response(&accept_key).into_bytes();
             let (written, _) = stream.write_all(response).await;
             if written.is_ok() {

@@ -264,3 +264,87 @@ fn more_connections_than_descriptors_fail_at_once() {
     assert!(o.stderr.contains("RLIMIT_NOFILE"), "stderr: {}", o.stderr);
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+/// The case from the field: ringcast with 256 open files (`--max-connections 0`, so only the
+/// descriptors limit it) and 600 clients. loadgen reports promptly, names the cause with its
+/// count, and says how many connected; nobody waits for a timeout.
+#[test]
+fn a_server_out_of_descriptors_gives_a_prompt_report_with_causes() {
+    use std::os::unix::process::CommandExt;
+    let mut server = std::process::Command::new(ringcast_bin());
+    server
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--max-connections",
+            "0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let limit = libc::rlimit {
+        rlim_cur: 256,
+        rlim_max: 256,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
+    unsafe {
+        server.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut server = server.spawn().expect("start ringcast");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+    }
+    let addr = loadgen::sys::server_process::parse_listening_line(&line).expect("listening line");
+    let url = format!("ws://{addr}/fd");
+    let started = Instant::now();
+    let o = loadgen(
+        &[
+            "connections",
+            "--url",
+            &url,
+            "-c",
+            "600",
+            "--hold",
+            "200ms",
+            "--connect-timeout",
+            "10s",
+            "--format",
+            "json",
+            "--no-files",
+            "--no-progress",
+        ],
+        Duration::from_secs(60),
+    );
+    let took = started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    let s: Summary = summary(&o);
+    let connect = s.connect.expect("connect report");
+    assert!(
+        connect.succeeded > 0 && connect.succeeded < 600,
+        "{connect:?}"
+    );
+    let shed = connect
+        .causes
+        .iter()
+        .find(|c| c.cause == "HTTP 503")
+        .map_or(0, |c| c.count);
+    assert!(shed > 0, "causes: {:?}", connect.causes);
+    assert_eq!(
+        connect.causes.iter().map(|c| c.count).sum::<u32>(),
+        connect.failed
+    );
+    assert_eq!(s.verdict, "connect-failures");
+    // Well under one 10 s connect timeout: every refused client was answered.
+    assert!(took < Duration::from_secs(9), "loadgen took {took:?}");
+}

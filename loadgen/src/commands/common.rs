@@ -13,6 +13,7 @@ use crate::cli::{CommonArgs, Format};
 use crate::distributed::{Coordinator, WorkerInfo, WorkerPlan};
 use crate::load::client::{parse_source_ips, AddressError, Target};
 use crate::load::payload::STAMP_LEN;
+use crate::load::ramp::RampProgress;
 use crate::load::session::{
     ConnectReport, LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec,
 };
@@ -22,6 +23,7 @@ use crate::sys::broker::{self, BrokerProcess};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerError, ServerProcess};
 use crate::units::{fmt_ns, fmt_rate};
+use std::io::IsTerminal;
 
 /// Why a command failed.
 #[derive(Debug, Error)]
@@ -46,9 +48,11 @@ pub struct Outcome {
     pub exit_code: i32,
 }
 
-/// The live progress line (indicatif, on stderr; invisible when stderr is not a terminal).
+/// The live progress line (indicatif, on stderr). When stderr is not a terminal, connection
+/// ramps still print a plain line once a second (a log shows where a slow ramp stands).
 pub(super) struct Progress {
     bar: Option<ProgressBar>,
+    plain: bool,
 }
 
 impl Progress {
@@ -61,7 +65,15 @@ impl Progress {
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        Progress { bar }
+        let plain = enabled && !std::io::stderr().is_terminal();
+        Progress { bar, plain }
+    }
+    /// Where a connection ramp stands (called about once a second).
+    pub(super) fn ramp(&self, r: RampProgress) {
+        if self.plain {
+            eprintln!("  {}", r.line());
+        }
+        self.message(r.line());
     }
     pub(super) fn message(&self, m: String) {
         if let Some(b) = &self.bar {
@@ -396,13 +408,30 @@ pub(super) fn finish(
     format: Format,
     exit_code: i32,
 ) -> Result<Outcome, AppError> {
-    for (i, server) in prepared.servers.into_iter().enumerate() {
+    for (i, mut server) in prepared.servers.into_iter().enumerate() {
+        if let Some(status) = server.exited() {
+            summary.warnings.push(format!(
+                "the server (pid {}) exited during the run ({status}): the figures after that \
+                 moment describe its absence",
+                server.pid
+            ));
+            summary.verdict = "server-exited".into();
+        }
         let status = server.stop(Duration::from_secs(5));
         if i == 0 {
             summary.server.exit_status = Some(status.clone());
         }
         if let Some(node) = summary.nodes.get_mut(i) {
             node.exit_status = Some(status);
+        }
+    }
+    for &pid in &prepared.server_pids {
+        let started = summary.server.started_by_loadgen;
+        if !started && ringcast_os::procfs::rss_bytes(pid).is_none() {
+            summary.warnings.push(format!(
+                "the server (pid {pid}) is gone: it exited during the run"
+            ));
+            summary.verdict = "server-exited".into();
         }
     }
     if let Some(broker) = prepared.broker {
@@ -534,10 +563,7 @@ pub(super) fn open_load(
         ));
         Coordinator::open(&cfg, &plan).map(|c| Load::Workers(Box::new(c)))
     } else {
-        Session::open(cfg.clone(), &|n| {
-            progress.message(format!("connecting {n}/{total}"));
-        })
-        .map(|s| Load::Local(Box::new(s)))
+        Session::open(cfg.clone(), &|r| progress.ramp(r)).map(|s| Load::Local(Box::new(s)))
     };
     let load = stop_servers_on_error(p, opened.map_err(AppError::from))?;
     if let Some(broker) = &p.broker {

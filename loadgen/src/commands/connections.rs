@@ -22,16 +22,12 @@ pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
         connections: c.subscribers,
         channels: c.channels,
         connect_rate_per_s: c.connect_rate,
-        connect_threads: (p.threads * 2).max(8),
         source_ips,
         connect_timeout: c.connect_timeout,
         hold: a.hold,
         server_pid: p.server_pids.first().copied(),
     };
-    let total = c.subscribers;
-    let r = hold_idle(&cfg, &|n| {
-        progress.message(format!("connecting {n}/{total}"))
-    });
+    let r = hold_idle(&cfg, &|r| progress.ramp(r));
     progress.finish();
     let (connect, held) = stop_servers_on_error(&mut p, r.map_err(AppError::from))?;
     let mut summary = new_summary("connections", c, &p);

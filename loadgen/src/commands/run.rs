@@ -44,7 +44,12 @@ pub(super) fn run_as(
     summary.config.rates_per_s = vec![a.rate];
     summary.connect = Some(connect);
     let mut warnings = Vec::new();
-    step_warnings(None, &outcome.result, &mut warnings);
+    step_warnings(
+        None,
+        &outcome.result,
+        u64::from(c.subscribers),
+        &mut warnings,
+    );
     let lost = outcome.result.lost > 0;
     summary.verdict = if lost {
         "loss"
@@ -64,7 +69,8 @@ pub(super) fn run_as(
 }
 
 /// Warnings every step deserves.
-fn step_warnings(i: Option<usize>, s: &StepResult, out: &mut Vec<String>) {
+/// `subscribers`: how many the run had (all of them disconnected means the server went away).
+fn step_warnings(i: Option<usize>, s: &StepResult, subscribers: u64, out: &mut Vec<String>) {
     let at = i
         .map(|i| format!("step {} ({} msg/s): ", i + 1, s.requested_rate_per_s))
         .unwrap_or_default();
@@ -129,8 +135,14 @@ fn step_warnings(i: Option<usize>, s: &StepResult, out: &mut Vec<String>) {
     }
     if c.disconnects > 0 && i.is_none() {
         out.push(format!(
-            "{at}{} connections were closed during the run",
-            c.disconnects
+            "{at}{} connections were closed during the run{}",
+            c.disconnects,
+            if subscribers > 0 && c.disconnects >= subscribers {
+                ": every subscriber lost its connection, so the server stopped or dropped \
+                 everyone"
+            } else {
+                ""
+            }
         ));
     }
 }

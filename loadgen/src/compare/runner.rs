@@ -419,7 +419,6 @@ pub fn run_idle_cell(
             connections: sc.subscribers,
             channels: sc.channels,
             connect_rate_per_s: 0.0,
-            connect_threads: 16,
             source_ips: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             hold: plan.idle_hold,

@@ -1,18 +1,14 @@
-//! Opening benchmark connections: TCP connect, WebSocket upgrade (client role), ramping.
+//! What a benchmark connection is: its target (`--url`), its source address, how it can fail.
 //!
-//! Connections are opened with blocking sockets, one at a time per connecting thread, at a
-//! paced rate (`--connect-rate`), so that the connect and handshake times recorded are those of
-//! the server and not of a thundering herd we made. Afterwards the socket is handed, still
+//! The ramp that opens connections is [`crate::load::ramp`]. Afterwards a socket is handed,
 //! blocking, to an io_uring reader (reads) and, for publishers, to the pacer (writes). A failed
-//! upgrade is reported with the server's own answer (status and first line of its body).
+//! upgrade is reported with the server's own answer (status and first line of its body), and
+//! every failure has a short cause ([`ConnectError::cause`]) for the report's counts.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use base64::Engine;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use thiserror::Error;
 
 use crate::load::clock;
@@ -116,7 +112,7 @@ pub enum ConnectError {
     #[error("bind to source address {ip} failed: {source}")]
     Bind { ip: IpAddr, source: std::io::Error },
     #[error("upgrade rejected: {0}")]
-    Rejected(String),
+    Rejected(ringcast_proto::handshake::ResponseError),
     #[error("no upgrade answer within {0:?}")]
     Timeout(Duration),
     #[error("connection closed during the upgrade{0}")]
@@ -125,6 +121,34 @@ pub enum ConnectError {
     Io(std::io::Error),
     #[error("not attempted after earlier failures")]
     Skipped,
+}
+
+impl ConnectError {
+    /// A short label of the cause, for counting failures by cause.
+    pub fn cause(&self) -> String {
+        use ringcast_proto::handshake::ResponseError;
+        use std::io::ErrorKind;
+        match self {
+            ConnectError::Connect { source, .. } => match source.kind() {
+                ErrorKind::ConnectionRefused => "connection refused".into(),
+                ErrorKind::TimedOut => "TCP connect timed out".into(),
+                ErrorKind::AddrNotAvailable => "no free local port (EADDRNOTAVAIL)".into(),
+                _ => format!("connect failed: {source}"),
+            },
+            ConnectError::Bind { .. } => "bind to source address failed".into(),
+            ConnectError::Rejected(ResponseError::Rejected { status, .. }) => {
+                format!("HTTP {status}")
+            }
+            ConnectError::Rejected(e) => e.to_string(),
+            ConnectError::Timeout(_) => "no upgrade answer in time".into(),
+            ConnectError::Closed(_) => "closed during the upgrade".into(),
+            ConnectError::Io(e) if e.kind() == ErrorKind::ConnectionReset => {
+                "reset during the upgrade".into()
+            }
+            ConnectError::Io(e) => format!("socket error: {e}"),
+            ConnectError::Skipped => "not attempted".into(),
+        }
+    }
 }
 
 /// An upgraded connection.
@@ -148,7 +172,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
 }
 
-fn random_key() -> String {
+/// A fresh `Sec-WebSocket-Key`.
+pub(crate) fn random_key() -> String {
     let mut bytes = [0u8; 16];
     let mut x = clock::now_ns() ^ 0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64) << 32;
     for chunk in bytes.chunks_mut(8) {
@@ -160,103 +185,6 @@ fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Opens one connection to `target` on `path` and performs the upgrade.
-pub fn connect(
-    target: &Target,
-    path: &str,
-    opts: &ConnectOptions,
-) -> Result<Connected, ConnectError> {
-    let addr = target.addr;
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(ConnectError::Io)?;
-    if let Some(ip) = opts.source_ip {
-        // Let connect() pick the port per destination, so 16 source addresses give 16 x 28k
-        // connections instead of 28k in total.
-        let one: libc::c_int = 1;
-        // SAFETY: valid fd and option value of the right size.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))
-            .map_err(|source| ConnectError::Bind { ip, source })?;
-    }
-    if let Some(n) = opts.rcvbuf_bytes {
-        sock.set_recv_buffer_size(n).map_err(ConnectError::Io)?;
-    }
-    let t0 = clock::now_ns();
-    sock.connect_timeout(&SockAddr::from(addr), opts.timeout)
-        .map_err(|source| ConnectError::Connect { addr, source })?;
-    let t1 = clock::now_ns();
-    sock.set_nodelay(true).map_err(ConnectError::Io)?;
-    let mut stream: TcpStream = sock.into();
-    stream
-        .set_read_timeout(Some(opts.timeout))
-        .map_err(ConnectError::Io)?;
-    let key = random_key();
-    let request = ringcast_proto::handshake::client_request(&target.host_header, path, &key);
-    stream
-        .write_all(request.as_bytes())
-        .map_err(ConnectError::Io)?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        match ringcast_proto::handshake::parse_response(&buf, &key) {
-            Ok(Some(consumed)) => {
-                let t2 = clock::now_ns();
-                stream.set_read_timeout(None).map_err(ConnectError::Io)?;
-                return Ok(Connected {
-                    leftover: buf[consumed..].to_vec(),
-                    stream,
-                    connect_ns: t1 - t0,
-                    handshake_ns: t2 - t1,
-                });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Give the server a moment to send the body's first line too.
-                if buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) == Some(buf.len()) {
-                    stream
-                        .set_read_timeout(Some(Duration::from_millis(50)))
-                        .map_err(ConnectError::Io)?;
-                    if let Ok(n) = stream.read(&mut chunk) {
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    if let Err(e2) = ringcast_proto::handshake::parse_response(&buf, &key) {
-                        return Err(ConnectError::Rejected(e2.to_string()));
-                    }
-                }
-                return Err(ConnectError::Rejected(e.to_string()));
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                let partial = String::from_utf8_lossy(&buf);
-                let first = partial.lines().next().unwrap_or("");
-                return Err(ConnectError::Closed(if first.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (server said {first:?})")
-                }));
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return Err(ConnectError::Timeout(opts.timeout))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ConnectError::Io(e)),
-        }
-    }
-}
-
 /// One connection to open in a ramp.
 #[derive(Debug, Clone)]
 pub struct ConnectJob {
@@ -264,79 +192,6 @@ pub struct ConnectJob {
     pub target: usize,
     pub path: String,
     pub opts: ConnectOptions,
-}
-
-/// Opens `jobs` with `threads` connecting threads at `rate_per_s` in total (0 = unpaced).
-///
-/// After `max_failures` failures the remaining jobs are not attempted (they fail with
-/// [`ConnectError::Skipped`]), so that a dead server ends a large ramp quickly.
-/// Returns the results in job order and the wall time the ramp took.
-pub fn connect_many(
-    targets: &[Target],
-    jobs: &[ConnectJob],
-    threads: usize,
-    rate_per_s: f64,
-    max_failures: usize,
-    on_progress: &(dyn Fn(usize) + Sync),
-) -> (Vec<Result<Connected, ConnectError>>, u64) {
-    let threads = threads.clamp(1, jobs.len().max(1));
-    let start_ns = clock::now_ns() + 1_000_000;
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let failures = std::sync::atomic::AtomicUsize::new(0);
-    let mut slots: Vec<Option<Result<Connected, ConnectError>>> =
-        (0..jobs.len()).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        for t in 0..threads {
-            let done = &done;
-            let failures = &failures;
-            handles.push(scope.spawn(move || {
-                let mut out = Vec::new();
-                for (i, job) in jobs.iter().enumerate().skip(t).step_by(threads) {
-                    if failures.load(std::sync::atomic::Ordering::Relaxed) >= max_failures {
-                        out.push((i, Err(ConnectError::Skipped)));
-                        continue;
-                    }
-                    if rate_per_s > 0.0 {
-                        let due = start_ns + (i as f64 * 1e9 / rate_per_s) as u64;
-                        clock::sleep_until_ns(due);
-                    }
-                    let r = match targets.get(job.target) {
-                        Some(target) => connect(target, &job.path, &job.opts),
-                        None => Err(ConnectError::Io(std::io::Error::other("no such target"))),
-                    };
-                    if r.is_err() {
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    out.push((i, r));
-                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if n.is_multiple_of(100) || n == jobs.len() {
-                        on_progress(n);
-                    }
-                }
-                out
-            }));
-        }
-        for h in handles {
-            if let Ok(results) = h.join() {
-                for (i, r) in results {
-                    slots[i] = Some(r);
-                }
-            }
-        }
-    });
-    let elapsed = clock::now_ns().saturating_sub(start_ns);
-    let results = slots
-        .into_iter()
-        .map(|s| {
-            s.unwrap_or_else(|| {
-                Err(ConnectError::Io(std::io::Error::other(
-                    "connecting thread panicked",
-                )))
-            })
-        })
-        .collect();
-    (results, elapsed)
 }
 
 #[cfg(test)]

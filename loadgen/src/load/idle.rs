@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::load::client::{ConnectJob, ConnectOptions, Target};
+use crate::load::ramp::RampProgress;
 use crate::load::session::{open_connections, ConnectReport, SessionError};
 use crate::sys::limits;
 
@@ -32,7 +33,6 @@ pub struct HoldConfig {
     pub connections: u32,
     pub channels: u32,
     pub connect_rate_per_s: f64,
-    pub connect_threads: usize,
     pub source_ips: Vec<std::net::IpAddr>,
     pub connect_timeout: Duration,
     pub hold: Duration,
@@ -56,7 +56,7 @@ fn still_open(fd: i32) -> bool {
 /// Opens, holds and closes the connections.
 pub fn hold_idle(
     cfg: &HoldConfig,
-    on_progress: &(dyn Fn(usize) + Sync),
+    on_progress: &(dyn Fn(RampProgress) + Sync),
 ) -> Result<(ConnectReport, ConnectionsReport), SessionError> {
     limits::ensure_fds(u64::from(cfg.connections) + 64, "one per connection")?;
     let rss_before = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
@@ -80,7 +80,6 @@ pub fn hold_idle(
         std::slice::from_ref(&cfg.target),
         &jobs,
         &roles,
-        cfg.connect_threads,
         cfg.connect_rate_per_s,
         100,
         on_progress,

@@ -2,8 +2,9 @@
 //!
 //! Bottom up: [`clock`] (one monotonic clock, precise sleeps), [`schedule`] (when each message
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
-//! servers, loadgen processes); [`client`] (connect + WebSocket
-//! upgrade), [`reader`] (io_uring receive side), [`pacer`] (send side), [`recorder`] (exact
+//! servers, loadgen processes); [`client`] (targets and connect
+//! failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
+//! [`reader`] (io_uring receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
 //! [`idle`] (idle connections held to measure memory). Nothing here knows about commands,
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod idle;
 pub mod pacer;
 pub mod payload;
+pub mod ramp;
 pub mod reader;
 pub mod recorder;
 pub mod schedule;

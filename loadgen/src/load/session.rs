@@ -21,11 +21,12 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::load::client::{connect_many, ConnectError, ConnectJob, ConnectOptions, Target};
+use crate::load::client::{ConnectError, ConnectJob, ConnectOptions, Target};
 use crate::load::clock;
 use crate::load::pacer::{
     self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket,
 };
+use crate::load::ramp::{connect_many, RampProgress};
 use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
 use crate::load::recorder::{new_histogram, LatencySummary, Topology};
 use crate::load::schedule::Schedule;
@@ -99,6 +100,10 @@ pub struct ConnectReport {
     pub skipped: u32,
     /// The first failures, with the server's answer.
     pub failures: Vec<ConnectFailure>,
+    /// Every failure counted by its cause (e.g. `HTTP 503`, `TCP connect timed out`), most
+    /// frequent first.
+    #[serde(default)]
+    pub causes: Vec<FailureCause>,
     pub elapsed_s: f64,
     pub rate_per_s: f64,
     pub connect_time: LatencySummary,
@@ -157,6 +162,24 @@ pub struct Pacing {
     wait0: u64,
 }
 
+/// Failures of one cause.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailureCause {
+    pub cause: String,
+    pub count: u32,
+}
+
+fn count_cause(causes: &mut Vec<FailureCause>, cause: String, n: u32) {
+    match causes.iter_mut().find(|c| c.cause == cause) {
+        Some(c) => c.count += n,
+        None => causes.push(FailureCause { cause, count: n }),
+    }
+}
+
+fn sort_causes(causes: &mut [FailureCause]) {
+    causes.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cause.cmp(&b.cause)));
+}
+
 fn histogram_of(values: &[u64]) -> Histogram<u64> {
     let mut h = new_histogram();
     for &v in values {
@@ -171,23 +194,15 @@ pub fn open_connections(
     targets: &[Target],
     jobs: &[ConnectJob],
     roles: &[String],
-    threads: usize,
     rate_per_s: f64,
     max_failures: usize,
-    on_progress: &(dyn Fn(usize) + Sync),
+    on_progress: &(dyn Fn(RampProgress) + Sync),
 ) -> (
     Vec<Result<crate::load::client::Connected, ConnectError>>,
     ConnectReport,
     (Histogram<u64>, Histogram<u64>),
 ) {
-    let (results, elapsed_ns) = connect_many(
-        targets,
-        jobs,
-        threads,
-        rate_per_s,
-        max_failures,
-        on_progress,
-    );
+    let (results, elapsed_ns) = connect_many(targets, jobs, rate_per_s, max_failures, on_progress);
     let mut report = ConnectReport {
         attempted: jobs.len() as u32,
         elapsed_s: elapsed_ns as f64 / 1e9,
@@ -205,6 +220,7 @@ pub fn open_connections(
             Err(ConnectError::Skipped) => report.skipped += 1,
             Err(e) => {
                 report.failed += 1;
+                count_cause(&mut report.causes, e.cause(), 1);
                 if report.failures.len() < 20 {
                     report.failures.push(ConnectFailure {
                         index: i as u32,
@@ -215,6 +231,7 @@ pub fn open_connections(
             }
         }
     }
+    sort_causes(&mut report.causes);
     report.rate_per_s = if elapsed_ns > 0 {
         report.succeeded as f64 / (elapsed_ns as f64 / 1e9)
     } else {
@@ -242,10 +259,14 @@ pub fn merge_connect(parts: &[(ConnectReport, Histogram<u64>, Histogram<u64>)]) 
                 .take(20 - out.failures.len().min(20))
                 .cloned(),
         );
+        for c in &r.causes {
+            count_cause(&mut out.causes, c.cause.clone(), c.count);
+        }
         out.elapsed_s = out.elapsed_s.max(r.elapsed_s);
         let _ = connect.add(c);
         let _ = handshake.add(h);
     }
+    sort_causes(&mut out.causes);
     out.rate_per_s = if out.elapsed_s > 0.0 {
         f64::from(out.succeeded) / out.elapsed_s
     } else {
@@ -345,7 +366,7 @@ impl Session {
     /// and the pacer.
     pub fn open(
         cfg: LoadConfig,
-        on_progress: &(dyn Fn(usize) + Sync),
+        on_progress: &(dyn Fn(RampProgress) + Sync),
     ) -> Result<Session, SessionError> {
         let topology = cfg.topology();
         let share = cfg.share.clone();
@@ -403,7 +424,6 @@ impl Session {
             &cfg.targets,
             &jobs,
             &roles,
-            (cfg.threads * 2).max(8),
             cfg.connect_rate_per_s,
             // A run needs every connection: stop the ramp at the first failures.
             8,

@@ -319,7 +319,21 @@ pub fn render_text(s: &Summary) -> String {
             fmt_ns(conn.handshake_time.p50_ns),
             fmt_ns(conn.handshake_time.p99_ns)
         );
-        for f in &conn.failures {
+        if conn.failed + conn.skipped > 0 {
+            let causes: Vec<String> = conn
+                .causes
+                .iter()
+                .map(|c| format!("{} x{}", c.cause, c.count))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} failed, {} not attempted; by cause: {}",
+                conn.failed,
+                conn.skipped,
+                causes.join(", ")
+            );
+        }
+        for f in conn.failures.iter().take(5) {
             let _ = writeln!(out, "  FAILED {}: {}", f.role, f.error);
         }
     }

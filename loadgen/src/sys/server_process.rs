@@ -175,6 +175,14 @@ impl ServerProcess {
         })
     }
 
+    /// The exit status if the process has already exited (it was not stopped by us).
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(s)) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`. Returns the exit status text.
     pub fn stop(mut self, grace: Duration) -> String {
         // SAFETY: signalling our own child by its PID.

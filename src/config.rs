@@ -61,9 +61,9 @@ pub struct Config {
     pub channel_window: usize,
 
     /// Seconds without progress after which a reader behind a full channel's window gets
-    /// --slow-policy; meanwhile the channel's publishers pause (at most this long at a time)
-    /// for it to free room. A reader that keeps reading is given the policy only if it falls
-    /// two windows behind (the memory bound). Longer forgives longer stalls, and delays the
+    /// --slow-policy; meanwhile the channel's publishers pause for it to free room. A reader
+    /// that keeps reading is never given the policy: the publishers wait for it (the channel
+    /// goes at its slowest reader's pace). Longer forgives longer stalls, and delays the
     /// channel's other readers for as long. 0: no pause, the policy applies as soon as the
     /// window is passed.
     #[arg(long, default_value = "2.0", value_parser = parse_secs)]

@@ -94,8 +94,10 @@ impl Worker {
         remove_and_shrink(&mut streams, &id);
     }
 
-    /// The once-a-second housekeeping: memory back to the OS after a spike.
+    /// The once-a-second housekeeping: the slow policy for stalled readers of full channels,
+    /// memory back to the OS after a spike.
     pub(crate) fn tick(&self) {
+        self.fanout.keep_windows();
         self.trimmer.tick(self.streams.borrow().len());
     }
 

@@ -99,19 +99,28 @@ impl Channel {
             log.append(block);
             log.take_idle(&mut woken);
         }
-        for subscriber in woken.drain(..) {
-            subscriber.wake();
+        if !woken.is_empty() {
+            let now = Instant::now();
+            for subscriber in woken.drain(..) {
+                subscriber.wake(now);
+            }
         }
         drop(woken);
         self.keep_window();
     }
 
+    /// Whether the log holds more than its window (its publishers pause).
+    pub fn is_over_window(&self) -> bool {
+        self.log.borrow().window_start().is_some()
+    }
+
     /// If the log is over its window, gives the slow policy to the readers behind the window
-    /// that have had their time: those that are stalled (no progress for `--slow-timeout`, or
-    /// none since the policy last moved them), and all of them once the log holds twice the
-    /// window (the memory bound) or when the timeout is zero. A reader that keeps reading is
-    /// never given the policy for being slow within that bound: the publishers pause for it
-    /// (at most `--slow-timeout` at a time), then read on into the second window.
+    /// that are stalled: no progress for `--slow-timeout` (counted from when they last had
+    /// nothing to write, or wrote), or none since the policy last moved them; with a zero
+    /// timeout, to every reader behind the window. A reader that keeps reading is never given
+    /// the policy for being slow: the publishers wait for it. What the log can hold past its
+    /// window is what was already on its way when the publishers paused: blocks in this
+    /// thread's inbox (bounded by `inbox::INBOX_BYTES`) or from the broker.
     pub fn keep_window(&self) {
         let timeout = self.policy.slow_timeout;
         let (start, all_due) = {
@@ -119,8 +128,7 @@ impl Channel {
             let Some(start) = log.window_start() else {
                 return;
             };
-            let all_due = timeout.is_zero() || log.bytes() >= self.policy.window.saturating_mul(2);
-            (start, all_due)
+            (start, timeout.is_zero())
         };
         let behind: Vec<Rc<Subscriber>> = self
             .subscribers
@@ -135,8 +143,11 @@ impl Channel {
         }
     }
 
-    /// Waits while the channel's log is full on some thread, at most `--slow-timeout`: a
-    /// publisher awaits this before it reads on. Returns how long it waited (zero: not full).
+    /// Waits while the channel's log is full on some thread: a publisher awaits this before it
+    /// reads on. The wait ends when the slowest reader frees room, or when the readers holding
+    /// the window have made no progress for `--slow-timeout` and get the slow policy (here for
+    /// this thread's readers, by each thread's once-a-second housekeeping for the others').
+    /// Returns how long it waited (zero: not full).
     pub async fn wait_for_room(&self, metrics: &ThreadMetrics) -> Duration {
         let Some(shared) = &self.shared else {
             return Duration::ZERO;
@@ -145,7 +156,7 @@ impl Channel {
             return Duration::ZERO;
         }
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.policy.slow_timeout;
+        let look_again = (self.policy.slow_timeout / 4).max(Duration::from_millis(10));
         loop {
             let room = shared.room().notified();
             tokio::pin!(room);
@@ -153,15 +164,14 @@ impl Channel {
             if !shared.is_full() {
                 break;
             }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                break;
+            if tokio::time::timeout(look_again, room).await.is_err() {
+                // No room yet: whoever here has stalled for --slow-timeout gets the policy.
+                self.keep_window();
             }
         }
         let waited = started.elapsed();
         ThreadMetrics::add(&metrics.publisher_pauses, 1);
         ThreadMetrics::add(&metrics.publisher_paused_ns, waited.as_nanos() as u64);
-        // Whoever is still behind has had its time.
-        self.keep_window();
         waited
     }
 }

@@ -124,6 +124,22 @@ impl FanOut {
         }
     }
 
+    /// Gives the slow policy to the stalled readers of this thread's full channels (the
+    /// once-a-second housekeeping: a full channel's publishers, perhaps on another thread,
+    /// wait for this).
+    pub fn keep_windows(&self) {
+        let full: Vec<Rc<Channel>> = self
+            .channels
+            .borrow()
+            .values()
+            .filter(|c| c.is_over_window())
+            .cloned()
+            .collect();
+        for channel in full {
+            channel.keep_window();
+        }
+    }
+
     /// Channels with subscribers on this thread.
     pub fn len(&self) -> usize {
         self.channels.borrow().len()

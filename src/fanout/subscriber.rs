@@ -47,6 +47,12 @@ const CONTROL_HEADROOM: usize = 64 * 1024;
 /// A write's list of segments keeps its buffer for the next write up to this many.
 const KEEP_SEGMENTS: usize = 16;
 
+/// A write carries the log up to the first block boundary past this many bytes: a pong or a
+/// close queued meanwhile then waits behind at most about this much, and a long backlog goes
+/// out in several writes rather than one that holds the subscriber's slot until the whole
+/// backlog is in the socket (a loopback socket buffer holds at most 4 MiB anyway).
+const MAX_WRITE_BYTES: usize = 256 << 10;
+
 /// Where a subscriber's writing stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Writing {
@@ -203,8 +209,10 @@ impl Subscriber {
         self.left_behind.get() || self.last_progress.get().elapsed() >= timeout
     }
 
-    /// Woken by an append: something new to write.
-    pub fn wake(&self) {
+    /// Woken by an append at `now`: something new to write. It was parked at the head, so
+    /// its stall clock starts now, not when it last wrote (an idle reader is not a slow one).
+    pub fn wake(&self, now: Instant) {
+        self.last_progress.set(now);
         let mut out = self.out.borrow_mut();
         self.schedule(&mut out);
     }
@@ -499,6 +507,7 @@ impl Subscriber {
                 _ => log.head(),
             };
             let only_current = !at_boundary && !out.controls.is_empty();
+            let mut bytes = 0;
             reached_limit = true;
             for block in log.blocks_from(out.pos.seq) {
                 if block.seq() >= limit.seq {
@@ -521,7 +530,8 @@ impl Subscriber {
                     start,
                     len: block.len() - start,
                 });
-                if only_current {
+                bytes += block.len() - start;
+                if only_current || bytes >= MAX_WRITE_BYTES {
                     reached_limit = false;
                     break;
                 }

@@ -26,8 +26,9 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use ringcast::config::SlowPolicy;
 use ringcast::fanout::block::BlockEncoder;
 use ringcast::fanout::channel::{Channel, WindowPolicy};
+use ringcast::fanout::compressed::Encoding;
 use ringcast::fanout::log::ChannelLog;
-use ringcast::fanout::subscriber::{Subscriber, SubscriberLimits};
+use ringcast::fanout::subscriber::{Subscriber, SubscriberSettings};
 use ringcast::ring::{ScratchIovecs, SendRing};
 use ringcast::telemetry::metrics::{Metrics, ThreadMetrics};
 use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
@@ -82,8 +83,9 @@ impl LogPath {
                     ring.clone(),
                     channel.log().clone(),
                     metrics.clone(),
-                    SubscriberLimits {
+                    SubscriberSettings {
                         close_timeout: Duration::from_secs(10),
+                        encoding: Encoding::Plain,
                     },
                 );
                 channel.add(s.clone());

@@ -29,7 +29,9 @@ pub enum Owned {
 fn own(event: Option<Event<'_>>) -> Owned {
     match event {
         None => Owned::Fragment,
-        Some(Event::Message { opcode, payload }) => Owned::Message(opcode as u8, payload.to_vec()),
+        Some(Event::Message {
+            opcode, payload, ..
+        }) => Owned::Message(opcode as u8, payload.to_vec()),
         Some(Event::Ping(p)) => Owned::Ping(p.to_vec()),
         Some(Event::Pong(p)) => Owned::Pong(p.to_vec()),
         Some(Event::Close { code, reason }) => Owned::Close(code.map(|c| c.0), reason.to_owned()),
@@ -172,6 +174,7 @@ pub fn handshake(data: &[u8]) {
     let expected = Request::Upgrade {
         path: "/chat".into(),
         accept_key: accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+        deflate: None,
     };
     assert_eq!(
         parse_request(&stream, 8192),

@@ -19,6 +19,16 @@ pub enum SlowPolicy {
     Drop,
 }
 
+/// Whether the server agrees to permessage-deflate (RFC 7692) when a client offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    /// Accept the offer: each broadcast is compressed once per node and the same compressed
+    /// bytes go to every subscriber that negotiated it.
+    On,
+    /// Decline: every connection works uncompressed.
+    Off,
+}
+
 /// Who delivers a node's own subscribers what its publishers send (with `--cluster`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterDelivery {
@@ -72,6 +82,22 @@ pub struct Config {
     /// What happens to a subscriber left behind its channel's window.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
     pub slow_policy: SlowPolicy,
+
+    /// permessage-deflate: `on` accepts a client's offer (each broadcast compressed once per
+    /// node, shared by every subscriber that negotiated it; incoming compressed messages are
+    /// inflated within --max-message); `off` declines it. On costs CPU once per broadcast
+    /// message of at least --compress-min bytes and saves bytes on the wire per subscriber.
+    #[arg(long, value_enum, default_value_t = Compression::On)]
+    pub compression: Compression,
+
+    /// Messages shorter than this many bytes go out uncompressed (compressing them saves
+    /// little and costs a compression each).
+    #[arg(long, default_value_t = 128)]
+    pub compress_min: usize,
+
+    /// zlib level of broadcast compression, 1 (fastest) to 9 (smallest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compress_level: u32,
 
     /// Seconds a client has to complete its upgrade request.
     #[arg(long, default_value = "10.0", value_parser = parse_secs)]

@@ -10,6 +10,7 @@ use crate::accept;
 use crate::cluster::{ClusterConfig, ClusterError, ClusterLink};
 use crate::config::Config;
 use crate::fanout::channel::WindowPolicy;
+use crate::fanout::compressed::{self, DeflateSettings};
 use crate::fanout::inbox::{self, InboxReceiver, InboxSender};
 use crate::fanout::registry::Registry;
 use crate::fanout::uplink::Uplink;
@@ -111,6 +112,10 @@ impl Server {
     /// Serves until `shutdown` completes, then shuts down gracefully. Blocks the caller.
     pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let threads = self.listeners.len();
+        compressed::configure(DeflateSettings {
+            min_bytes: self.config.compress_min,
+            level: self.config.compress_level,
+        });
         let metrics = Arc::new(Metrics::new(threads));
         let (inbox_senders, inboxes): (Vec<_>, Vec<_>) = (0..threads)
             .map(|_| inbox::inbox(inbox::INBOX_BYTES))

@@ -16,6 +16,9 @@ use crate::memory::Trimmer;
 use crate::ring::SendRing;
 use crate::telemetry::metrics::{Metrics, ThreadMetrics};
 use ringcast_proto::close::CloseCode;
+use ringcast_proto::deflate::{Decompressor, InflateError};
+use ringcast_proto::frame::OpCode;
+use ringcast_proto::message::ProtocolError;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::Shutdown;
@@ -24,6 +27,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
+
+/// An inflate buffer is given back to the allocator past this size (a 16 MiB message must not
+/// pin 16 MiB per thread for ever).
+const INFLATE_KEEP_BYTES: usize = 1 << 20;
 
 /// The send ring of a worker: it writes for subscribers.
 pub(crate) type Ring = SendRing<Subscriber>;
@@ -38,6 +45,9 @@ pub(crate) struct Worker {
     pub(crate) send_ring: Rc<Ring>,
     /// Where a publisher's messages are encoded, one block per read (empty between reads).
     pub(crate) block: RefCell<BlockEncoder>,
+    /// Inflates compressed messages from clients (one at a time; no context between them),
+    /// into its buffer.
+    inflater: RefCell<(Decompressor, Vec<u8>)>,
     /// Upgraded connections across all threads, for `--max-connections`.
     admitted: Arc<AtomicUsize>,
     /// `--max-connections` in force (`None`: no limit).
@@ -69,6 +79,7 @@ impl Worker {
             fanout,
             send_ring,
             block: RefCell::default(),
+            inflater: RefCell::default(),
             admitted,
             // Ids are unique across threads: the thread index is in the top bits.
             next_id: Cell::new((index as u64) << 48),
@@ -113,6 +124,31 @@ impl Worker {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
+    }
+
+    /// Inflates a compressed message from a client (within `--max-message`; text must then be
+    /// UTF-8) and encodes it into the thread's block, like a plain one.
+    pub(crate) fn push_inflated(
+        &self,
+        opcode: OpCode,
+        payload: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let mut inflater = self.inflater.borrow_mut();
+        let (decompressor, message) = &mut *inflater;
+        decompressor
+            .inflate(payload, self.config.max_message, message)
+            .map_err(|e| match e {
+                InflateError::TooBig => ProtocolError::MessageTooBig,
+                InflateError::Corrupt => ProtocolError::BadCompressedData,
+            })?;
+        if opcode == OpCode::Text && std::str::from_utf8(message).is_err() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        self.block.borrow_mut().push(opcode, message);
+        if message.capacity() > INFLATE_KEEP_BYTES {
+            *message = Vec::new();
+        }
+        Ok(())
     }
 
     /// Takes a place under `--max-connections`; `false` when the server is full.

@@ -238,7 +238,7 @@ async fn bad_handshakes_get_http_errors_with_a_reason() {
             "no Upgrade header",
             upgrade_request("", "Upgrade").into_bytes(),
             400,
-            "not a WebSocket upgrade (missing Upgrade: websocket); GET /metrics serves metrics\n",
+            "not a WebSocket upgrade (missing Upgrade: websocket); GET / serves a live page, GET /metrics the metrics\n",
         ),
         (
             "Upgrade: h2c",
@@ -484,7 +484,7 @@ async fn valid_handshake_variants_are_accepted() {
             format!(
                 "GET /v?x=1 HTTP/1.1\r\nHost: h:1\r\nUser-Agent: t\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key:   {key}  \r\nSec-WebSocket-Version: 13\r\n\
-                 Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\
+                 Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: x-webkit-deflate-frame\r\n\
                  Origin: http://example.com\r\n\r\n"
             ),
         ),
@@ -507,7 +507,7 @@ async fn valid_handshake_variants_are_accepted() {
             head.contains(&format!("Sec-WebSocket-Accept: {accept}\r\n")),
             "{what}: {head}"
         );
-        // No extension or subprotocol is negotiated (RSV bits stay illegal).
+        // No subprotocol, and no extension but permessage-deflate (tests/compression.rs).
         let lower = head.to_ascii_lowercase();
         assert!(!lower.contains("sec-websocket-extensions"), "{what}: {head}");
         assert!(!lower.contains("sec-websocket-protocol"), "{what}: {head}");

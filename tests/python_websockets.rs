@@ -65,3 +65,9 @@ fn python_websockets_bursts_with_the_defaults() {
     let server = Server::start(&["--threads", "2"]);
     run_script("bursts.py", &server);
 }
+
+#[test]
+fn python_websockets_permessage_deflate() {
+    let server = Server::start(&["--threads", "2"]);
+    run_script("compression.py", &server);
+}

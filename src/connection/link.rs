@@ -9,12 +9,14 @@
 
 use crate::config::Config;
 use crate::fanout::channel::Channel;
-use crate::fanout::subscriber::{Subscriber, SubscriberLimits};
+use crate::fanout::compressed::Encoding;
+use crate::fanout::subscriber::{Subscriber, SubscriberSettings};
 use crate::fanout::Forwarding;
 use crate::telemetry::metrics::ThreadMetrics;
 use crate::worker::Worker;
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::OpCode;
+use ringcast_proto::handshake::Deflate;
 use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -57,6 +59,7 @@ impl Link {
         id: u64,
         path: String,
         leftover: Vec<u8>,
+        deflate: Option<Deflate>,
     ) -> Box<Link> {
         let config = &worker.config;
         let echo = config.echo_path.as_deref() == Some(path.as_str());
@@ -71,8 +74,14 @@ impl Link {
             worker.send_ring.clone(),
             channel.log().clone(),
             worker.thread_metrics.clone(),
-            SubscriberLimits {
+            SubscriberSettings {
                 close_timeout: config.close_timeout.0,
+                encoding: match deflate {
+                    Some(d) => Encoding::Deflate {
+                        window_bits: d.server_max_window_bits,
+                    },
+                    None => Encoding::Plain,
+                },
             },
         );
         channel.add(subscriber.clone());
@@ -84,6 +93,10 @@ impl Link {
         if worker.is_shutting_down() {
             subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
         }
+        let mut reader = MessageReader::new(Role::Server, config.max_message);
+        if deflate.is_some() {
+            reader.accept_compressed();
+        }
         Box::new(Link {
             worker: worker.clone(),
             stream: stream.clone(),
@@ -91,7 +104,7 @@ impl Link {
             channel,
             echo,
             failed: false,
-            reader: MessageReader::new(Role::Server, config.max_message),
+            reader,
             leftover,
         })
     }
@@ -222,12 +235,23 @@ impl Link {
                 None | Some(Event::Pong(_)) => {}
                 // Closing: only the peer's close frame matters now.
                 Some(Event::Message { .. }) if self.subscriber.is_closing() => {}
-                Some(Event::Message { opcode, payload }) => {
-                    let full = {
-                        let mut block = self.worker.block.borrow_mut();
-                        block.push(opcode, payload);
-                        block.len() >= BLOCK_BYTES
+                Some(Event::Message {
+                    opcode,
+                    payload,
+                    compressed,
+                }) => {
+                    let pushed = if compressed {
+                        self.worker.push_inflated(opcode, payload)
+                    } else {
+                        self.worker.block.borrow_mut().push(opcode, payload);
+                        Ok(())
                     };
+                    if let Err(err) = pushed {
+                        let forwarding = self.publish_block();
+                        self.fail(err);
+                        return (start, forwarding);
+                    }
+                    let full = self.worker.block.borrow().len() >= BLOCK_BYTES;
                     if full {
                         if let Some(forwarding) = self.publish_block() {
                             return (start, Some(forwarding));

@@ -3,7 +3,9 @@
 //! error that says why.
 
 use super::link::Link;
+use crate::config::Compression;
 use crate::telemetry::metrics::HandshakeFailure;
+use crate::telemetry::page::PAGE;
 use crate::worker::Worker;
 use ringcast_proto::handshake::{self, HandshakeError, Request};
 use std::net::Shutdown;
@@ -49,6 +51,10 @@ pub(super) async fn handshake(
             tracing::debug!(id, %err, "handshake rejected");
             reject(stream, handshake::error_response(&err)).await;
         }
+        Ok(Ok((Request::Get { path }, _))) if path == "/" => {
+            let page = handshake::response(200, "text/html; charset=utf-8", PAGE);
+            reject(stream, page).await;
+        }
         Ok(Ok((Request::Get { path }, _))) if path == "/metrics" => {
             let body = worker.metrics.snapshot().prometheus();
             reject(stream, handshake::plain_response(200, &body)).await;
@@ -60,7 +66,14 @@ pub(super) async fn handshake(
                 .handshake_failed(HandshakeFailure::Rejected(err));
             reject(stream, handshake::error_response(&err)).await;
         }
-        Ok(Ok((Request::Upgrade { path, accept_key }, leftover))) => {
+        Ok(Ok((
+            Request::Upgrade {
+                path,
+                accept_key,
+                deflate,
+            },
+            leftover,
+        ))) => {
             if !worker.try_admit() {
                 worker
                     .thread_metrics
@@ -69,11 +82,13 @@ pub(super) async fn handshake(
                 reject(stream, handshake::plain_response(503, body)).await;
                 return None;
             }
-            let link = Link::open(worker, stream, id, path, leftover);
+            let deflate = deflate.filter(|_| worker.config.compression == Compression::On);
+            let link = Link::open(worker, stream, id, path, leftover, deflate);
             // Subscribed before the 101 goes out, so a client holding its 101 gets every
             // message published after it; what comes meanwhile waits in the channel's log,
             // from the cursor the subscriber took at its head, until writing starts.
-            let response = handshake::accept_response(&accept_key).into_bytes();
+            let response =
+                handshake::accept_response_with(&accept_key, deflate.as_ref()).into_bytes();
             let (written, _) = stream.write_all(response).await;
             if written.is_ok() {
                 link.subscriber.start_writing();

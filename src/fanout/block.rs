@@ -9,8 +9,10 @@
 //! goes into each thread's channel log whole (see [`super::log`]); it is freed once no log and
 //! no write in flight holds it.
 
+use super::compressed;
+pub use super::compressed::Encoding;
 use ringcast_proto::frame::{decode_header, encode_header, FrameError, OpCode, MAX_HEADER_LEN};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
 /// The origin of a block no connection of this node published (the echo path, a broker).
@@ -23,6 +25,8 @@ pub struct Block {
     frames: u32,
     /// The connection that published them: its own subscriber skips the block.
     origin: u64,
+    /// The permessage-deflate encodings, by window bits 8-15, made on first use.
+    deflated: [OnceLock<Box<[u8]>>; 8],
 }
 
 /// Why bytes from elsewhere (another node, through the broker) are not a block of frames as
@@ -67,16 +71,36 @@ impl Block {
                 found,
             });
         }
-        Ok(Block {
-            bytes: Box::from(bytes),
+        Ok(Block::new(Box::from(bytes), frames, origin))
+    }
+
+    fn new(bytes: Box<[u8]>, frames: u32, origin: u64) -> Block {
+        Block {
+            bytes,
             frames,
             origin,
-        })
+            deflated: Default::default(),
+        }
     }
 
     /// The encoded frames.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The frames in `encoding`: the same messages, in the same order, each compressed or not
+    /// (see [`compressed`]); made once per node, by the first subscriber that needs them.
+    pub fn encoded(&self, encoding: Encoding) -> &[u8] {
+        match encoding {
+            Encoding::Plain => &self.bytes,
+            Encoding::Deflate { window_bits } => {
+                let bits = window_bits.clamp(8, 15);
+                let full = (bits < 15).then(|| self.encoded(Encoding::Deflate { window_bits: 15 }));
+                self.deflated[usize::from(bits - 8)].get_or_init(|| {
+                    compressed::encode(&self.bytes, Encoding::Deflate { window_bits: bits }, full)
+                })
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -134,11 +158,11 @@ impl BlockEncoder {
         if self.frames == 0 {
             return None;
         }
-        let block = Block {
-            bytes: Box::from(&self.buf[..]),
-            frames: std::mem::take(&mut self.frames),
+        let block = Block::new(
+            Box::from(&self.buf[..]),
+            std::mem::take(&mut self.frames),
             origin,
-        };
+        );
         self.buf.clear();
         if self.buf.capacity() > BLOCK_KEEP_BYTES {
             self.buf = Vec::new();

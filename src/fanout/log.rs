@@ -15,6 +15,7 @@
 //! [`super::channel`].
 
 use super::block::Block;
+use super::compressed::Encoding;
 use super::registry::ChannelShared;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -42,6 +43,12 @@ impl LogBlock {
         self.block.bytes()
     }
 
+    /// The block's frames as a subscriber with `encoding` is sent them.
+    pub fn encoded(&self, encoding: Encoding) -> &[u8] {
+        self.block.encoded(encoding)
+    }
+
+    /// The plain length, which the window counts.
     pub fn len(&self) -> usize {
         self.block.len()
     }
@@ -163,11 +170,17 @@ impl<W: Parked> ChannelLog<W> {
         self.trim();
     }
 
-    /// `pos` moved past the ends of blocks and past blocks that `reader` published itself
-    /// (a publisher does not get its own messages back); the count is not moved.
-    pub fn skip(&self, mut pos: Pos, reader: u64) -> Pos {
+    /// `pos` moved past the ends of blocks (in `encoding`, the reader's) and past blocks that
+    /// `reader` published itself (a publisher does not get its own messages back); the count
+    /// is not moved.
+    pub fn skip(&self, mut pos: Pos, reader: u64, encoding: Encoding) -> Pos {
         while let Some(block) = self.block(pos.seq) {
-            if pos.off >= block.len() || (pos.off == 0 && block.origin() == reader) {
+            let end = match encoding {
+                Encoding::Plain => block.len(),
+                _ if pos.off == 0 => usize::MAX,
+                _ => block.encoded(encoding).len(),
+            };
+            if pos.off >= end || (pos.off == 0 && block.origin() == reader) {
                 pos = Pos {
                     seq: pos.seq + 1,
                     off: 0,
@@ -383,7 +396,7 @@ mod tests {
         let mid = Pos { seq: 0, off: 12 };
         log.advance(a, mid);
         assert_eq!(log.len(), 2);
-        let next = log.skip(Pos { seq: 0, off: 24 }, 99);
+        let next = log.skip(Pos { seq: 0, off: 24 }, 99, Encoding::Plain);
         assert_eq!(next, Pos { seq: 1, off: 0 });
         log.advance(mid, next);
         assert_eq!((log.len(), log.bytes()), (1, 12));
@@ -403,9 +416,12 @@ mod tests {
         log.append(block(&[5], 7));
         log.append(block(&[5], 7));
         log.append(block(&[5], 8));
-        assert_eq!(log.skip(pos, 7), Pos { seq: 2, off: 0 });
-        assert_eq!(log.skip(pos, 8), pos);
-        assert_eq!(log.skip(Pos { seq: 2, off: 7 }, 7), Pos { seq: 3, off: 0 });
+        assert_eq!(log.skip(pos, 7, Encoding::Plain), Pos { seq: 2, off: 0 });
+        assert_eq!(log.skip(pos, 8, Encoding::Plain), pos);
+        assert_eq!(
+            log.skip(Pos { seq: 2, off: 7 }, 7, Encoding::Plain),
+            Pos { seq: 3, off: 0 }
+        );
     }
 
     #[test]

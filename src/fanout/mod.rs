@@ -21,6 +21,7 @@
 
 pub mod block;
 pub mod channel;
+pub mod compressed;
 pub mod inbox;
 pub mod log;
 pub mod registry;

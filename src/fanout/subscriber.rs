@@ -21,6 +21,7 @@
 //! policy: `close` (1008), or `drop`, which finishes the block it is in, then skips to the
 //! oldest message the log still holds and counts the messages skipped.
 
+use super::compressed::Encoding;
 use super::log::{ChannelLog, LogBlock, Parked, Pos, NOT_PARKED};
 use crate::config::SlowPolicy;
 use crate::ring::{IovecBuilder, SendRing, Writer};
@@ -125,11 +126,13 @@ struct Outbox {
     finished: bool,
 }
 
-/// The bounds a subscriber lives within (from [`crate::config::Config`]).
+/// How a subscriber is served (from [`crate::config::Config`] and its handshake).
 #[derive(Debug, Clone, Copy)]
-pub struct SubscriberLimits {
+pub struct SubscriberSettings {
     /// How long a close may take before the socket is shut down regardless.
     pub close_timeout: Duration,
+    /// Plain frames, or permessage-deflate ones (negotiated in the handshake).
+    pub encoding: Encoding,
 }
 
 /// The outgoing side of one WebSocket connection.
@@ -140,7 +143,7 @@ pub struct Subscriber {
     log: Rc<RefCell<Log>>,
     ring: Rc<SendRing<Subscriber>>,
     metrics: Arc<ThreadMetrics>,
-    limits: SubscriberLimits,
+    settings: SubscriberSettings,
     /// When the peer last sent anything, for `--ping-timeout`.
     last_heard: Cell<Instant>,
     /// When the subscriber last made progress: a write took bytes, or it caught up. A reader
@@ -167,7 +170,7 @@ impl Subscriber {
         ring: Rc<SendRing<Subscriber>>,
         log: Rc<RefCell<Log>>,
         metrics: Arc<ThreadMetrics>,
-        limits: SubscriberLimits,
+        settings: SubscriberSettings,
     ) -> Rc<Self> {
         let pos = log.borrow_mut().join();
         Rc::new_cyclic(|me| Subscriber {
@@ -181,7 +184,7 @@ impl Subscriber {
             log,
             ring,
             metrics,
-            limits,
+            settings,
             last_heard: Cell::new(Instant::now()),
             last_progress: Cell::new(Instant::now()),
             left_behind: Cell::new(false),
@@ -360,7 +363,7 @@ impl Subscriber {
     /// that ends in time is freed at once.
     fn start_close_timer(&self) {
         let me = self.me.clone();
-        let timeout = self.limits.close_timeout;
+        let timeout = self.settings.close_timeout;
         tokio_uring::spawn(async move {
             tokio::time::sleep(timeout).await;
             if let Some(subscriber) = me.upgrade() {
@@ -465,7 +468,7 @@ impl Subscriber {
         }
         let mut log = self.log.borrow_mut();
         if out.attached {
-            let pos = log.skip(out.pos, self.id);
+            let pos = log.skip(out.pos, self.id, self.settings.encoding);
             log.advance(out.pos, pos);
             out.pos = pos;
         }
@@ -473,11 +476,12 @@ impl Subscriber {
         self.settle(out);
         let mut room = true;
         if let Some((block, off)) = &out.tail {
-            room = iovecs.push(&block.bytes()[*off..]);
+            let bytes = block.encoded(self.settings.encoding);
+            room = iovecs.push(&bytes[*off..]);
             out.segments.push(Segment {
                 part: Part::Tail,
                 start: *off,
-                len: block.len() - off,
+                len: bytes.len() - off,
             });
         }
         let at_boundary = !out.attached || out.tail.is_some() || out.pos.off == 0;
@@ -507,7 +511,7 @@ impl Subscriber {
                 _ => log.head(),
             };
             let only_current = !at_boundary && !out.controls.is_empty();
-            let mut bytes = 0;
+            let mut written = 0;
             reached_limit = true;
             for block in log.blocks_from(out.pos.seq) {
                 if block.seq() >= limit.seq {
@@ -521,17 +525,18 @@ impl Subscriber {
                 } else {
                     0
                 };
-                if !iovecs.push(&block.bytes()[start..]) {
+                let bytes = block.encoded(self.settings.encoding);
+                if !iovecs.push(&bytes[start..]) {
                     reached_limit = false;
                     break;
                 }
                 out.segments.push(Segment {
                     part: Part::Log(block.clone()),
                     start,
-                    len: block.len() - start,
+                    len: bytes.len() - start,
                 });
-                bytes += block.len() - start;
-                if only_current || bytes >= MAX_WRITE_BYTES {
+                written += bytes.len() - start;
+                if only_current || written >= MAX_WRITE_BYTES {
                     reached_limit = false;
                     break;
                 }
@@ -587,7 +592,7 @@ impl Subscriber {
                 Part::Tail => {
                     if let Some((block, off)) = &mut out.tail {
                         *off += taken;
-                        if *off >= block.len() {
+                        if *off >= block.encoded(self.settings.encoding).len() {
                             delivered += u64::from(block.frames());
                             out.tail = None;
                         }
@@ -633,17 +638,18 @@ impl Subscriber {
             };
             if out.attached && reached > out.pos {
                 let mut log = self.log.borrow_mut();
-                let to = log.skip(reached, self.id);
+                let to = log.skip(reached, self.id, self.settings.encoding);
                 log.advance(out.pos, to);
                 out.pos = to;
             } else if reached < out.pos || !out.attached {
                 // The cursor moved on (slow policy) or left the log while this write was in
                 // flight: finish the block the write stopped in, then go on from the cursor.
                 let mut resume_from = block.frames_before();
-                if off > 0 && off < block.len() {
+                let len = block.encoded(self.settings.encoding).len();
+                if off > 0 && off < len {
                     resume_from = block.frames_through();
                     out.tail = Some((block, off));
-                } else if off >= block.len() {
+                } else if off >= len {
                     resume_from = block.frames_through();
                 }
                 if moved && out.attached {
@@ -720,7 +726,7 @@ impl Subscriber {
             return false;
         }
         let log = self.log.borrow();
-        log.skip(out.pos, self.id) < log.head()
+        log.skip(out.pos, self.id, self.settings.encoding) < log.head()
     }
 }
 

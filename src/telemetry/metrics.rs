@@ -88,6 +88,23 @@ impl ThreadMetrics {
     }
 }
 
+/// Node-wide counters of broadcast compression: messages compressed, their payload bytes, and
+/// the compressed bytes (each broadcast counted once, however many subscribers get it).
+#[derive(Debug, Default)]
+pub struct CompressionCounters {
+    pub messages: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// The process's compression counters (compression happens on whichever thread first needs a
+/// block's compressed encoding, so the counters are shared, bumped once per block).
+pub static COMPRESSION: CompressionCounters = CompressionCounters {
+    messages: AtomicU64::new(0),
+    bytes_in: AtomicU64::new(0),
+    bytes_out: AtomicU64::new(0),
+};
+
 /// All threads' counters, and the node's channel count.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -114,6 +131,9 @@ pub struct Snapshot {
     pub handshake_failures: [u64; HANDSHAKE_FAILURE_LABELS.len()],
     pub publisher_pauses: u64,
     pub publisher_paused_ns: u64,
+    pub compressed_messages: u64,
+    pub compressed_bytes_in: u64,
+    pub compressed_bytes_out: u64,
     pub cluster: Option<ClusterSnapshot>,
 }
 
@@ -134,6 +154,9 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
             channels: self.channels.load(Relaxed),
+            compressed_messages: COMPRESSION.messages.load(Relaxed),
+            compressed_bytes_in: COMPRESSION.bytes_in.load(Relaxed),
+            compressed_bytes_out: COMPRESSION.bytes_out.load(Relaxed),
             cluster: self.cluster.snapshot(),
             ..Snapshot::default()
         };
@@ -241,6 +264,24 @@ impl Snapshot {
             "counter",
             "Time publishers' reads waited for room in full channel logs, in milliseconds.",
             self.publisher_paused_ns / 1_000_000,
+        );
+        metric(
+            "compressed_messages_total",
+            "counter",
+            "Broadcast messages compressed (permessage-deflate), once per node each.",
+            self.compressed_messages,
+        );
+        metric(
+            "compression_bytes_in_total",
+            "counter",
+            "Payload bytes of the compressed broadcast messages.",
+            self.compressed_bytes_in,
+        );
+        metric(
+            "compression_bytes_out_total",
+            "counter",
+            "Compressed payload bytes of those messages.",
+            self.compressed_bytes_out,
         );
         let _ = writeln!(
             out,

@@ -12,11 +12,14 @@
 //! - [`close`]: close codes and close payloads (§5.5.1, §7.4).
 //! - [`message`]: frames to messages (§5.4-5.5): fragmentation, control frames, limits, and
 //!   the close code for every violation.
+//! - [`deflate`]: permessage-deflate payloads (RFC 7692): one message compressed alone, and
+//!   inflated within a bound (its negotiation is [`handshake::extension`]).
 //!
 //! Dependencies point down this list's reverse: `message` uses `frame`, `mask`, `utf8` and
 //! `close`; `handshake` stands alone.
 
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

@@ -2,9 +2,11 @@
 //!
 //! [`MessageReader`] walks the bytes a peer sent and yields whole messages and control frames.
 //! It enforces the rules that depend on the connection's state: masking by role, no RSV bits
-//! without an extension, control frames short and unfragmented, continuations only inside a
+//! without an extension (RSV1 on the first frame of a data message once permessage-deflate is
+//! negotiated: RFC 7692 §6), control frames short and unfragmented, continuations only inside a
 //! fragmented message, a size limit, and UTF-8 in text, checked as bytes arrive so that an
-//! invalid message fails before it is complete. Every violation comes back as a
+//! invalid message fails before it is complete (a compressed message is checked by whoever
+//! inflates it). Every violation comes back as a
 //! [`ProtocolError`] that carries the close code to fail the connection with.
 //!
 //! Pure and I/O-free: the caller owns the read buffer. A message that arrives in one frame is
@@ -27,10 +29,12 @@ pub enum Role {
 /// What the peer sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// A whole text or binary message.
+    /// A whole text or binary message; `compressed`: its payload is permessage-deflate data
+    /// (RSV1 was set), still to be inflated and, for text, checked as UTF-8.
     Message {
         opcode: OpCode,
         payload: &'a [u8],
+        compressed: bool,
     },
     Ping(&'a [u8]),
     Pong(&'a [u8]),
@@ -49,6 +53,8 @@ pub enum ProtocolError {
     BadHeader(#[from] FrameError),
     #[error("reserved bits set without a negotiated extension")]
     ReservedBits,
+    #[error("RSV1 set on a control frame or a continuation")]
+    MisplacedCompressionBit,
     #[error("client frame is not masked")]
     UnmaskedClientFrame,
     #[error("server frame is masked")]
@@ -65,6 +71,8 @@ pub enum ProtocolError {
     MessageTooBig,
     #[error("invalid UTF-8 in text message")]
     InvalidUtf8,
+    #[error("invalid compressed data")]
+    BadCompressedData,
     #[error("{0}")]
     BadClose(#[from] BadClose),
 }
@@ -74,13 +82,16 @@ impl ProtocolError {
     pub fn code(self) -> CloseCode {
         match self {
             ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
-            ProtocolError::InvalidUtf8 | ProtocolError::BadClose(BadClose::Utf8) => {
-                CloseCode::INVALID_PAYLOAD
-            }
+            ProtocolError::InvalidUtf8
+            | ProtocolError::BadCompressedData
+            | ProtocolError::BadClose(BadClose::Utf8) => CloseCode::INVALID_PAYLOAD,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
 }
+
+/// RSV1 in [`FrameHeader::rsv`]: the permessage-deflate bit.
+pub const RSV1: u8 = 0b100;
 
 /// Above this an idle reassembly buffer is freed rather than kept for reuse.
 const KEEP_ASSEMBLY_BYTES: usize = 64 * 1024;
@@ -92,6 +103,10 @@ pub struct MessageReader {
     max_message_bytes: usize,
     /// The opcode of the fragmented message in progress, if any.
     fragmented: Option<OpCode>,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    compression: bool,
+    /// The fragmented message in progress is compressed.
+    fragmented_compressed: bool,
     assembly: Vec<u8>,
     /// The assembly buffer was handed out in the last event and is to be emptied.
     assembly_delivered: bool,
@@ -108,11 +123,19 @@ impl MessageReader {
             role,
             max_message_bytes,
             fragmented: None,
+            compression: false,
+            fragmented_compressed: false,
             assembly: Vec::new(),
             assembly_delivered: false,
             utf8: Utf8Validator::new(),
             progress: 0,
         }
+    }
+
+    /// permessage-deflate was negotiated: from now on RSV1 on the first frame of a data message
+    /// marks it compressed (and is an error anywhere else).
+    pub fn accept_compressed(&mut self) {
+        self.compression = true;
     }
 
     /// Reads the frame at the start of `buf`.
@@ -138,8 +161,16 @@ impl MessageReader {
         };
         self.check_header(&header)?;
         let payload_len = header.payload_len as usize; // bounded by check_header
-        let is_text = header.opcode == OpCode::Text
-            || (header.opcode == OpCode::Continuation && self.fragmented == Some(OpCode::Text));
+        let compressed = match header.opcode {
+            OpCode::Text | OpCode::Binary => header.rsv & RSV1 != 0,
+            OpCode::Continuation => self.fragmented_compressed,
+            _ => false,
+        };
+        // A compressed text message is checked as UTF-8 once inflated, by the caller.
+        let is_text = !compressed
+            && (header.opcode == OpCode::Text
+                || (header.opcode == OpCode::Continuation
+                    && self.fragmented == Some(OpCode::Text)));
         if header.opcode == OpCode::Text && self.progress == 0 {
             self.utf8 = Utf8Validator::new();
         }
@@ -176,10 +207,12 @@ impl MessageReader {
                 Some(Event::Message {
                     opcode: header.opcode,
                     payload,
+                    compressed,
                 })
             }
             OpCode::Text | OpCode::Binary => {
                 self.fragmented = Some(header.opcode);
+                self.fragmented_compressed = compressed;
                 self.assembly.clear();
                 self.assembly.extend_from_slice(payload);
                 None
@@ -195,6 +228,7 @@ impl MessageReader {
                     Some(Event::Message {
                         opcode,
                         payload: &self.assembly,
+                        compressed,
                     })
                 } else {
                     None
@@ -205,8 +239,11 @@ impl MessageReader {
     }
 
     fn check_header(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
-        if h.rsv != 0 {
+        if h.rsv & !RSV1 != 0 || (h.rsv != 0 && !self.compression) {
             return Err(ProtocolError::ReservedBits);
+        }
+        if h.rsv != 0 && !matches!(h.opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ProtocolError::MisplacedCompressionBit);
         }
         match (self.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedClientFrame),
@@ -274,7 +311,9 @@ mod tests {
         let mut out = Vec::new();
         while let Some((n, ev)) = r.next_event(&mut buf[pos..])? {
             match ev {
-                Some(Event::Message { opcode, payload }) => out.push((opcode, payload.to_vec())),
+                Some(Event::Message {
+                    opcode, payload, ..
+                }) => out.push((opcode, payload.to_vec())),
                 Some(Event::Ping(p)) => out.push((OpCode::Ping, p.to_vec())),
                 Some(Event::Pong(p)) => out.push((OpCode::Pong, p.to_vec())),
                 Some(Event::Close { code, .. }) => out.push((
@@ -423,9 +462,9 @@ mod tests {
             loop {
                 let step = r.next_event(&mut buf[pos..]).unwrap().map(|(n, ev)| {
                     let owned = match ev {
-                        Some(Event::Message { opcode, payload }) => {
-                            Some((opcode, payload.to_vec()))
-                        }
+                        Some(Event::Message {
+                            opcode, payload, ..
+                        }) => Some((opcode, payload.to_vec())),
                         Some(Event::Ping(p)) => Some((OpCode::Ping, p.to_vec())),
                         _ => None,
                     };

@@ -8,10 +8,35 @@ const MAX_HEADERS: usize = 64;
 
 /// The upgrade request a client sends for `path` on `host` (host[:port]).
 pub fn client_request(host: &str, path: &str, key_b64: &str) -> String {
+    client_request_with(host, path, key_b64, None)
+}
+
+/// [`client_request`] offering `extensions` (a `Sec-WebSocket-Extensions` value), if any.
+pub fn client_request_with(
+    host: &str,
+    path: &str,
+    key_b64: &str,
+    extensions: Option<&str>,
+) -> String {
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key_b64}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key_b64}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
+}
+
+/// The value of the `Sec-WebSocket-Extensions` header in a server's answer (`head` holds at
+/// least its header block), or `None` without one.
+pub fn response_extensions(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(head).ok()?;
+    resp.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Extensions"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
 }
 
 /// Why a server's answer to our upgrade request was not an acceptance.

@@ -7,14 +7,18 @@
 //! request and checks the server's answer. Pure functions over bytes, no I/O.
 
 pub mod client;
+pub mod extension;
 mod key;
 pub mod server;
 
-pub use client::{client_request, parse_response, ResponseError};
+pub use client::{
+    client_request, client_request_with, parse_response, response_extensions, ResponseError,
+};
+pub use extension::Deflate;
 pub use key::accept_key;
 pub use server::{
-    accept_response, error_response, parse_request, plain_response, HandshakeError, Request,
-    MAX_PATH_BYTES,
+    accept_response, accept_response_with, error_response, parse_request, plain_response, response,
+    HandshakeError, Request, MAX_PATH_BYTES,
 };
 
 #[cfg(test)]
@@ -25,8 +29,12 @@ mod tests {
     fn client_round_trip() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let req = client_request("127.0.0.1:9001", "/bench", key);
-        let Some((Request::Upgrade { path, accept_key }, _)) =
-            parse_request(req.as_bytes(), 8192).unwrap()
+        let Some((
+            Request::Upgrade {
+                path, accept_key, ..
+            },
+            _,
+        )) = parse_request(req.as_bytes(), 8192).unwrap()
         else {
             panic!("not an upgrade");
         };
@@ -45,6 +53,36 @@ mod tests {
                 status: 400,
                 body: "missing Host header".into()
             })
+        );
+    }
+
+    #[test]
+    fn client_offer_round_trip() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let req = client_request_with(
+            "127.0.0.1:9001",
+            "/bench",
+            key,
+            Some("permessage-deflate; client_max_window_bits"),
+        );
+        let Some((
+            Request::Upgrade {
+                accept_key,
+                deflate: Some(deflate),
+                ..
+            },
+            _,
+        )) = parse_request(req.as_bytes(), 8192).unwrap()
+        else {
+            panic!("no deflate offer seen");
+        };
+        let resp = accept_response_with(&accept_key, Some(&deflate));
+        assert_eq!(parse_response(resp.as_bytes(), key), Ok(Some(resp.len())));
+        let answer = response_extensions(resp.as_bytes()).expect("an extensions header");
+        assert!(answer.starts_with("permessage-deflate"), "{answer}");
+        assert_eq!(
+            response_extensions(accept_response(&accept_key).as_bytes()),
+            None
         );
     }
 }

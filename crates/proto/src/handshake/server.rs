@@ -1,5 +1,6 @@
 //! The server's half of the upgrade: parse a request, accept it or say why not.
 
+use super::extension::{negotiate, Deflate};
 use super::key::accept_key;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -50,7 +51,10 @@ pub enum HandshakeError {
     #[error("too many request headers")]
     TooManyHeaders,
     /// A plain `GET` of a path the server serves nothing at.
-    #[error("not a WebSocket upgrade (missing Upgrade: websocket); GET /metrics serves metrics")]
+    #[error(
+        "not a WebSocket upgrade (missing Upgrade: websocket); GET / serves a live page, \
+         GET /metrics the metrics"
+    )]
     NotUpgrade,
 }
 
@@ -88,8 +92,13 @@ impl HandshakeError {
 /// A complete, valid request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// A WebSocket upgrade to `path`; answer with [`accept_response`].
-    Upgrade { path: String, accept_key: String },
+    /// A WebSocket upgrade to `path`; answer with [`accept_response_with`]. `deflate`: the
+    /// client's first acceptable permessage-deflate offer, for the server to take or leave.
+    Upgrade {
+        path: String,
+        accept_key: String,
+        deflate: Option<Deflate>,
+    },
     /// A `GET` without an upgrade (e.g. `/metrics`).
     Get { path: String },
 }
@@ -179,6 +188,7 @@ pub fn parse_request(
         Request::Upgrade {
             path,
             accept_key: accept_key(key),
+            deflate: negotiate(all("Sec-WebSocket-Extensions")),
         },
         consumed,
     )))
@@ -186,9 +196,17 @@ pub fn parse_request(
 
 /// The `101 Switching Protocols` answer.
 pub fn accept_response(accept_key: &str) -> String {
+    accept_response_with(accept_key, None)
+}
+
+/// The `101 Switching Protocols` answer, agreeing to permessage-deflate as `deflate` says.
+pub fn accept_response_with(accept_key: &str, deflate: Option<&Deflate>) -> String {
+    let extension = deflate
+        .map(|d| format!("Sec-WebSocket-Extensions: {}\r\n", d.response()))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept_key}\r\n{extension}\r\n"
     )
 }
 
@@ -207,14 +225,19 @@ fn status_text(status: u16) -> &'static str {
 
 /// A complete HTTP response with a plain-text body; the connection is closed after it.
 pub fn plain_response(status: u16, body: &str) -> Vec<u8> {
+    response(status, "text/plain; charset=utf-8", body)
+}
+
+/// A complete HTTP response with a body of `content_type`; the connection is closed after it.
+pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     let extra = if status == 426 {
         "Sec-WebSocket-Version: 13\r\n"
     } else {
         ""
     };
     format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nCache-Control: no-store\r\n{extra}Connection: close\r\n\r\n{body}",
         status_text(status),
         body.len()
     )
@@ -244,6 +267,7 @@ mod tests {
         assert_eq!(
             req,
             Request::Upgrade {
+                deflate: None,
                 path: "/chat".into(),
                 accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
             }

@@ -3,7 +3,8 @@
 //! tokio-tungstenite clients ([`ws`]), with raw WebSocket frames over plain TCP sockets, so that
 //! a test can misbehave in ways a WebSocket library would not ([`raw`]), and with plain HTTP
 //! ([`http`]), and read its `/metrics` ([`metrics`]); run a real nats-server for the cluster
-//! tests ([`nats`]); and put a server under a memory limit ([`cgroup`]).
+//! tests ([`nats`]); put a server under a memory limit ([`cgroup`]); and drive a headless
+//! Chromium ([`browser`]).
 //!
 //! Everything here is bounded in time: a helper that waits does so under [`STEP`] (or a bound
 //! it is given) and panics with a message saying what it was waiting for.
@@ -12,6 +13,7 @@
 //! allowed.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod cgroup;
 pub mod http;
 pub mod metrics;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::load::payload::Payload;
 use crate::units::{parse_duration, parse_rates, RateList};
 
 /// Output format on stdout.
@@ -88,6 +89,15 @@ pub struct CommonArgs {
     /// Message size in bytes (payload; at least 24 for the stamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// What pads each message after its 24-byte stamp: zeros, or JSON-like text (what a
+    /// compression benchmark needs: zeros compress far better than real messages).
+    #[arg(long, value_enum, default_value_t = Payload::Zeros)]
+    pub payload: Payload,
+    /// Offer permessage-deflate (no context takeover either way) on every connection.
+    /// Subscribers then read compressed broadcasts (the report counts them and the bytes on
+    /// the wire); publishers send plain messages, which the extension allows.
+    #[arg(long)]
+    pub compress: bool,
     /// Reader threads (default: one per core loadgen may use).
     #[arg(long)]
     pub threads: Option<usize>,

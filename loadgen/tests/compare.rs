@@ -1,7 +1,8 @@
 //! Integration test of `loadgen compare --quick` against ringcast and the tokio-tungstenite
 //! peer (a workspace member, built here with cargo if `peers/setup tokio-tungstenite` has not
 //! built it yet): the report's files exist and every server received every message at the low
-//! fixed load of every scenario.
+//! fixed load of every scenario; in the compressed scenario ringcast's deliveries arrived
+//! compressed and smaller, and tokio-tungstenite (no permessage-deflate) is reported not run.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -131,7 +132,7 @@ fn quick_compare_writes_the_report_and_loses_nothing_at_the_fixed_load() {
     let names: Vec<&str> = report.servers.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["ringcast", "tokio-tungstenite"]);
     assert_eq!(report.mode, "quick");
-    assert_eq!(report.scenarios.len(), 5, "all five scenarios");
+    assert_eq!(report.scenarios.len(), 6, "all six scenarios");
     for sc in &report.scenarios {
         for srv in &names {
             let s = report
@@ -139,6 +140,16 @@ fn quick_compare_writes_the_report_and_loses_nothing_at_the_fixed_load() {
                 .iter()
                 .find(|s| s.scenario == sc.id && s.server == *srv)
                 .unwrap_or_else(|| panic!("no summary for {} on {srv}", sc.id));
+            if sc.compress && *srv == "tokio-tungstenite" {
+                assert!(
+                    s.errors
+                        .iter()
+                        .any(|e| e.contains("cannot negotiate permessage-deflate")),
+                    "{:?}",
+                    s.errors
+                );
+                continue;
+            }
             assert!(s.errors.is_empty(), "{} on {srv}: {:?}", sc.id, s.errors);
             assert_eq!(s.runs, 1);
             match sc.kind {
@@ -158,6 +169,25 @@ fn quick_compare_writes_the_report_and_loses_nothing_at_the_fixed_load() {
             }
         }
     }
+    // Compressed JSON through ringcast: every delivery compressed, well under its 1 KiB.
+    let sc = report
+        .scenarios
+        .iter()
+        .find(|s| s.compress)
+        .expect("a compressed scenario");
+    let cell = report
+        .cells
+        .iter()
+        .find(|c| c.scenario == sc.id && c.server == "ringcast")
+        .expect("ringcast ran the compressed scenario");
+    let fixed = cell.fixed.as_ref().expect("its fixed step");
+    assert_eq!(fixed.compressed_share, Some(1.0), "{fixed:?}");
+    let bytes = fixed.wire_bytes_per_delivery.expect("bytes on the wire");
+    assert!(
+        bytes < sc.size_bytes as f64 * 0.7,
+        "{bytes} bytes per delivery"
+    );
+    assert!(md.contains("bytes per delivery"));
     // Every cell's fixed step: exact counts.
     for c in report.cells.iter().filter(|c| c.fixed.is_some()) {
         let f = c.fixed.as_ref().expect("fixed");

@@ -17,6 +17,7 @@ fn jobs(n: usize, timeout: Duration) -> Vec<ConnectJob> {
                 source_ip: None,
                 rcvbuf_bytes: None,
                 timeout,
+                compress: false,
             },
         })
         .collect()

@@ -9,22 +9,31 @@
  * `bufferedAmount` just grows), and its default maxPayload (100 MiB) already
  * exceeds the 16 MiB the relay protocol needs, so nothing is tuned.
  *
- * Usage: node server.js PORT   (binds 127.0.0.1:PORT; SIGTERM/SIGINT close it)
+ * With `deflate`, permessage-deflate is accepted (ws's perMessageDeflate: a
+ * deflate stream per connection, so each broadcast is compressed once per
+ * subscriber), at level 1 and from 128 bytes, as ringcast's defaults.
+ *
+ * Usage: node server.js PORT [deflate]   (binds 127.0.0.1:PORT; SIGTERM/SIGINT close it)
  */
 'use strict';
 
 const { WebSocketServer, WebSocket } = require('ws');
 
 const port = Number(process.argv[2]);
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  console.error('usage: node server.js PORT');
+const deflate = process.argv[3] === 'deflate';
+if (!Number.isInteger(port) || port <= 0 || port > 65535 || process.argv.length > 4 || (process.argv[3] !== undefined && !deflate)) {
+  console.error('usage: node server.js PORT [deflate]');
   process.exit(2);
 }
 
 /** channel name (request path) -> Set of clients on it */
 const channels = new Map();
 
-const wss = new WebSocketServer({ host: '127.0.0.1', port });
+const wss = new WebSocketServer({
+  host: '127.0.0.1',
+  port,
+  perMessageDeflate: deflate ? { threshold: 128, zlibDeflateOptions: { level: 1 } } : false,
+});
 
 wss.on('connection', (ws, req) => {
   const channel = req.url;

@@ -7,7 +7,10 @@ to `websockets.asyncio.server.broadcast` for every *other* client on that
 channel. `broadcast` never waits for a slow receiver and never drops for one
 (its write buffer just grows), which is what the relay protocol needs.
 
-Usage: server.py PORT   (binds 127.0.0.1:PORT; SIGTERM/SIGINT close it cleanly)
+Usage: server.py PORT [deflate]   (binds 127.0.0.1:PORT; SIGTERM/SIGINT close it cleanly)
+
+With `deflate`, permessage-deflate is accepted when a client offers it (the library's own
+extension, compressing each message per connection); without it, compression is off.
 """
 
 import asyncio
@@ -38,8 +41,11 @@ async def relay(ws: ServerConnection) -> None:
             del CHANNELS[channel]
 
 
-async def main(port: int) -> None:
-    async with serve(relay, "127.0.0.1", port, max_size=MAX_MESSAGE) as server:
+async def main(port: int, deflate: bool) -> None:
+    compression = "deflate" if deflate else None
+    async with serve(
+        relay, "127.0.0.1", port, max_size=MAX_MESSAGE, compression=compression
+    ) as server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.close)
@@ -48,6 +54,6 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: server.py PORT")
-    asyncio.run(main(int(sys.argv[1])))
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["deflate"]):
+        sys.exit("usage: server.py PORT [deflate]")
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2:] == ["deflate"]))

@@ -16,15 +16,19 @@
  * - maxPayloadLength: the default is 16 KiB; the protocol needs 16 MiB.
  * - idleTimeout: 0 (off), so a subscriber that only listens is never timed out.
  *
- * Usage: node server.js PORT   (binds 127.0.0.1:PORT; SIGTERM/SIGINT close it)
+ * With `deflate`, permessage-deflate is accepted with uWS.SHARED_COMPRESSOR
+ * (one compressor shared by all sockets, no context kept between messages).
+ *
+ * Usage: node server.js PORT [deflate]   (binds 127.0.0.1:PORT; SIGTERM/SIGINT close it)
  */
 'use strict';
 
 const uWS = require('uwebsockets');
 
 const port = Number(process.argv[2]);
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  console.error('usage: node server.js PORT');
+const deflate = process.argv[3] === 'deflate';
+if (!Number.isInteger(port) || port <= 0 || port > 65535 || process.argv.length > 4 || (process.argv[3] !== undefined && !deflate)) {
+  console.error('usage: node server.js PORT [deflate]');
   process.exit(2);
 }
 
@@ -36,7 +40,7 @@ const sockets = new Set();
 let listenSocket = null;
 
 const app = uWS.App().ws('/*', {
-  compression: uWS.DISABLED,
+  compression: deflate ? uWS.SHARED_COMPRESSOR : uWS.DISABLED,
   maxPayloadLength: MAX_MESSAGE,
   maxBackpressure: MAX_BACKPRESSURE,
   closeOnBackpressureLimit: true,
@@ -60,7 +64,9 @@ const app = uWS.App().ws('/*', {
 
   message: (ws, message, isBinary) => {
     // Delivered to every other subscriber of the topic, never to `ws` itself.
-    ws.publish(ws.getUserData().channel, message, isBinary);
+    // The fourth argument asks for compression (it is off by default, even with a compressor
+    // configured); it applies only to subscribers that negotiated permessage-deflate.
+    ws.publish(ws.getUserData().channel, message, isBinary, deflate);
   },
 
   dropped: (ws) => {

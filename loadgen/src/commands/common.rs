@@ -326,6 +326,8 @@ fn load_config(c: &CommonArgs, p: &Prepared) -> Result<LoadConfig, AppError> {
         publishers: c.publishers,
         channels: c.channels,
         size: c.size,
+        payload: c.payload,
+        compress: c.compress,
         threads: p.threads,
         cpus: p.loadgen_cpus.clone(),
         connect_rate_per_s: c.connect_rate,

@@ -132,6 +132,11 @@ fn run_cells(plan: &Plan, scenarios: &[Scenario], defs: &[ServerDef]) -> Measure
             };
             for (pos, def) in order.into_iter().enumerate() {
                 let position = pos as u32 + 1;
+                if sc.compress && def.deflate_args.is_none() {
+                    m.cells
+                        .push(runner::unsupported_cell(sc, def, rep, position));
+                    continue;
+                }
                 match sc.kind {
                     ScenarioKind::Idle => {
                         m.cells

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::load::payload::Payload;
 use crate::load::session::StepResult;
 use crate::sys::machine::MachineInfo;
 
@@ -37,6 +38,13 @@ pub struct Scenario {
     pub fixed_rate_per_s: f64,
     /// Why that rate.
     pub fixed_rate_reason: String,
+    /// What pads each message after its stamp.
+    #[serde(default)]
+    pub payload: Payload,
+    /// Clients offer permessage-deflate, and servers are started with it on (a server that
+    /// cannot compress is not run in this scenario).
+    #[serde(default)]
+    pub compress: bool,
 }
 
 impl Scenario {
@@ -72,6 +80,12 @@ pub struct StepBrief {
     pub server_rss_bytes: Option<u64>,
     pub loadgen_runqueue_wait_share: f64,
     pub server_runqueue_wait_share: Option<f64>,
+    /// Bytes subscribers read from their sockets per delivery (frames as on the wire).
+    #[serde(default)]
+    pub wire_bytes_per_delivery: Option<f64>,
+    /// Share of deliveries that arrived compressed (permessage-deflate).
+    #[serde(default)]
+    pub compressed_share: Option<f64>,
 }
 
 /// The capacity a search found.

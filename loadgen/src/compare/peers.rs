@@ -57,20 +57,34 @@ pub struct ServerDef {
     pub program: PathBuf,
     /// Arguments; `{port}` is replaced by a free port.
     pub args: Vec<String>,
+    /// Arguments added for a scenario with permessage-deflate; `None`: this server cannot
+    /// negotiate it (the scenario is not run on it, and the report says why).
+    pub deflate_args: Option<Vec<String>>,
     pub version: String,
     pub notes: String,
 }
 
 impl ServerDef {
-    /// Starts the server on a free loopback port, pinned to `cpu`, its stderr to `log`. Tries
+    /// Starts the server on a free loopback port, pinned to `cpu`, its stderr to `log`, with
+    /// permessage-deflate on when `deflate` (and [`ServerDef::deflate_args`] allow). Tries
     /// three times: another process may take the port between its choice and the bind.
-    pub fn start(&self, cpu: usize, log: Option<&Path>) -> Result<ServerProcess, StartError> {
+    pub fn start(
+        &self,
+        cpu: usize,
+        log: Option<&Path>,
+        deflate: bool,
+    ) -> Result<ServerProcess, StartError> {
+        let extra = match (&self.deflate_args, deflate) {
+            (Some(extra), true) => extra.as_slice(),
+            _ => &[],
+        };
         let mut attempt = 1;
         loop {
             let port = free_port().map_err(StartError::NoFreePort)?;
             let args: Vec<String> = self
                 .args
                 .iter()
+                .chain(extra)
                 .map(|a| a.replace("{port}", &port.to_string()))
                 .collect();
             match ServerProcess::spawn(
@@ -186,6 +200,7 @@ pub fn define_server(
                 "--channel-window".into(),
                 a.ringcast_channel_window.to_string(),
             ],
+            deflate_args: Some(vec!["--compression".into(), "on".into()]),
             version: format!("{version}, commit {}", machine::git_commit()),
             notes: format!(
                 "one worker thread (it is pinned to one core); --channel-window {} MiB (the log each channel keeps for its subscribers to catch up on){}",
@@ -266,10 +281,13 @@ pub fn define_server(
         }
         _ => return Err(PeerError::Unknown(name.to_owned())),
     };
+    // tungstenite (0.30) has no permessage-deflate.
+    let deflate_args = (name != "tokio-tungstenite").then(|| vec!["deflate".to_owned()]);
     Ok(ServerDef {
         name: name.into(),
         program: run,
         args: vec!["{port}".into()],
+        deflate_args,
         version,
         notes,
     })

@@ -79,6 +79,9 @@ fn brief(s: &StepResult, grid: Option<i32>, passed: bool, server_cpu_ns: Option<
         server_rss_bytes: s.cpu.server_rss_bytes,
         loadgen_runqueue_wait_share: s.cpu.loadgen_runqueue_wait_share,
         server_runqueue_wait_share: s.cpu.server_runqueue_wait_share,
+        wire_bytes_per_delivery: (s.received > 0 && s.counts.wire_bytes > 0)
+            .then(|| s.counts.wire_bytes as f64 / s.received as f64),
+        compressed_share: (s.received > 0).then(|| s.counts.compressed as f64 / s.received as f64),
     }
 }
 
@@ -106,7 +109,7 @@ pub fn open_live(
     plan: &Plan,
     log: Option<&Path>,
 ) -> Result<Live, CellError> {
-    let server = def.start(plan.server_cpu, log)?;
+    let server = def.start(plan.server_cpu, log, sc.compress)?;
     let target = match Target::parse(&format!("ws://{}/bench", server.addr)) {
         Ok(t) => t,
         Err(e) => {
@@ -127,6 +130,8 @@ pub fn open_live(
         publishers: sc.publishers,
         channels: sc.channels,
         size: sc.size_bytes,
+        payload: sc.payload,
+        compress: sc.compress,
         threads: 1,
         cpus: Some(vec![plan.loadgen_cpu]),
         connect_rate_per_s: 0.0,
@@ -185,6 +190,18 @@ fn new_cell(sc: &Scenario, def: &ServerDef, rep: u32, position: u32) -> CellRun 
         position,
         started_utc: machine::rfc3339(machine::unix_now_s()),
         ..Default::default()
+    }
+}
+
+/// The cell of a server that cannot run scenario `sc` (no permessage-deflate): not run, with
+/// the reason as its error.
+pub fn unsupported_cell(sc: &Scenario, def: &ServerDef, rep: u32, position: u32) -> CellRun {
+    CellRun {
+        error: Some(format!(
+            "not run: {} cannot negotiate permessage-deflate",
+            def.name
+        )),
+        ..new_cell(sc, def, rep, position)
     }
 }
 
@@ -403,7 +420,7 @@ pub fn run_idle_cell(
     let mut cell = new_cell(sc, def, rep, position);
     let tag = format!("{} r{rep} {}", sc.id, def.name);
     let log = plan.log_path(&sc.id, &def.name, rep, 0);
-    let server = match def.start(plan.server_cpu, log.as_deref()) {
+    let server = match def.start(plan.server_cpu, log.as_deref(), sc.compress) {
         Ok(s) => s,
         Err(e) => {
             plan.say(&format!("{tag}: ERROR {e}"));

@@ -1,12 +1,14 @@
 //! The scenarios of the comparison, identical for every server: four load scenarios (fan-out,
-//! message size, many channels) and one of idle connections (memory), each with the fixed
-//! rate every server is expected to hold and why.
+//! message size, many channels), one of idle connections (memory) and one of compressed JSON
+//! (permessage-deflate), each with the fixed rate every server is expected to hold and why.
 
 use thiserror::Error;
 
 use super::model::{Scenario, ScenarioKind};
+use crate::load::payload::Payload;
 
-/// The five scenarios of the issue.
+/// The scenarios: four of fan-out and size, one of idle connections, and one of compressed
+/// JSON (run only on the servers that can negotiate permessage-deflate).
 pub fn scenarios() -> Vec<Scenario> {
     let load = |id: &str, title: &str, subs, pubs, ch, size, fixed: f64, why: &str| Scenario {
         id: id.into(),
@@ -18,6 +20,8 @@ pub fn scenarios() -> Vec<Scenario> {
         size_bytes: size,
         fixed_rate_per_s: fixed,
         fixed_rate_reason: why.into(),
+        payload: Payload::Zeros,
+        compress: false,
     };
     vec![
         load(
@@ -70,6 +74,22 @@ pub fn scenarios() -> Vec<Scenario> {
             size_bytes: 0,
             fixed_rate_per_s: 0.0,
             fixed_rate_reason: String::new(),
+            payload: Payload::Zeros,
+            compress: false,
+        },
+        Scenario {
+            payload: Payload::Json,
+            compress: true,
+            ..load(
+                "1k-1KiB-json-deflate",
+                "1,000 subscribers x 1 KiB JSON, permessage-deflate",
+                1000,
+                1,
+                1,
+                1024,
+                5.0,
+                "5 msg/s = 5k deliveries/s: compressing per subscriber (python-websockets, node-ws) costs about a deflate of 1 KiB per delivery",
+            )
         },
     ]
 }
@@ -129,8 +149,9 @@ mod tests {
     #[test]
     fn scenarios_match_the_issue() {
         let s = scenarios();
-        assert_eq!(s.len(), 5);
+        assert_eq!(s.len(), 6);
         assert_eq!(s[3].fanout(), 100.0);
+        assert!(s[5].compress && s[5].payload == Payload::Json);
         assert!(s.iter().all(|s| s.subscribers <= 15_000));
     }
 
@@ -144,7 +165,7 @@ mod tests {
             ("idle-15k", QUICK_IDLE_CONNECTIONS)
         );
         assert_eq!(s[1].id, "1k-64B");
-        assert_eq!(select(None, false).unwrap().len(), 5);
+        assert_eq!(select(None, false).unwrap().len(), 6);
         let e = select(Some(&["2k".to_owned()]), false).unwrap_err();
         assert!(e
             .to_string()

@@ -213,6 +213,8 @@ impl Coordinator {
                 publishers: cfg.publishers,
                 channels: cfg.channels,
                 size: cfg.size,
+                payload: cfg.payload,
+                compress: cfg.compress,
                 threads: cfg.threads.max(1),
                 cpus: worker_cpus,
                 connect_rate_per_s: cfg.connect_rate_per_s / f64::from(n),

@@ -29,6 +29,10 @@ pub struct Open {
     pub publishers: u32,
     pub channels: u32,
     pub size: usize,
+    #[serde(default)]
+    pub payload: crate::load::payload::Payload,
+    #[serde(default)]
+    pub compress: bool,
     pub threads: usize,
     pub cpus: Option<Vec<usize>>,
     pub connect_rate_per_s: f64,

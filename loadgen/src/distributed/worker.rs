@@ -83,6 +83,8 @@ fn config(open: Open) -> Result<LoadConfig, String> {
         publishers: open.publishers,
         channels: open.channels,
         size: open.size,
+        payload: open.payload,
+        compress: open.compress,
         threads: open.threads,
         cpus: open.cpus,
         connect_rate_per_s: open.connect_rate_per_s,

@@ -161,6 +161,8 @@ pub struct Connected {
     pub connect_ns: u64,
     /// From sending the upgrade request to a valid 101.
     pub handshake_ns: u64,
+    /// The server agreed to permessage-deflate: its messages may arrive compressed (RSV1).
+    pub deflate: bool,
 }
 
 /// Options of one connection.
@@ -170,7 +172,14 @@ pub struct ConnectOptions {
     /// SO_RCVBUF to set before connecting (used to make a stalled test subscriber fill quickly).
     pub rcvbuf_bytes: Option<usize>,
     pub timeout: Duration,
+    /// Offer permessage-deflate ([`DEFLATE_OFFER`]).
+    pub compress: bool,
 }
+
+/// What `--compress` offers: permessage-deflate without context takeover either way, so every
+/// message is compressed on its own (what a server that compresses a broadcast once needs).
+pub const DEFLATE_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
 /// A fresh `Sec-WebSocket-Key`.
 pub(crate) fn random_key() -> String {

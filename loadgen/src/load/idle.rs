@@ -70,6 +70,7 @@ pub fn hold_idle(
                     .then(|| cfg.source_ips[i as usize % cfg.source_ips.len()]),
                 rcvbuf_bytes: None,
                 timeout: cfg.connect_timeout,
+                compress: false,
             },
         })
         .collect();

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod clock;
 pub mod idle;
+pub mod inflate;
 pub mod pacer;
 pub mod payload;
 pub mod ramp;

@@ -38,8 +38,9 @@ pub struct PublisherSocket {
 pub struct PacerConfig {
     pub publishers: Vec<PublisherSocket>,
     pub channels: u32,
-    /// Total message size (payload bytes), >= STAMP_LEN.
-    pub size: usize,
+    /// Every message's payload ([`crate::load::payload::Payload::body`]): the stamp's place,
+    /// then the padding; at least STAMP_LEN bytes.
+    pub body: Vec<u8>,
     pub run_tag: u32,
     /// Busy-wait this long before each send time instead of sleeping.
     pub spin_ns: u64,
@@ -194,11 +195,11 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                     true,
                     OpCode::Binary,
                     Some(key),
-                    cfg.size as u64,
+                    cfg.body.len() as u64,
                 );
                 p.batch.extend_from_slice(&header[..hl]);
                 let start = p.batch.len();
-                p.batch.resize(start + cfg.size, 0);
+                p.batch.extend_from_slice(&cfg.body);
                 Stamp {
                     run_tag: cfg.run_tag,
                     publisher: p.id,

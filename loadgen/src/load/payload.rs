@@ -4,6 +4,9 @@
 //! intended_ns u64`, little-endian; the rest is padding up to `--size`. The run tag is random
 //! per run so that stray traffic on the channel (another client, an earlier run) is counted as
 //! foreign instead of corrupting the statistics.
+//!
+//! The padding is zeros by default, or JSON-like text (`--payload json`): what a compression
+//! benchmark needs, since zeros compress far better than any real message.
 
 /// Bytes of the stamp at the start of every message; `--size` may not be smaller.
 pub const STAMP_LEN: usize = 24;
@@ -45,9 +48,83 @@ impl Stamp {
     }
 }
 
+/// What fills a message after its stamp.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// Zero bytes: the cheapest to produce; compresses to almost nothing.
+    #[default]
+    Zeros,
+    /// Quotes as JSON text (symbols, prices, sizes from a fixed pseudo-random sequence):
+    /// compresses about as well as real JSON (deflate level 1: to roughly a third).
+    Json,
+}
+
+impl Payload {
+    /// A whole message body of `size` bytes: [`STAMP_LEN`] zero bytes (the stamp's place), then
+    /// the padding.
+    pub fn body(self, size: usize) -> Vec<u8> {
+        let mut out = vec![0u8; STAMP_LEN];
+        match self {
+            Payload::Zeros => out.resize(size.max(STAMP_LEN), 0),
+            Payload::Json => {
+                let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let mut text = String::from("{\"type\":\"quotes\",\"items\":[");
+                let mut i = 0u64;
+                while text.len() < size {
+                    let r = next();
+                    text.push_str(&format!(
+                        "{{\"symbol\":\"S{:03}\",\"bid\":{}.{:02},\"ask\":{}.{:02},\"size\":{},\"venue\":\"{}\"}},",
+                        r % 500,
+                        90 + r % 20,
+                        (r >> 8) % 100,
+                        90 + (r >> 16) % 20,
+                        (r >> 24) % 100,
+                        (r >> 32) % 10_000,
+                        ["XNAS", "XNYS", "BATS", "ARCX"][(i % 4) as usize],
+                    ));
+                    i += 1;
+                }
+                out.extend_from_slice(text.as_bytes());
+                out.truncate(size.max(STAMP_LEN));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_have_the_size_asked() {
+        for size in [24, 64, 1024, 65_536] {
+            for kind in [Payload::Zeros, Payload::Json] {
+                let body = kind.body(size);
+                assert_eq!(body.len(), size);
+                assert!(body[..STAMP_LEN].iter().all(|&b| b == 0));
+            }
+        }
+        let json = Payload::Json.body(1024);
+        assert!(json[STAMP_LEN..].starts_with(b"{\"type\":\"quotes\""));
+    }
 
     #[test]
     fn round_trip() {

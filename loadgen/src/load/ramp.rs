@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::load::client::{random_key, ConnectError, ConnectJob, Connected, Target};
+use crate::load::client::{random_key, ConnectError, ConnectJob, Connected, Target, DEFLATE_OFFER};
 use crate::load::clock;
 
 /// Connections in flight at once when the ramp is not paced (a burst larger than the server's
@@ -371,10 +371,11 @@ impl<'a> Ramp<'a> {
                 let stream: TcpStream = socket.into();
                 let key = random_key();
                 let target = &self.targets[self.jobs[i].target];
-                let request = ringcast_proto::handshake::client_request(
+                let request = ringcast_proto::handshake::client_request_with(
                     &target.host_header,
                     &self.jobs[i].path,
                     &key,
+                    self.jobs[i].opts.compress.then_some(DEFLATE_OFFER),
                 )
                 .into_bytes();
                 let fd = stream.as_raw_fd();
@@ -416,6 +417,7 @@ impl<'a> Ramp<'a> {
                 leftover,
                 connect_ns,
                 handshake_ns,
+                deflate,
             } => {
                 let Some(stream) = self.take_stream(i) else {
                     return;
@@ -427,6 +429,7 @@ impl<'a> Ramp<'a> {
                         leftover,
                         connect_ns,
                         handshake_ns,
+                        deflate,
                     })
                     .map_err(ConnectError::Io);
                 self.finish_taken(i, result);
@@ -497,6 +500,8 @@ enum Step {
         leftover: Vec<u8>,
         connect_ns: u64,
         handshake_ns: u64,
+        /// The server agreed to permessage-deflate.
+        deflate: bool,
     },
 }
 
@@ -546,6 +551,8 @@ fn step_upgrade(state: &mut State, now: u64) -> Step {
             leftover: response[consumed..].to_vec(),
             connect_ns: *connect_ns,
             handshake_ns: now.saturating_sub(*sent_ns),
+            deflate: ringcast_proto::handshake::response_extensions(&response[..consumed])
+                .is_some_and(|e| e.trim_start().starts_with("permessage-deflate")),
         },
         // An answer that is not an acceptance: once all of it is here (its reason), or the
         // server is done sending, even with a reset after it.

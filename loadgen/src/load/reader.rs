@@ -22,10 +22,11 @@ use std::thread::JoinHandle;
 
 use hdrhistogram::Histogram;
 use io_uring::{cqueue, opcode, types, IoUring};
-use ringcast_proto::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
+use ringcast_proto::frame::{decode_header, encode_header, FrameHeader, OpCode, MAX_HEADER_LEN};
 use thiserror::Error;
 
 use crate::load::clock;
+use crate::load::inflate::HeadInflater;
 use crate::load::recorder::{
     new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Taken, Topology,
 };
@@ -39,6 +40,11 @@ const BUF_GROUP: u16 = 7;
 const CARRY_PAYLOAD: usize = 125;
 /// The most a carry buffer holds.
 const CARRY_MAX: usize = MAX_HEADER_LEN + CARRY_PAYLOAD;
+/// Payload bytes kept of a cut *compressed* message: its stamp is found by inflating its start,
+/// which begins with the DEFLATE block's code tables (a few hundred bytes at most).
+const CARRY_COMPRESSED: usize = 2048;
+/// RSV1 in [`ringcast_proto::frame::FrameHeader::rsv`]: permessage-deflate's "compressed".
+const RSV1: u8 = 0b100;
 
 /// What a connection is to the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +66,8 @@ pub struct ReaderConn {
     pub stream: TcpStream,
     pub role: Role,
     pub leftover: Vec<u8>,
+    /// permessage-deflate was negotiated: data frames may have RSV1 set.
+    pub deflate: bool,
 }
 
 /// Step boundaries shared by the main thread with every reader (monotonic ns, `clock::now_ns`).
@@ -289,6 +297,8 @@ struct ConnState {
     waiting_for_stall: bool,
     /// A protocol error was seen: the byte stream can no longer be parsed.
     broken: bool,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
 }
 
 struct Reader {
@@ -297,6 +307,7 @@ struct Reader {
     bufs: BufRing,
     conns: Vec<ConnState>,
     rec: Recorder,
+    inflater: HeadInflater,
     clock: Arc<StepClock>,
     live: Arc<Live>,
     to_arm: Vec<usize>,
@@ -354,6 +365,7 @@ impl Reader {
                 armed: false,
                 waiting_for_stall: matches!(c.role, Role::Subscriber { stalled: true, .. }),
                 broken: false,
+                deflate: c.deflate,
             });
         }
         let to_arm = conns
@@ -367,6 +379,7 @@ impl Reader {
             bufs,
             conns,
             rec: Recorder::new(cfg.run_tag, topo, cfg.placement, cfg.timed),
+            inflater: HeadInflater::default(),
             clock,
             live,
             to_arm,
@@ -376,7 +389,7 @@ impl Reader {
         };
         let now = clock::now_ns();
         for (i, bytes) in leftovers {
-            process_bytes(&mut r.conns[i], &mut r.rec, &bytes, now);
+            process_bytes(&mut r.conns[i], &mut r.rec, &mut r.inflater, &bytes, now);
         }
         Ok(r)
     }
@@ -519,7 +532,7 @@ impl Reader {
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     if res > 0 {
                         let data = self.bufs.slice(bid, res as usize);
-                        process_bytes(conn, &mut self.rec, data, recv_ns);
+                        process_bytes(conn, &mut self.rec, &mut self.inflater, data, recv_ns);
                     }
                     self.bufs.recycle(bid);
                     recycled = true;
@@ -551,10 +564,30 @@ impl Reader {
     }
 }
 
+/// How many payload bytes of a cut frame are kept: all that is read of it.
+#[inline]
+fn kept_payload(h: &FrameHeader) -> usize {
+    let limit = if h.rsv & RSV1 != 0 {
+        CARRY_COMPRESSED
+    } else {
+        CARRY_PAYLOAD
+    };
+    (h.payload_len as usize).min(limit)
+}
+
 /// Feeds bytes received on `conn` through the frame parser.
-fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv_ns: u64) {
+fn process_bytes(
+    conn: &mut ConnState,
+    rec: &mut Recorder,
+    inflater: &mut HeadInflater,
+    mut data: &[u8],
+    recv_ns: u64,
+) {
     if conn.broken {
         return;
+    }
+    if matches!(conn.role, Role::Subscriber { .. }) {
+        rec.counts.wire_bytes += data.len() as u64;
     }
     if !conn.carry.is_empty() {
         // Complete the frame that was cut at the end of the previous buffer.
@@ -583,7 +616,7 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
                         return;
                     }
                     let total = hl + h.payload_len as usize;
-                    let kept_total = hl + (h.payload_len as usize).min(CARRY_PAYLOAD);
+                    let kept_total = hl + kept_payload(&h);
                     let take = (total - conn.carry_seen.min(total)).min(data.len());
                     let keep = kept_total.saturating_sub(conn.carry.len()).min(take);
                     conn.carry.extend_from_slice(&data[..keep]);
@@ -594,15 +627,7 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
                     }
                     let carry = std::mem::take(&mut conn.carry);
                     // The payload's start only: all that is read of a cut data frame.
-                    on_frame(
-                        conn,
-                        rec,
-                        h.opcode,
-                        h.fin,
-                        h.mask.is_some(),
-                        &carry[hl..kept_total],
-                        recv_ns,
-                    );
+                    on_frame(conn, rec, inflater, &h, &carry[hl..kept_total], recv_ns);
                     conn.carry = carry;
                     conn.carry.clear();
                     conn.carry_seen = 0;
@@ -624,15 +649,7 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
                 if end > data.len() {
                     break;
                 }
-                on_frame(
-                    conn,
-                    rec,
-                    h.opcode,
-                    h.fin,
-                    h.mask.is_some(),
-                    &data[pos + hl..end],
-                    recv_ns,
-                );
+                on_frame(conn, rec, inflater, &h, &data[pos + hl..end], recv_ns);
                 pos = end;
             }
             Ok(None) => break,
@@ -645,8 +662,11 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
     }
     if pos < data.len() {
         let cut = &data[pos..];
-        conn.carry
-            .extend_from_slice(&cut[..cut.len().min(CARRY_MAX)]);
+        let keep = match decode_header(cut) {
+            Ok(Some((h, hl))) => hl + kept_payload(&h),
+            _ => CARRY_MAX,
+        };
+        conn.carry.extend_from_slice(&cut[..cut.len().min(keep)]);
         conn.carry_seen = cut.len();
     }
 }
@@ -655,25 +675,32 @@ fn process_bytes(conn: &mut ConnState, rec: &mut Recorder, mut data: &[u8], recv
 fn on_frame(
     conn: &mut ConnState,
     rec: &mut Recorder,
-    opcode: OpCode,
-    _fin: bool,
-    masked: bool,
+    inflater: &mut HeadInflater,
+    h: &FrameHeader,
     payload: &[u8],
     recv_ns: u64,
 ) {
-    if masked {
-        // A server must not mask (RFC 6455 §5.1).
+    if h.mask.is_some() || (h.rsv & RSV1 != 0 && !conn.deflate) {
+        // A server must not mask (RFC 6455 §5.1), nor compress without the extension.
         rec.counts.malformed += 1;
         return;
     }
-    match (opcode, conn.role) {
+    match (h.opcode, conn.role) {
         (
             OpCode::Binary | OpCode::Text,
             Role::Subscriber {
                 channel, target, ..
             },
         ) => {
-            rec.on_message(payload, channel, target, &mut conn.trackers, recv_ns);
+            if h.rsv & RSV1 == 0 {
+                rec.on_message(payload, channel, target, &mut conn.trackers, recv_ns);
+                return;
+            }
+            rec.counts.compressed += 1;
+            match inflater.head(payload) {
+                Some(head) => rec.on_message(head, channel, target, &mut conn.trackers, recv_ns),
+                None => rec.counts.malformed += 1,
+            }
         }
         (OpCode::Binary | OpCode::Text, Role::Publisher) => rec.counts.publisher_frames += 1,
         // Later fragments of a message: its stamp was in the first one.
@@ -744,6 +771,7 @@ mod tests {
                 armed: false,
                 waiting_for_stall: false,
                 broken: false,
+                deflate: true,
             },
             peer,
         )
@@ -785,7 +813,7 @@ mod tests {
             rec.window_start_ns = 0;
             rec.window_end_ns = u64::MAX;
             for part in stream.chunks(chunk) {
-                process_bytes(&mut c, &mut rec, part, 20);
+                process_bytes(&mut c, &mut rec, &mut HeadInflater::default(), part, 20);
             }
             assert_eq!(rec.counts.received, 50, "chunk {chunk}");
             assert_eq!(rec.counts.duplicated + rec.counts.malformed, 0);
@@ -793,6 +821,67 @@ mod tests {
             assert_eq!(rec.counts.pings, 1, "chunk {chunk}");
             assert!(c.carry.is_empty());
             assert!(c.carry.capacity() <= 2 * CARRY_MAX, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn reads_stamps_of_compressed_frames_cut_anywhere() {
+        use flate2::{Compress, Compression, FlushCompress};
+        let topo = Topology {
+            channels: 1,
+            publishers: 1,
+            subscribers: 1,
+        };
+        let mut stream = Vec::new();
+        let mut plain_bytes = 0;
+        for seq in 0..40u64 {
+            let size = [64, 1024, 6000, 200][seq as usize % 4];
+            let mut p = crate::load::payload::Payload::Json.body(size);
+            Stamp {
+                run_tag: 1,
+                publisher: 0,
+                seq,
+                intended_ns: 10,
+            }
+            .write(&mut p);
+            if seq % 4 == 0 {
+                // Short messages go out plain, as a server's --compress-min does.
+                stream.extend(encode_frame(OpCode::Binary, &p, None));
+                plain_bytes += p.len();
+                continue;
+            }
+            let mut z = Compress::new(Compression::fast(), false);
+            let mut c = Vec::with_capacity(p.len() + 64);
+            z.compress_vec(&p, &mut c, FlushCompress::Sync).unwrap();
+            c.truncate(c.len() - 4);
+            let mut frame = encode_frame(OpCode::Binary, &c, None);
+            frame[0] |= 0x40;
+            stream.extend(frame);
+        }
+        assert!(plain_bytes > 0);
+        for chunk in [1usize, 7, 100, 1500, 4096, stream.len()] {
+            for deflate in [true, false] {
+                let (mut c, _peer) = conn();
+                c.deflate = deflate;
+                let mut rec = Recorder::new(1, topo.clone(), Placement::single(), Vec::new());
+                rec.step_start_ns = 0;
+                rec.window_start_ns = 0;
+                rec.window_end_ns = u64::MAX;
+                let mut inflater = HeadInflater::default();
+                for part in stream.chunks(chunk) {
+                    process_bytes(&mut c, &mut rec, &mut inflater, part, 20);
+                }
+                assert_eq!(rec.counts.wire_bytes, stream.len() as u64);
+                if deflate {
+                    assert_eq!(rec.counts.received, 40, "chunk {chunk}");
+                    assert_eq!(rec.counts.compressed, 30, "chunk {chunk}");
+                    assert_eq!(rec.counts.malformed + rec.counts.foreign, 0);
+                } else {
+                    // RSV1 without the extension is a protocol error, counted, never a message.
+                    assert_eq!(rec.counts.received, 10, "chunk {chunk}");
+                    assert_eq!(rec.counts.malformed, 30, "chunk {chunk}");
+                }
+            }
         }
     }
 }
@@ -833,6 +922,7 @@ mod speed {
         rec.step_start_ns = 0;
         rec.window_start_ns = 0;
         rec.window_end_ns = u64::MAX;
+        let mut inflater = HeadInflater::default();
         let rounds = if cfg!(debug_assertions) {
             200
         } else {
@@ -852,7 +942,7 @@ mod speed {
                 .write(&mut buf[off + 2..off + 2 + 24]);
                 off += 66;
             }
-            process_bytes(&mut c, &mut rec, &buf, 1_000_000);
+            process_bytes(&mut c, &mut rec, &mut inflater, &buf, 1_000_000);
         }
         let el = t.elapsed();
         let n = rounds * per_buf;

@@ -121,6 +121,12 @@ pub struct DeliveryCounts {
     pub pings: u64,
     /// Data frames received by publishers (read and discarded).
     pub publisher_frames: u64,
+    /// Bytes subscribers received from the socket (frames and headers, as on the wire).
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// Data frames subscribers received compressed (permessage-deflate, RSV1).
+    #[serde(default)]
+    pub compressed: u64,
 }
 
 impl DeliveryCounts {
@@ -137,6 +143,8 @@ impl DeliveryCounts {
         self.server_close_frames += o.server_close_frames;
         self.pings += o.pings;
         self.publisher_frames += o.publisher_frames;
+        self.wire_bytes += o.wire_bytes;
+        self.compressed += o.compressed;
     }
 }
 

@@ -26,6 +26,7 @@ use crate::load::clock;
 use crate::load::pacer::{
     self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket,
 };
+use crate::load::payload::Payload;
 use crate::load::ramp::{connect_many, RampProgress};
 use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
 use crate::load::recorder::{new_histogram, LatencySummary, Topology};
@@ -48,6 +49,11 @@ pub struct LoadConfig {
     pub channels: u32,
     /// Message size in bytes (payload), >= 24.
     pub size: usize,
+    /// What pads each message after its stamp.
+    pub payload: Payload,
+    /// Offer permessage-deflate on every connection (subscribers then read compressed
+    /// broadcasts; publishers send plain, which the extension allows per message).
+    pub compress: bool,
     /// Reader threads.
     pub threads: usize,
     /// CPUs to pin loadgen's threads to.
@@ -402,6 +408,7 @@ impl Session {
                     source_ip: source(jobs.len()),
                     rcvbuf_bytes: (s < cfg.stall_subscribers).then_some(4096),
                     timeout: cfg.connect_timeout,
+                    compress: cfg.compress,
                 },
             });
             roles.push(format!("subscriber {s}"));
@@ -416,6 +423,7 @@ impl Session {
                     source_ip: source(jobs.len()),
                     rcvbuf_bytes: None,
                     timeout: cfg.connect_timeout,
+                    compress: cfg.compress,
                 },
             });
             roles.push(format!("publisher {p}"));
@@ -459,6 +467,7 @@ impl Session {
                         stalled: s < cfg.stall_subscribers,
                     },
                     leftover: c.leftover,
+                    deflate: c.deflate,
                 });
             } else {
                 let p = share.publishers.start + (i - n_subscribers) as u32;
@@ -467,6 +476,7 @@ impl Session {
                     stream: dup,
                     role: Role::Publisher,
                     leftover: c.leftover,
+                    deflate: c.deflate,
                 });
                 pub_sockets.push(PublisherSocket {
                     stream: c.stream,
@@ -508,7 +518,7 @@ impl Session {
         let pacer = pacer::spawn(PacerConfig {
             publishers: pub_sockets,
             channels: topology.channels,
-            size: cfg.size,
+            body: cfg.payload.body(cfg.size),
             run_tag,
             spin_ns: cfg.spin_ns,
             cpus: cfg.cpus.clone(),

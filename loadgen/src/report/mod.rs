@@ -200,6 +200,21 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_
          out of order {}",
         s.sent, s.expected_deliveries, s.received, s.lost, c.duplicated, c.out_of_order
     );
+    if c.wire_bytes > 0 && s.received > 0 {
+        let server_cpu = match s.cpu.server_cores_used {
+            Some(cores) if s.deliveries_per_s > 0.0 => format!(
+                "; server CPU {:.0} ns per delivery",
+                cores * 1e9 / s.deliveries_per_s
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  On the wire: {:.1} bytes per delivery, {} of the deliveries compressed{server_cpu}",
+            c.wire_bytes as f64 / s.received as f64,
+            c.compressed
+        );
+    }
     if c.cross_channel
         + c.foreign
         + c.malformed

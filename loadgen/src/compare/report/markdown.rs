@@ -81,6 +81,62 @@ fn load_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
         );
     }
     let _ = writeln!(out);
+    if sc.compress {
+        wire_table(out, r, sc);
+    }
+}
+
+/// For a compressed scenario: what each server put on the wire per delivery at the fixed load
+/// (median over repetitions), and how many deliveries it compressed.
+fn wire_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
+    let _ = writeln!(
+        out,
+        "On the wire at the fixed load ({} B messages, median of the repetitions):\n",
+        sc.size_bytes
+    );
+    let _ = writeln!(
+        out,
+        "| server | bytes per delivery | deliveries compressed | server CPU s per M deliveries |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    for srv in &r.servers {
+        let cells: Vec<_> = r
+            .cells
+            .iter()
+            .filter(|c| c.scenario == sc.id && c.server == srv.name)
+            .collect();
+        if let Some(why) = cells.iter().find_map(|c| c.error.as_deref()) {
+            let _ = writeln!(out, "| {} | {why} | | |", srv.name);
+            continue;
+        }
+        let fixed: Vec<_> = cells.iter().filter_map(|c| c.fixed.as_ref()).collect();
+        let bytes = median(
+            fixed
+                .iter()
+                .filter_map(|f| f.wire_bytes_per_delivery)
+                .collect(),
+        );
+        let share = median(fixed.iter().filter_map(|f| f.compressed_share).collect());
+        let cpu = median(
+            fixed
+                .iter()
+                .filter_map(|f| f.server_cpu_s_per_million)
+                .collect(),
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            srv.name,
+            bytes.map_or("–".into(), |b| format!("{b:.0}")),
+            share.map_or("–".into(), |s| format!("{:.0}%", s * 100.0)),
+            opt_f(cpu, 3),
+        );
+    }
+    let _ = writeln!(out);
 }
 
 fn idle_table(out: &mut String, r: &CompareReport, sc: &Scenario) {

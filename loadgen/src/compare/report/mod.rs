@@ -116,6 +116,8 @@ mod tests {
             size_bytes: 64,
             fixed_rate_per_s: 10.0,
             fixed_rate_reason: "every server holds it".into(),
+            payload: Default::default(),
+            compress: false,
         }
     }
 

@@ -144,7 +144,7 @@ fn default_run_without_url_writes_every_file() {
             "--rates",
             "100,200",
             "--step-duration",
-            "500ms",
+            "1500ms",
             "--step-warmup",
             "200ms",
             // This test is about the files; a busy shared machine must not fail the SLO.
@@ -165,6 +165,8 @@ fn default_run_without_url_writes_every_file() {
         "latency.svg",
         "sweep.svg",
         "server.log",
+        "latency.hlog",
+        "latency-over-time.svg",
     ] {
         let p = out.join(f);
         assert!(
@@ -189,6 +191,26 @@ fn default_run_without_url_writes_every_file() {
     let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
     let rows = loadgen::report::hgrm::parse(&hgrm);
     assert_eq!(rows.last().unwrap().total_count, s.steps[1].latency.count);
+    // The interval log: two seconds per 1.5 s step, tagged by rate, adding up to each step's
+    // histogram exactly.
+    let hlog = std::fs::read(out.join("latency.hlog")).unwrap();
+    let intervals = loadgen::report::timeline::parse_hlog(&hlog).expect("latency.hlog parses");
+    for (step, tag) in s.steps.iter().zip(["R100", "R200"]) {
+        let mine: Vec<_> = intervals
+            .iter()
+            .filter(|i| i.tag.as_deref() == Some(tag))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            2,
+            "{tag}: one interval per second of its window"
+        );
+        assert!((mine[1].start_s - mine[0].start_s - 1.0).abs() < 0.002);
+        let count: u64 = mine.iter().map(|i| i.histogram.len()).sum();
+        let max = mine.iter().map(|i| i.histogram.max()).max().unwrap();
+        assert_eq!(count, step.latency.count, "{tag}");
+        assert_eq!(max, step.latency.max_ns, "{tag}");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("sweep") && md.contains("commit") && md.contains("| rate msg/s"));
     let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();

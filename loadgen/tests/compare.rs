@@ -120,6 +120,7 @@ fn quick_compare_writes_the_report_and_loses_nothing_at_the_fixed_load() {
     for sc in &report.scenarios {
         if sc.kind == ScenarioKind::Load {
             files.push(format!("latency-{}.svg", sc.id));
+            files.push(format!("over-time-{}.svg", sc.id));
         }
     }
     for f in &files {
@@ -188,6 +189,19 @@ fn quick_compare_writes_the_report_and_loses_nothing_at_the_fixed_load() {
         "{bytes} bytes per delivery"
     );
     assert!(md.contains("bytes per delivery"));
+    // Every fixed step's interval log adds up to that step's latency histogram.
+    let details: Vec<loadgen::compare::model::CellDetail> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("runs.json")).expect("runs.json"))
+            .expect("runs.json parses");
+    for d in &details {
+        let Some(fixed) = &d.fixed else { continue };
+        let name = format!("hlog/{}-{}-r{}.hlog", d.scenario, d.server, d.rep);
+        let text = std::fs::read(out.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let intervals = loadgen::report::timeline::parse_hlog(&text).expect("hlog parses");
+        assert!(!intervals.is_empty(), "{name}");
+        let count: u64 = intervals.iter().map(|i| i.histogram.len()).sum();
+        assert_eq!(count, fixed.latency.count, "{name}");
+    }
     // Every cell's fixed step: exact counts.
     for c in report.cells.iter().filter(|c| c.fixed.is_some()) {
         let f = c.fixed.as_ref().expect("fixed");

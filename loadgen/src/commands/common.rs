@@ -18,6 +18,7 @@ use crate::load::session::{
     ConnectReport, LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec,
 };
 use crate::load::topology::{Placement, Share};
+use crate::report::timeline::StepTimeline;
 use crate::report::{self, BrokerInfo, ConfigEcho, ReportError, ServerInfo, Summary};
 use crate::sys::broker::{self, BrokerProcess};
 use crate::sys::machine;
@@ -407,6 +408,7 @@ pub(super) fn finish(
     mut summary: Summary,
     prepared: Prepared,
     latency: Option<&Histogram<u64>>,
+    timeline: &[StepTimeline],
     format: Format,
     exit_code: i32,
 ) -> Result<Outcome, AppError> {
@@ -444,7 +446,7 @@ pub(super) fn finish(
     }
     summary.finished_utc = machine::rfc3339(machine::unix_now_s());
     if let Some(dir) = &prepared.dir {
-        report::write_files(dir, &summary, latency)?;
+        report::write_files(dir, &summary, latency, timeline)?;
     }
     if summary.verdict == "loss" {
         // Loud on stderr too, whatever the stdout format.

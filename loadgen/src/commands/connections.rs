@@ -46,5 +46,5 @@ pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
     }
     summary.connect = Some(connect);
     summary.connections = Some(held);
-    finish(summary, p, None, c.format, 0)
+    finish(summary, p, None, &[], c.format, 0)
 }

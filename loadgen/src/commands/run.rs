@@ -6,6 +6,7 @@ use super::common::{
 };
 use crate::cli::RunArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
+use crate::report::timeline::StepTimeline;
 use crate::units::fmt_ns;
 
 /// `loadgen run`: one constant-rate step.
@@ -65,7 +66,19 @@ pub(super) fn run_as(
     summary.steps.push(outcome.result);
     summary.histogram_step = Some(0);
     let code = if lost && c.fail_on_loss { 2 } else { 0 };
-    finish(summary, p, Some(&outcome.latency), c.format, code)
+    let timeline = [StepTimeline {
+        rate_per_s: a.rate,
+        window_start_unix_s: outcome.window_start_unix_s,
+        intervals: &outcome.intervals,
+    }];
+    finish(
+        summary,
+        p,
+        Some(&outcome.latency),
+        &timeline,
+        c.format,
+        code,
+    )
 }
 
 /// Warnings every step deserves.

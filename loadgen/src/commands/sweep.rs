@@ -7,6 +7,7 @@ use super::common::{
 };
 use crate::cli::SweepArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
+use crate::report::timeline::StepTimeline;
 use crate::report::Capacity;
 use crate::search::{capacity_step, step_passes, Rates, Search};
 use crate::units::{fmt_ns, fmt_rate};
@@ -146,7 +147,15 @@ pub(super) fn sweep_as(
     let latency = outcomes.get(hist_step).map(|o| &o.latency);
     let any_loss = summary.steps.iter().any(|s| s.lost > 0);
     let code = if any_loss && c.fail_on_loss { 2 } else { 0 };
-    finish(summary, p, latency, c.format, code)
+    let timeline: Vec<StepTimeline> = outcomes
+        .iter()
+        .map(|o| StepTimeline {
+            rate_per_s: o.result.requested_rate_per_s,
+            window_start_unix_s: o.window_start_unix_s,
+            intervals: &o.intervals,
+        })
+        .collect();
+    finish(summary, p, latency, &timeline, c.format, code)
 }
 
 /// The warnings of a sweep, one line per kind listing the steps concerned.

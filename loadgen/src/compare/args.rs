@@ -26,8 +26,8 @@ pub struct CompareArgs {
     /// no strace), short steps, 5,000 idle connections instead of 15,000.
     #[arg(long)]
     pub quick: bool,
-    /// Repetitions of every scenario, the server order reversed each time (default 2; 1 with
-    /// --quick).
+    /// Repetitions of every scenario, the server order reversed each time (default 3, so that
+    /// every figure has a median and a spread; 1 with --quick).
     #[arg(long)]
     pub repeat: Option<u32>,
     /// Latency objective of the capacity search: a step holds with zero loss and p99 at most

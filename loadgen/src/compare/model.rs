@@ -169,6 +169,12 @@ pub struct CellDetail {
     pub rep: u32,
     pub fixed: Option<StepResult>,
     pub sweep: Vec<StepResult>,
+    /// The fixed-load step's latency per second (for `hlog/` and `over-time-<scenario>.svg`).
+    #[serde(skip)]
+    pub fixed_intervals: Vec<Histogram<u64>>,
+    /// When that step's window began (Unix seconds).
+    #[serde(skip)]
+    pub fixed_window_start_unix_s: f64,
 }
 
 /// Version of compare.json's schema.

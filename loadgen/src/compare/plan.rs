@@ -39,7 +39,7 @@ impl Plan {
         let quick = a.quick;
         Plan {
             quick,
-            repeat: a.repeat.unwrap_or(if quick { 1 } else { 2 }).max(1),
+            repeat: a.repeat.unwrap_or(if quick { 1 } else { 3 }).max(1),
             slo_ns: a.slo_p99.as_nanos() as u64,
             step_warmup: a.step_warmup.unwrap_or(Duration::from_secs(1)),
             step_duration: a.step_duration.unwrap_or(Duration::from_secs(3)),

@@ -273,6 +273,8 @@ pub fn run_load_cell(
             let _ = hist.add(&o.latency);
             cell.fixed = Some(b);
             detail.fixed = Some(o.result);
+            detail.fixed_intervals = o.intervals;
+            detail.fixed_window_start_unix_s = o.window_start_unix_s;
         }
         Err(e) => {
             plan.say(&format!("{tag}: fixed-load step failed: {e}"));

@@ -105,6 +105,8 @@ pub struct Live {
 pub struct ReaderReport {
     pub counts: DeliveryCounts,
     pub latency: Histogram<u64>,
+    /// `latency` per second of the window ([`Recorder::intervals`]).
+    pub intervals: Vec<Histogram<u64>>,
     /// Latency of same-server ([0]) and cross-server ([1]) deliveries, with several servers.
     pub by_route: Option<[Histogram<u64>; 2]>,
     pub fanout: FanoutTable,
@@ -431,6 +433,7 @@ impl Reader {
                         let Taken {
                             counts,
                             latency,
+                            intervals,
                             by_route,
                             fanout,
                         } = self.rec.take();
@@ -441,6 +444,7 @@ impl Reader {
                         let _ = reply.send(ReaderReport {
                             counts,
                             latency,
+                            intervals,
                             by_route,
                             fanout,
                             thread_cpu_ns: clock::thread_cpu_ns(),

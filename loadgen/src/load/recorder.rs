@@ -60,6 +60,33 @@ pub mod hist_serde {
         decode(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 
+    /// The same for a list of histograms.
+    pub mod list {
+        use super::{decode, encode};
+        use hdrhistogram::Histogram;
+        use serde::{
+            de::Error as _, ser::Error as _, Deserialize, Deserializer, Serialize, Serializer,
+        };
+
+        pub fn serialize<S: Serializer>(h: &[Histogram<u64>], s: S) -> Result<S::Ok, S::Error> {
+            h.iter()
+                .map(encode)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(S::Error::custom)?
+                .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<Histogram<u64>>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|t| decode(t))
+                .collect::<Result<_, _>>()
+                .map_err(D::Error::custom)
+        }
+    }
+
     /// The same for an optional pair of histograms.
     pub mod option_pair {
         use super::{decode, encode};
@@ -361,6 +388,10 @@ pub struct Recorder {
     pub counts: DeliveryCounts,
     /// Publish -> receive latency of messages intended inside the measurement window.
     pub latency: Histogram<u64>,
+    /// The same, one histogram per second of the window (by intended time: second k holds the
+    /// messages meant to be sent in [k, k+1) s after the window's start). They add up to
+    /// `latency`; the run's interval log (`latency.hlog`) and its latency-over-time chart.
+    pub intervals: Vec<Histogram<u64>>,
     /// The same, split by whether publisher and subscriber are on the same server ([0]) or on
     /// different ones ([1]): kept only when the run spans several servers.
     pub by_route: Option<[Histogram<u64>; 2]>,
@@ -382,6 +413,7 @@ pub struct Recorder {
 pub struct Taken {
     pub counts: DeliveryCounts,
     pub latency: Histogram<u64>,
+    pub intervals: Vec<Histogram<u64>>,
     pub by_route: Option<[Histogram<u64>; 2]>,
     pub fanout: FanoutTable,
 }
@@ -397,6 +429,7 @@ impl Recorder {
         Recorder {
             counts: DeliveryCounts::default(),
             latency: new_histogram(),
+            intervals: Vec::new(),
             by_route: (placement.targets > 1).then(|| [new_histogram(), new_histogram()]),
             fanout: FanoutTable::new(publishers),
             run_tag,
@@ -470,6 +503,11 @@ impl Recorder {
         {
             let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
             self.latency.saturating_record(latency_ns);
+            let second = ((stamp.intended_ns - self.window_start_ns) / 1_000_000_000) as usize;
+            if second >= self.intervals.len() {
+                self.intervals.resize_with(second + 1, new_histogram);
+            }
+            self.intervals[second].saturating_record(latency_ns);
             if let Some(routes) = &mut self.by_route {
                 let cross = self.placement.publisher_target(stamp.publisher) != target;
                 routes[usize::from(cross)].saturating_record(latency_ns);
@@ -484,6 +522,7 @@ impl Recorder {
         Taken {
             counts: std::mem::take(&mut self.counts),
             latency: std::mem::replace(&mut self.latency, new_histogram()),
+            intervals: std::mem::take(&mut self.intervals),
             by_route: std::mem::replace(&mut self.by_route, fresh),
             fanout: self.fanout.take(),
         }

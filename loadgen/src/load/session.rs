@@ -734,6 +734,7 @@ impl Session {
             / wall_ns as f64;
         let mut counts = crate::load::recorder::DeliveryCounts::default();
         let mut latency = new_histogram();
+        let mut intervals: Vec<Histogram<u64>> = Vec::new();
         let mut by_route: Option<[Histogram<u64>; 2]> = None;
         let mut fanout = Vec::new();
         let mut busiest = 0.0f64;
@@ -741,6 +742,12 @@ impl Session {
         for (i, rep) in reports.into_iter().enumerate() {
             counts.merge(&rep.counts);
             let _ = latency.add(&rep.latency);
+            if rep.intervals.len() > intervals.len() {
+                intervals.resize_with(rep.intervals.len(), new_histogram);
+            }
+            for (total, h) in intervals.iter_mut().zip(&rep.intervals) {
+                let _ = total.add(h);
+            }
             if let Some(routes) = &rep.by_route {
                 let total = by_route.get_or_insert_with(|| [new_histogram(), new_histogram()]);
                 for (t, h) in total.iter_mut().zip(routes) {
@@ -778,6 +785,8 @@ impl Session {
             },
             counts,
             latency,
+            intervals,
+            window_start_unix_s: clock::realtime_of_monotonic(pacing.window_start_ns) as f64 / 1e9,
             by_route,
             fanout,
             drained,

@@ -29,6 +29,10 @@ pub struct CpuReport {
     pub loadgen_cores: u32,
     /// Process CPU time / wall time (1.0 = one full core), summed over loadgen's processes.
     pub loadgen_cores_used: f64,
+    /// Loadgen's CPU time (all its processes, pacer and readers, warm-up and drain included)
+    /// per delivery received in the step: what the instrument costs, in ns.
+    #[serde(default)]
+    pub loadgen_cpu_ns_per_delivery: Option<f64>,
     /// Busiest reader thread's CPU time / wall time.
     pub busiest_reader_util: f64,
     pub pacer_util: f64,
@@ -112,10 +116,15 @@ pub struct StepResult {
     pub passed: Option<bool>,
 }
 
-/// A step's result with its full latency histogram.
+/// A step's result with its full latency histogram, and that histogram second by second.
 pub struct StepOutcome {
     pub result: StepResult,
     pub latency: Histogram<u64>,
+    /// The latency of the messages intended in each second of the window (they add up to
+    /// `latency`).
+    pub intervals: Vec<Histogram<u64>>,
+    /// Wall-clock time (Unix seconds) of the window's start.
+    pub window_start_unix_s: f64,
 }
 
 /// Live figures for the progress line.
@@ -150,6 +159,12 @@ pub struct StepPart {
     pub counts: DeliveryCounts,
     #[serde(with = "hist_serde")]
     pub latency: Histogram<u64>,
+    /// `latency` per second of the window, by intended time.
+    #[serde(with = "hist_serde::list", default)]
+    pub intervals: Vec<Histogram<u64>>,
+    /// When the measurement window began (wall clock, Unix seconds).
+    #[serde(default)]
+    pub window_start_unix_s: f64,
     #[serde(with = "hist_serde::option_pair")]
     pub by_route: Option<[Histogram<u64>; 2]>,
     pub fanout: Vec<FanoutTable>,
@@ -203,12 +218,14 @@ pub fn merge(
     let mut sent_per_channel = vec![0u64; channels];
     let mut counts = DeliveryCounts::default();
     let mut latency = new_histogram();
+    let mut intervals: Vec<Histogram<u64>> = Vec::new();
     let mut send_lag = new_histogram();
     let mut by_route: Option<[Histogram<u64>; 2]> = None;
     let mut tables = Vec::new();
     let (mut sent, mut in_window, mut unsent) = (0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     let (mut cpu_ns, mut busiest, mut pacer, mut wait) = (0f64, 0f64, 0f64, 0f64);
+    let mut cpu_ns_total = 0u64;
     let mut cpus: Option<std::collections::BTreeSet<usize>> = Some(Default::default());
     let mut unpinned_cores = 0u32;
     let (mut drained, mut drain_s, mut exhaustions) = (true, 0f64, 0u64);
@@ -224,6 +241,12 @@ pub fn merge(
         let _ = send_lag.add(&part.sent.send_lag);
         counts.merge(&part.counts);
         let _ = latency.add(&part.latency);
+        if part.intervals.len() > intervals.len() {
+            intervals.resize_with(part.intervals.len(), new_histogram);
+        }
+        for (total, h) in intervals.iter_mut().zip(&part.intervals) {
+            let _ = total.add(h);
+        }
         if let Some(parts_routes) = &part.by_route {
             let routes = by_route.get_or_insert_with(|| [new_histogram(), new_histogram()]);
             for (total, h) in routes.iter_mut().zip(parts_routes) {
@@ -234,6 +257,7 @@ pub fn merge(
         let wall = part.wall_ns.max(1) as f64;
         let used = part.cpu_ns as f64 / wall;
         cpu_ns += used;
+        cpu_ns_total += part.cpu_ns;
         match (&part.cpus, &mut cpus) {
             (Some(list), Some(all)) => all.extend(list),
             _ => {
@@ -297,6 +321,8 @@ pub fn merge(
         cpu: CpuReport {
             loadgen_cores: cores,
             loadgen_cores_used: cpu_ns,
+            loadgen_cpu_ns_per_delivery: (counts.received > 0)
+                .then(|| cpu_ns_total as f64 / counts.received as f64),
             busiest_reader_util: busiest,
             pacer_util: pacer,
             loadgen_saturated: saturated,
@@ -314,5 +340,10 @@ pub fn merge(
         counts,
         passed: None,
     };
-    StepOutcome { result, latency }
+    StepOutcome {
+        result,
+        latency,
+        intervals,
+        window_start_unix_s: parts.first().map_or(0.0, |p| p.window_start_unix_s),
+    }
 }

@@ -8,6 +8,7 @@
 pub mod hgrm;
 pub mod plots;
 pub mod spread;
+pub mod timeline;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -257,9 +258,13 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_
     };
     let _ = writeln!(
         out,
-        "  Loadgen CPU {:.0}% of {} core(s) (busiest reader {:.0}%, pacer {:.0}%){server}",
+        "  Loadgen CPU {:.0}% of {} core(s){} (busiest reader {:.0}%, pacer {:.0}%){server}",
         s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1)),
         s.cpu.loadgen_cores,
+        s.cpu
+            .loadgen_cpu_ns_per_delivery
+            .map(|ns| format!(", {ns:.0} ns per delivery"))
+            .unwrap_or_default(),
         s.cpu.busiest_reader_util * 100.0,
         s.cpu.pacer_util * 100.0
     );
@@ -591,11 +596,13 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     })
 }
 
-/// Writes every file of the run into `dir` (created if needed).
+/// Writes every file of the run into `dir` (created if needed); `timeline` holds every step's
+/// per-second histograms, in the order they ran.
 pub fn write_files(
     dir: &Path,
     summary: &Summary,
     latency: Option<&Histogram<u64>>,
+    timeline: &[timeline::StepTimeline],
 ) -> Result<Vec<PathBuf>, ReportError> {
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
         path: dir.to_owned(),
@@ -624,6 +631,28 @@ pub fn write_files(
             summary.config.subscribers
         );
         plots::latency_curve(h, &title, &p)?;
+        written.push(p);
+    }
+    if timeline.iter().any(|s| !s.intervals.is_empty()) {
+        let p = dir.join("latency.hlog");
+        let comment = format!(
+            "loadgen {}: {}\npublish -> receive latency of the messages intended in each second",
+            summary.scenario, summary.command
+        );
+        let text = timeline::hlog(timeline, &comment).map_err(|source| ReportError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        write(&p, &text)?;
+        written.push(p);
+        let p = dir.join("latency-over-time.svg");
+        let fanout =
+            f64::from(summary.config.subscribers) / f64::from(summary.config.channels.max(1));
+        let title = format!(
+            "latency per second: {} subscribers, {} B messages",
+            summary.config.subscribers, summary.config.size_bytes
+        );
+        timeline::over_time_chart(timeline, fanout, &title, &p)?;
         written.push(p);
     }
     if summary.steps.len() > 1 || summary.capacity.is_some() {

@@ -1,6 +1,8 @@
-//! The comparison's charts: `compare.svg` (capacity bars, memory bars, a latency panel per
-//! load scenario) and `latency-<scenario>.svg` (latency against percentile, one line per
-//! server), drawn with plotters like the single-run charts of [`crate::report::plots`].
+//! The comparison's charts: `compare.svg` (capacity bars with the repetitions' min-max,
+//! memory bars, a latency panel per load scenario), `latency-<scenario>.svg` (latency against
+//! percentile, one line per server) and `over-time-<scenario>.svg` (p99 and max of each
+//! second of the fixed-load step, per server), drawn with plotters like the single-run charts
+//! of [`crate::report::plots`].
 
 use std::path::Path;
 
@@ -29,6 +31,16 @@ fn color_of(server: &str) -> RGBColor {
     }
 }
 
+/// One bar: its height, and the min-max of the repetitions it is the median of (drawn as an
+/// error bar when they differ).
+struct Bar {
+    value: f64,
+    range: Option<(f64, f64)>,
+}
+
+/// A line of (x, y) points.
+type Line = Vec<(f64, f64)>;
+
 /// Grouped bars (log scale): one group per label, one bar per server.
 fn bars(
     area: &Area,
@@ -36,13 +48,13 @@ fn bars(
     y_desc: &str,
     labels: &[String],
     servers: &[String],
-    value: &dyn Fn(usize, &str) -> Option<f64>,
+    value: &dyn Fn(usize, &str) -> Option<Bar>,
     fmt: &dyn Fn(f64) -> String,
 ) -> Drawn {
     let mut vals = Vec::new();
     for i in 0..labels.len() {
         for s in servers {
-            if let Some(v) = value(i, s).filter(|v| *v > 0.0) {
+            if let Some(v) = value(i, s).map(|b| b.value).filter(|v| *v > 0.0) {
                 vals.push(v);
             }
         }
@@ -83,20 +95,35 @@ fn bars(
         let color = color_of(s);
         let mut rects = Vec::new();
         let mut texts = Vec::new();
+        let mut whiskers = Vec::new();
         for i in 0..labels.len() {
-            if let Some(v) = value(i, s).filter(|v| *v > 0.0) {
+            if let Some(Bar { value: v, range }) = value(i, s).filter(|b| b.value > 0.0) {
                 let x0 = i as f64 - 0.4 + j as f64 * w;
                 rects.push(Rectangle::new(
                     [(x0, y0), (x0 + w * 0.9, v)],
                     color.filled(),
                 ));
-                texts.push(Text::new(fmt(v), (x0, v * 1.15), ("sans-serif", 11)));
+                let top = match range {
+                    // The min-max of the repetitions: an error bar with its caps.
+                    Some((lo, hi)) if hi > lo && lo > 0.0 => {
+                        let (xm, cap) = (x0 + w * 0.45, w * 0.2);
+                        whiskers.push(PathElement::new(vec![(xm, lo), (xm, hi)], BLACK));
+                        for y in [lo, hi] {
+                            whiskers
+                                .push(PathElement::new(vec![(xm - cap, y), (xm + cap, y)], BLACK));
+                        }
+                        hi
+                    }
+                    _ => v,
+                };
+                texts.push(Text::new(fmt(v), (x0, top * 1.15), ("sans-serif", 11)));
             }
         }
         chart
             .draw_series(rects)?
             .label(s.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+        chart.draw_series(whiskers)?;
         chart.draw_series(texts)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperRight)?;
@@ -198,15 +225,18 @@ fn overview(path: &Path, r: &CompareReport, hists: &Hists) -> Drawn {
     let (top, rest) = root.split_vertically(480);
     let labels: Vec<String> = loads.iter().map(|s| s.title.clone()).collect();
     let cap = |i: usize, s: &str| {
-        r.summary(&loads[i].id, s)
-            .and_then(|c| c.capacity)
-            .filter(|_| r.mode == "full")
+        let c = r.summary(&loads[i].id, s).filter(|_| r.mode == "full")?;
+        Some(Bar {
+            value: c.capacity?,
+            range: c.capacity_min.zip(c.capacity_max),
+        })
     };
     bars(
         &top,
         &format!(
-            "Capacity (deliveries/s, zero loss, p99 <= {} ms){}",
+            "Capacity (deliveries/s, zero loss, p99 <= {} ms; median, bars min-max of {} runs){}",
             r.slo_p99_ms,
+            r.repeat,
             if r.mode == "quick" {
                 ": not measured in --quick"
             } else {
@@ -224,6 +254,7 @@ fn overview(path: &Path, r: &CompareReport, hists: &Hists) -> Drawn {
         let rss = |_: usize, s: &str| {
             r.summary(&sc.id, s)
                 .and_then(|c| c.rss_per_connection_bytes)
+                .map(|value| Bar { value, range: None })
         };
         bars(
             &mem,
@@ -267,6 +298,81 @@ pub fn draw_latency(
         let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
         root.fill(&WHITE)?;
         latency_chart(&root, &latency_title(sc), &curves_of(r, sc, hists))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| PlotError::at(path, e))
+}
+
+/// p99 (solid) and max (thin) latency of each second of the fixed-load step, one colour per
+/// server (its first repetition).
+pub fn draw_over_time(
+    path: &Path,
+    sc: &Scenario,
+    runs: &[(&str, &[Histogram<u64>])],
+) -> Result<(), PlotError> {
+    let draw = || -> Drawn {
+        let per_second = |h: &Histogram<u64>, q: f64| {
+            if q >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(q)
+            }
+        };
+        let lines: Vec<(&str, Line, Line)> = runs
+            .iter()
+            .map(|(name, intervals)| {
+                let points = |q| {
+                    intervals
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| !h.is_empty())
+                        .map(|(k, h)| (k as f64 + 0.5, per_second(h, q) as f64 / 1e6))
+                        .collect()
+                };
+                (*name, points(0.99), points(1.0))
+            })
+            .collect();
+        let all = || lines.iter().flat_map(|(_, a, b)| a.iter().chain(b));
+        let x_max = all().map(|p| p.0).fold(1.0, f64::max) + 0.5;
+        let y_max = all().map(|p| p.1).fold(0.01, f64::max) * 3.0;
+        let y_min = all()
+            .map(|p| p.1)
+            .filter(|v| *v > 0.0)
+            .fold(y_max, f64::min)
+            / 2.0;
+        let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "{}: latency per second at the fixed load ({} msg/s)",
+                    sc.title,
+                    fmt_rate(sc.fixed_rate_per_s)
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds of the measured window")
+            .y_desc("latency (ms, log)")
+            .draw()?;
+        for (name, p99, max) in &lines {
+            let color = color_of(name);
+            chart
+                .draw_series(LineSeries::new(p99.iter().copied(), color.stroke_width(2)))?
+                .label(format!("{name} p99"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart
+                .draw_series(LineSeries::new(max.iter().copied(), color.mix(0.5)))?
+                .label(format!("{name} max"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.mix(0.5)));
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present()?;
         Ok(())
     };

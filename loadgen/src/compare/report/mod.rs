@@ -1,5 +1,7 @@
 //! What `loadgen compare` leaves behind: `compare.md`, `compare.json`, `runs.json`,
-//! `compare.svg`, `latency-<scenario>.svg` and `hgrm/<scenario>-<server>.hgrm`.
+//! `compare.svg`, `latency-<scenario>.svg`, `over-time-<scenario>.svg`,
+//! `hgrm/<scenario>-<server>.hgrm` and `hlog/<scenario>-<server>-r<rep>.hlog` (the fixed-load
+//! step's interval log).
 //!
 //! Why it exists apart from [`crate::report`]: a comparison is a table across servers
 //! (medians over repetitions, their spread, every figure's ratio to ringcast, marks for a
@@ -25,6 +27,7 @@ use thiserror::Error;
 use crate::compare::model::{CellDetail, CompareReport, Hists, ScenarioKind};
 use crate::report::hgrm;
 use crate::report::plots::PlotError;
+use crate::report::timeline::{self, StepTimeline};
 
 /// A file of the comparison could not be written.
 #[derive(Debug, Error)]
@@ -67,9 +70,50 @@ pub fn write_all(
             }
         }
     }
+    if details.iter().any(|d| !d.fixed_intervals.is_empty()) {
+        std::fs::create_dir_all(dir.join("hlog")).map_err(WriteError::Dir)?;
+    }
+    for d in details.iter().filter(|d| !d.fixed_intervals.is_empty()) {
+        let Some(sc) = r.scenarios.iter().find(|s| s.id == d.scenario) else {
+            continue;
+        };
+        let step = [StepTimeline {
+            rate_per_s: sc.fixed_rate_per_s,
+            window_start_unix_s: d.fixed_window_start_unix_s,
+            intervals: &d.fixed_intervals,
+        }];
+        let comment = format!(
+            "loadgen compare: {}, {} at the fixed load, repetition {}",
+            sc.title, d.server, d.rep
+        );
+        let name = format!("hlog/{}-{}-r{}.hlog", d.scenario, d.server, d.rep);
+        let text = timeline::hlog(&step, &comment).map_err(|source| WriteError::Io {
+            path: dir.join(&name),
+            source,
+        })?;
+        write(&name, &text)?;
+    }
     charts::draw_overview(&dir.join("compare.svg"), r, hists)?;
     for sc in r.scenarios.iter().filter(|s| s.kind == ScenarioKind::Load) {
         charts::draw_latency(&dir.join(format!("latency-{}.svg", sc.id)), r, sc, hists)?;
+        let first_runs: Vec<(&str, &[hdrhistogram::Histogram<u64>])> = r
+            .servers
+            .iter()
+            .filter_map(|srv| {
+                details
+                    .iter()
+                    .find(|d| d.scenario == sc.id && d.server == srv.name && d.rep == 1)
+                    .filter(|d| !d.fixed_intervals.is_empty())
+                    .map(|d| (srv.name.as_str(), d.fixed_intervals.as_slice()))
+            })
+            .collect();
+        if !first_runs.is_empty() {
+            charts::draw_over_time(
+                &dir.join(format!("over-time-{}.svg", sc.id)),
+                sc,
+                &first_runs,
+            )?;
+        }
     }
     Ok(())
 }

@@ -431,9 +431,13 @@ impl Subscriber {
                 log.unpark(self);
                 out.attached = false;
             }
-            out.tail = None;
-            out.controls.clear();
-            out.control_bytes = 0;
+            // A write in flight points into the tail block and the control frames (its
+            // segments do not own them): they are freed when it completes, never before.
+            if out.writing != Writing::InFlight {
+                out.tail = None;
+                out.controls.clear();
+                out.control_bytes = 0;
+            }
         }
         drop(out);
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -667,7 +671,10 @@ impl Subscriber {
         self.settle(out);
         out.writing = Writing::Idle;
         if out.finished {
+            // What `finish` kept alive for this write.
             out.tail = None;
+            out.controls.clear();
+            out.control_bytes = 0;
             return;
         }
         if out.close_written {

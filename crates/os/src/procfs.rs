@@ -1,5 +1,6 @@
 //! What `/proc` says about a process: CPU time, resident memory, and time spent waiting for a
-//! CPU. Every reader returns `None` when the process is gone or the file unreadable.
+//! CPU; and about the machine: how busy each CPU was. Every reader returns `None` when the
+//! process is gone or the file unreadable.
 
 use std::fs;
 
@@ -64,6 +65,52 @@ fn stat_cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * 1_000_000_000 / hz)
 }
 
+/// Time the CPUs `cpus` spent running anything (user, nice, system and steal time of their
+/// `/proc/stat` lines; not interrupts, which no process is charged for), in ns, at clock-tick
+/// resolution.
+pub fn cpus_busy_ns(cpus: &[usize]) -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut ticks = 0u64;
+    let mut found = 0;
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|n| n.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.contains(&cpu) {
+            continue;
+        }
+        let v: Vec<u64> = fields.map(|f| f.parse().unwrap_or(0)).collect();
+        // user nice system idle iowait irq softirq steal ...
+        ticks += v.first()? + v.get(1)? + v.get(2)? + v.get(7).copied().unwrap_or(0);
+        found += 1;
+    }
+    (found == cpus.len()).then(|| ticks * 1_000_000_000 / hz)
+}
+
+/// The CPUs `pid` may run on (`Cpus_allowed_list` of `/proc/PID/status`).
+pub fn allowed_cpus(pid: u32) -> Option<Vec<usize>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
 /// Time the threads of `pid` spent runnable but waiting for a CPU, in ns, summed over its
 /// threads: time a thread wanted to run and could not.
 pub fn runqueue_wait_ns(pid: u32) -> Option<u64> {
@@ -110,6 +157,10 @@ mod tests {
         assert!(cpu_ns(me).is_some());
         assert!(stat_cpu_ns(me).is_some());
         assert!(runqueue_wait_ns(me).is_some());
+        let mine = allowed_cpus(me).unwrap();
+        assert!(!mine.is_empty());
+        assert!(cpus_busy_ns(&mine).unwrap() > 0);
+        assert_eq!(cpus_busy_ns(&[usize::MAX]), None);
         assert!(open_fds(me).unwrap() >= 3);
         let named = std::thread::Builder::new()
             .name("procfs-probe".into())

@@ -398,10 +398,60 @@ pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summa
     }
 }
 
-/// Whether other work took a noticeable share of loadgen's or the server's CPU (> 5 %).
+/// What saturated loadgen in step `s`, and how much: its busiest reader thread, its pacer
+/// thread, or its cores as a whole (the first of them over 90 %).
+pub(super) fn saturated_resource(s: &StepResult) -> String {
+    let cores = s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1));
+    if s.cpu.busiest_reader_util > 0.9 {
+        format!(
+            "its busiest reader thread ran {:.0}% of the time (its core(s) {cores:.0}%)",
+            s.cpu.busiest_reader_util * 100.0
+        )
+    } else if s.cpu.pacer_util > 0.9 {
+        format!(
+            "its pacer thread ran {:.0}% of the time (its core(s) {cores:.0}%)",
+            s.cpu.pacer_util * 100.0
+        )
+    } else {
+        format!(
+            "its {} core(s) were {cores:.0}% busy (busiest reader {:.0}%, pacer {:.0}%)",
+            s.cpu.loadgen_cores,
+            s.cpu.busiest_reader_util * 100.0,
+            s.cpu.pacer_util * 100.0
+        )
+    }
+}
+
+/// How busy the machine was: other processes' share of the CPUs, and the run-queue waits.
+pub(super) fn busy_detail(s: &StepResult) -> String {
+    let waits = format!(
+        "loadgen's threads waited for a CPU {:.0}% of the time, the server's {}",
+        s.cpu.loadgen_runqueue_wait_share * 100.0,
+        s.cpu
+            .server_runqueue_wait_share
+            .map(|x| format!("{:.0}%", x * 100.0))
+            .unwrap_or_else(|| "unknown".into())
+    );
+    match s.cpu.foreign_cpu_share {
+        Some(f) => format!(
+            "other processes used {:.0}% of the CPUs loadgen and the server run on ({waits})",
+            f * 100.0
+        ),
+        None => waits,
+    }
+}
+
+/// Whether other work took a noticeable share (> 5 %) of the CPUs loadgen and the server run
+/// on. Measured directly where it can be (one loadgen process); otherwise judged from the
+/// time their threads waited for a CPU, which loadgen's own threads also cause.
 pub(super) fn machine_busy(s: &StepResult) -> bool {
-    s.cpu.loadgen_runqueue_wait_share > 0.05
-        || s.cpu.server_runqueue_wait_share.unwrap_or(0.0) > 0.05
+    match s.cpu.foreign_cpu_share {
+        Some(share) => share > 0.05,
+        None => {
+            s.cpu.loadgen_runqueue_wait_share > 0.05
+                || s.cpu.server_runqueue_wait_share.unwrap_or(0.0) > 0.05
+        }
+    }
 }
 
 pub(super) fn finish(

@@ -1,8 +1,8 @@
 //! `loadgen run`: one constant-rate step on one set of connections.
 
 use super::common::{
-    finish, machine_busy, new_summary, start_load, stop_servers_on_error, AppError, NodeSetup,
-    Outcome,
+    busy_detail, finish, machine_busy, new_summary, saturated_resource, start_load,
+    stop_servers_on_error, AppError, NodeSetup, Outcome,
 };
 use crate::cli::RunArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
@@ -89,10 +89,8 @@ fn step_warnings(i: Option<usize>, s: &StepResult, subscribers: u64, out: &mut V
         .unwrap_or_default();
     if s.cpu.loadgen_saturated {
         out.push(format!(
-            "{at}loadgen was saturated ({:.0}% of {} core(s), busiest reader {:.0}%): these figures describe the load generator, not the server",
-            s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1)),
-            s.cpu.loadgen_cores,
-            s.cpu.busiest_reader_util * 100.0
+            "{at}loadgen was saturated: {}; these figures describe the load generator, not the server",
+            saturated_resource(s)
         ));
     }
     if s.lost > 0 && i.is_none() {
@@ -113,12 +111,8 @@ fn step_warnings(i: Option<usize>, s: &StepResult, subscribers: u64, out: &mut V
     }
     if machine_busy(s) {
         out.push(format!(
-            "{at}the machine was busy: loadgen's threads waited for a CPU {:.0}% of the time, the server's {}; these latencies include that wait",
-            s.cpu.loadgen_runqueue_wait_share * 100.0,
-            s.cpu
-                .server_runqueue_wait_share
-                .map(|x| format!("{:.0}%", x * 100.0))
-                .unwrap_or_else(|| "unknown".into())
+            "{at}the machine was busy: {}; these latencies include that wait",
+            busy_detail(s)
         ));
     }
     if s.send_lag.p99_ns > 1_000_000 {

@@ -2,8 +2,8 @@
 //! [`crate::search`], up to capacity.
 
 use super::common::{
-    finish, machine_busy, new_summary, open_load, start_load, stop_servers_on_error, AppError,
-    NodeSetup, Outcome,
+    finish, machine_busy, new_summary, open_load, saturated_resource, start_load,
+    stop_servers_on_error, AppError, NodeSetup, Outcome,
 };
 use crate::cli::SweepArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
@@ -182,18 +182,21 @@ fn sweep_warnings(steps: &[StepResult], out: &mut Vec<String>) {
     };
     let sat = which(&|s| s.cpu.loadgen_saturated);
     if !sat.is_empty() {
-        out.push(format!(
-            "{}: loadgen was saturated (up to {:.0}% of its cores, busiest reader up to {:.0}%): those figures describe the load generator, not the server",
-            names(&sat),
-            max_of(&sat, &|s| s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1))),
-            max_of(&sat, &|s| s.cpu.busiest_reader_util * 100.0)
-        ));
+        for &i in &sat {
+            out.push(format!(
+                "step {} ({} msg/s): loadgen was saturated: {}; those figures describe the load generator, not the server",
+                i + 1,
+                steps[i].requested_rate_per_s,
+                saturated_resource(&steps[i])
+            ));
+        }
     }
     let busy = which(&machine_busy);
     if !busy.is_empty() {
         out.push(format!(
-            "{}: the machine was busy: loadgen's threads waited for a CPU up to {:.0}% of the time, the server's up to {:.0}%; these latencies include that wait",
+            "{}: the machine was busy (other processes up to {:.0}% of the CPUs; loadgen's threads waited for a CPU up to {:.0}% of the time, the server's up to {:.0}%); these latencies include that wait",
             names(&busy),
+            max_of(&busy, &|s| s.cpu.foreign_cpu_share.unwrap_or(0.0) * 100.0),
             max_of(&busy, &|s| s.cpu.loadgen_runqueue_wait_share * 100.0),
             max_of(&busy, &|s| s.cpu.server_runqueue_wait_share.unwrap_or(0.0) * 100.0)
         ));

@@ -86,6 +86,9 @@ pub struct StepBrief {
     /// Share of deliveries that arrived compressed (permessage-deflate).
     #[serde(default)]
     pub compressed_share: Option<f64>,
+    /// Share of the CPUs of loadgen and the server that other processes used.
+    #[serde(default)]
+    pub foreign_cpu_share: Option<f64>,
 }
 
 /// The capacity a search found.

@@ -82,6 +82,7 @@ fn brief(s: &StepResult, grid: Option<i32>, passed: bool, server_cpu_ns: Option<
         wire_bytes_per_delivery: (s.received > 0 && s.counts.wire_bytes > 0)
             .then(|| s.counts.wire_bytes as f64 / s.received as f64),
         compressed_share: (s.received > 0).then(|| s.counts.compressed as f64 / s.received as f64),
+        foreign_cpu_share: s.cpu.foreign_cpu_share,
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod contention;
 pub mod idle;
 pub mod inflate;
 pub mod pacer;

@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::load::client::{ConnectError, ConnectJob, ConnectOptions, Target};
 use crate::load::clock;
+use crate::load::contention::MachineReading;
 use crate::load::pacer::{
     self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket,
 };
@@ -363,6 +364,7 @@ impl ServerReading {
                 .zip(&now.link_ns)
                 .filter_map(|(&a, &b)| share(a, b))
                 .collect(),
+            foreign_cpu_share: None,
         }
     }
 }
@@ -809,13 +811,22 @@ impl Session {
         spec: StepSpec,
         on_live: &dyn Fn(LiveStatus),
     ) -> Result<StepOutcome, SessionError> {
+        let watched: Vec<u32> = self
+            .cfg
+            .server_pids
+            .iter()
+            .copied()
+            .chain(self.cfg.broker_pid)
+            .collect();
+        let machine = MachineReading::now(self.cfg.cpus.as_deref(), &watched);
         let servers = ServerReading::now(&self.cfg.server_pids, self.cfg.broker_pid);
         let pacing = self.begin(spec, clock::now_ns() + 50_000_000)?;
         let paced = self.wait_paced(&pacing, on_live)?;
         let expected = self.expected_for(&paced.sent_per_channel);
         let (drained, drain_s) = self.drain(&pacing, expected, on_live);
         let part = self.collect(pacing, paced, drained, drain_s)?;
-        let server = servers.since(&self.cfg.server_pids, self.cfg.broker_pid);
+        let mut server = servers.since(&self.cfg.server_pids, self.cfg.broker_pid);
+        server.foreign_cpu_share = machine.and_then(|m| m.foreign_share_since(&watched));
         Ok(merge(&spec, &self.topology, &[part], server))
     }
 

@@ -47,6 +47,11 @@ pub struct CpuReport {
     pub loadgen_runqueue_wait_share: f64,
     /// The same for the server's threads, when its PID is known.
     pub server_runqueue_wait_share: Option<f64>,
+    /// Share of the time of the CPUs loadgen and the servers may run on that *other*
+    /// processes used ([`crate::load::contention`]); `None` when not measured (runs over
+    /// several loadgen processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_cpu_share: Option<f64>,
     /// Each server's CPU time / wall time, when there are several (the nodes of a cluster).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_cores_by_node: Vec<f64>,
@@ -205,6 +210,8 @@ pub struct ServerUse {
     pub cores_by_node: Vec<f64>,
     pub broker_cores_used: Option<f64>,
     pub cluster_link_cores_by_node: Vec<f64>,
+    /// Share of the CPUs loadgen and the servers run on that other processes used.
+    pub foreign_cpu_share: Option<f64>,
 }
 
 /// Merges every process's part of a step into its result.
@@ -330,6 +337,7 @@ pub fn merge(
             server_rss_bytes: server.rss_bytes,
             loadgen_runqueue_wait_share: wait,
             server_runqueue_wait_share: server.runqueue_wait_share,
+            foreign_cpu_share: server.foreign_cpu_share,
             server_cores_by_node: server.cores_by_node,
             broker_cores_used: server.broker_cores_used,
             cluster_link_cores_by_node: server.cluster_link_cores_by_node,

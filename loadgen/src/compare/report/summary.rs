@@ -77,11 +77,14 @@ fn summarize_cell(sc: &Scenario, server: &str, cells: &[&CellRun], slo_ns: u64) 
             }
         }
         for st in c.fixed.iter().chain(c.sweep.iter()) {
-            if st.loadgen_runqueue_wait_share > 0.05
-                || st.server_runqueue_wait_share.unwrap_or(0.0) > 0.05
-            {
-                s.busy_machine = true;
-            }
+            let busy = match st.foreign_cpu_share {
+                Some(share) => share > 0.05,
+                None => {
+                    st.loadgen_runqueue_wait_share > 0.05
+                        || st.server_runqueue_wait_share.unwrap_or(0.0) > 0.05
+                }
+            };
+            s.busy_machine |= busy;
         }
         if let Some(f) = &c.fixed {
             any_fixed = true;
@@ -178,7 +181,7 @@ pub fn summarize(r: &mut CompareReport) {
         }
         if s.busy_machine {
             warnings.push(format!(
-                "{} on {}: the machine was busy (a thread waited for a CPU > 5 % of a step); rerun on a quiet machine",
+                "{} on {}: the machine was busy (other processes took > 5 % of the CPUs of loadgen and the server in a step); rerun on a quiet machine",
                 s.scenario, s.server
             ));
         }

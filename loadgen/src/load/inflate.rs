@@ -41,18 +41,14 @@ impl HeadInflater {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::load::payload::Payload;
-    use flate2::{Compress, Compression, FlushCompress};
 
-    /// Compresses `data` as permessage-deflate does: raw DEFLATE, sync flush, tail removed.
-    fn deflate(data: &[u8]) -> Vec<u8> {
-        let mut z = Compress::new(Compression::fast(), false);
-        let mut out = Vec::with_capacity(data.len() + 64);
-        z.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
-        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
-        out.truncate(out.len() - 4);
+    /// The permessage-deflate payload of `data`, as ringcast's own compressor makes it.
+    pub(crate) fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        ringcast_proto::deflate::Compressor::new(1).compress(data, &mut out);
         out
     }
 

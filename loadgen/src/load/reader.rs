@@ -781,13 +781,22 @@ mod tests {
         )
     }
 
-    #[test]
-    fn parses_frames_cut_anywhere() {
+    /// A recorder of one publisher and one subscriber, every message inside the window.
+    pub(super) fn recorder() -> Recorder {
         let topo = Topology {
             channels: 1,
             publishers: 1,
             subscribers: 1,
         };
+        let mut rec = Recorder::new(1, topo, Placement::single(), Vec::new());
+        rec.step_start_ns = 0;
+        rec.window_start_ns = 0;
+        rec.window_end_ns = u64::MAX;
+        rec
+    }
+
+    #[test]
+    fn parses_frames_cut_anywhere() {
         let mut stream = Vec::new();
         for seq in 0..50u64 {
             if seq == 25 {
@@ -812,10 +821,7 @@ mod tests {
         }
         for chunk in [1usize, 2, 3, 13, 64, 139, 140, 1000, 4097, stream.len()] {
             let (mut c, _peer) = conn();
-            let mut rec = Recorder::new(1, topo.clone(), Placement::single(), Vec::new());
-            rec.step_start_ns = 0;
-            rec.window_start_ns = 0;
-            rec.window_end_ns = u64::MAX;
+            let mut rec = recorder();
             for part in stream.chunks(chunk) {
                 process_bytes(&mut c, &mut rec, &mut HeadInflater::default(), part, 20);
             }
@@ -830,12 +836,6 @@ mod tests {
 
     #[test]
     fn reads_stamps_of_compressed_frames_cut_anywhere() {
-        use flate2::{Compress, Compression, FlushCompress};
-        let topo = Topology {
-            channels: 1,
-            publishers: 1,
-            subscribers: 1,
-        };
         let mut stream = Vec::new();
         let mut plain_bytes = 0;
         for seq in 0..40u64 {
@@ -854,10 +854,7 @@ mod tests {
                 plain_bytes += p.len();
                 continue;
             }
-            let mut z = Compress::new(Compression::fast(), false);
-            let mut c = Vec::with_capacity(p.len() + 64);
-            z.compress_vec(&p, &mut c, FlushCompress::Sync).unwrap();
-            c.truncate(c.len() - 4);
+            let c = crate::load::inflate::tests::deflate(&p);
             let mut frame = encode_frame(OpCode::Binary, &c, None);
             frame[0] |= 0x40;
             stream.extend(frame);
@@ -867,10 +864,7 @@ mod tests {
             for deflate in [true, false] {
                 let (mut c, _peer) = conn();
                 c.deflate = deflate;
-                let mut rec = Recorder::new(1, topo.clone(), Placement::single(), Vec::new());
-                rec.step_start_ns = 0;
-                rec.window_start_ns = 0;
-                rec.window_end_ns = u64::MAX;
+                let mut rec = recorder();
                 let mut inflater = HeadInflater::default();
                 for part in stream.chunks(chunk) {
                     process_bytes(&mut c, &mut rec, &mut inflater, part, 20);
@@ -901,11 +895,6 @@ mod speed {
     /// parse speed (a figure, not a pass/fail criterion).
     #[test]
     fn parse_speed() {
-        let topo = Topology {
-            channels: 1,
-            publishers: 1,
-            subscribers: 1,
-        };
         let mut buf = Vec::new();
         let mut seq = 0u64;
         while buf.len() < 16 * 1024 - 80 {
@@ -922,10 +911,7 @@ mod speed {
         }
         let per_buf = seq;
         let (mut c, _peer) = super::tests::conn();
-        let mut rec = Recorder::new(1, topo, Placement::single(), Vec::new());
-        rec.step_start_ns = 0;
-        rec.window_start_ns = 0;
-        rec.window_end_ns = u64::MAX;
+        let mut rec = super::tests::recorder();
         let mut inflater = HeadInflater::default();
         let rounds = if cfg!(debug_assertions) {
             200

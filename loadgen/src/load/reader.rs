@@ -286,7 +286,9 @@ impl Drop for BufRing {
 }
 
 struct ConnState {
-    _stream: TcpStream,
+    /// The socket (kept open while the connection lives); `None` only in the receive-path
+    /// bench, which feeds recorded bytes.
+    _stream: Option<TcpStream>,
     fd: RawFd,
     role: Role,
     trackers: Vec<SeqTracker>,
@@ -307,15 +309,86 @@ struct Reader {
     // Field order matters: the ring is dropped (and its operations cancelled) before the buffers.
     ring: IoUring,
     bufs: BufRing,
-    conns: Vec<ConnState>,
-    rec: Recorder,
-    inflater: HeadInflater,
+    path: ReceivePath,
     clock: Arc<StepClock>,
     live: Arc<Live>,
     to_arm: Vec<usize>,
+    /// The live view's sum of the step's completed seconds, and how many it holds: each
+    /// second is added once, so a refresh costs one addition however long the window.
+    live_completed: Histogram<u64>,
+    live_seconds: usize,
     stopping: bool,
     buffer_exhaustions: u64,
     receive_completions: u64,
+}
+
+/// The receive path without the ring: the connections' parse state and the recorder that every
+/// received chunk goes through (frame parsing, stamp check, loss and latency accounting).
+/// Public so that its criterion bench (`benches/receive_path.rs`) measures the production code
+/// on a recorded byte stream.
+pub struct ReceivePath {
+    conns: Vec<ConnState>,
+    rec: Recorder,
+    inflater: HeadInflater,
+}
+
+impl ReceivePath {
+    /// `subscribers` subscriber connections without sockets (subscriber `s` on channel
+    /// `s mod channels`), every message of every step inside the measurement window.
+    pub fn without_sockets(run_tag: u32, topology: Topology, subscribers: u32) -> ReceivePath {
+        let conns = (0..subscribers)
+            .map(|s| {
+                let channel = topology.channel_of_subscriber(s);
+                ConnState {
+                    _stream: None,
+                    fd: -1,
+                    role: Role::Subscriber {
+                        channel,
+                        target: 0,
+                        stalled: false,
+                    },
+                    trackers: vec![
+                        SeqTracker::default();
+                        topology.publishers_in_channel(channel) as usize
+                    ],
+                    carry: Vec::new(),
+                    carry_seen: 0,
+                    open: true,
+                    armed: true,
+                    waiting_for_stall: false,
+                    broken: false,
+                    deflate: false,
+                }
+            })
+            .collect();
+        let mut rec = Recorder::new(run_tag, topology, Placement::single(), Vec::new());
+        rec.step_start_ns = 0;
+        rec.window_start_ns = 0;
+        rec.window_end_ns = u64::MAX;
+        ReceivePath {
+            conns,
+            rec,
+            inflater: HeadInflater::default(),
+        }
+    }
+
+    /// Feeds `data`, received on connection `conn` at `recv_ns`, through the parser.
+    #[inline]
+    pub fn feed(&mut self, conn: usize, data: &[u8], recv_ns: u64) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            process_bytes(c, &mut self.rec, &mut self.inflater, data, recv_ns);
+        }
+    }
+
+    /// What has been counted so far.
+    pub fn counts(&self) -> &DeliveryCounts {
+        &self.rec.counts
+    }
+
+    /// Takes the measurements so far (as a step's snapshot does) and starts afresh.
+    pub fn take(&mut self) -> Taken {
+        self.rec.take()
+    }
 }
 
 impl Reader {
@@ -324,24 +397,28 @@ impl Reader {
         clock: Arc<StepClock>,
         live: Arc<Live>,
     ) -> Result<Reader, ReaderError> {
-        // COOP_TASKRUN: completions are processed when this thread enters the kernel (it does
-        // after every batch) instead of interrupting it for each arriving chunk.
-        let ring = match std::env::var_os("LOADGEN_NO_COOP_TASKRUN") {
-            None => IoUring::builder()
-                .setup_cqsize(cfg.ring_entries * 4)
-                .setup_coop_taskrun()
-                .setup_single_issuer()
-                .build(cfg.ring_entries)
-                .ok(),
-            Some(_) => None,
-        };
-        let ring = match ring {
-            Some(r) => r,
-            None => IoUring::builder()
-                .setup_cqsize(cfg.ring_entries * 4)
-                .build(cfg.ring_entries)
-                .map_err(ReaderError::Setup)?,
-        };
+        // DEFER_TASKRUN: the receives' work runs only when this thread asks for completions,
+        // and the kernel hands them back a few dozen at a time, each batch stamped when it
+        // comes back. Without it (COOP_TASKRUN, or neither) one enter runs every pending
+        // receive first, up to thousands of them: each batch's stamp is late by the time the
+        // kernel took for all of it, and at 2,000 msg/s x 1,000 subscribers loadgen read p50
+        // 7.8 ms where an independent reader read 4.0 ms (results/reference/*-fidelity/).
+        // DEFER_TASKRUN needs Linux 6.1; older kernels get COOP_TASKRUN, then neither.
+        let builders: [fn(&mut io_uring::Builder) -> &mut io_uring::Builder; 3] = [
+            |b| b.setup_single_issuer().setup_defer_taskrun(),
+            |b| b.setup_single_issuer().setup_coop_taskrun(),
+            |b| b,
+        ];
+        let mut ring = Err(io::Error::other("no ring"));
+        for setup in builders {
+            let mut builder = IoUring::builder();
+            builder.setup_cqsize(cfg.ring_entries * 4);
+            ring = setup(&mut builder).build(cfg.ring_entries);
+            if ring.is_ok() {
+                break;
+            }
+        }
+        let ring = ring.map_err(ReaderError::Setup)?;
         let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size)?;
         let topo = cfg.topology.clone();
         let mut conns = Vec::with_capacity(cfg.conns.len());
@@ -358,7 +435,7 @@ impl Reader {
             }
             conns.push(ConnState {
                 fd: c.stream.as_raw_fd(),
-                _stream: c.stream,
+                _stream: Some(c.stream),
                 role: c.role,
                 trackers,
                 carry: Vec::new(),
@@ -379,26 +456,36 @@ impl Reader {
         let mut r = Reader {
             ring,
             bufs,
-            conns,
-            rec: Recorder::new(cfg.run_tag, topo, cfg.placement, cfg.timed),
-            inflater: HeadInflater::default(),
+            path: ReceivePath {
+                conns,
+                rec: Recorder::new(cfg.run_tag, topo, cfg.placement, cfg.timed),
+                inflater: HeadInflater::default(),
+            },
             clock,
             live,
             to_arm,
+            live_completed: new_histogram(),
+            live_seconds: 0,
             stopping: false,
             buffer_exhaustions: 0,
             receive_completions: 0,
         };
         let now = clock::now_ns();
         for (i, bytes) in leftovers {
-            process_bytes(&mut r.conns[i], &mut r.rec, &mut r.inflater, &bytes, now);
+            process_bytes(
+                &mut r.path.conns[i],
+                &mut r.path.rec,
+                &mut r.path.inflater,
+                &bytes,
+                now,
+            );
         }
         Ok(r)
     }
 
     fn arm_pending(&mut self) -> Result<(), ReaderError> {
         while let Some(idx) = self.to_arm.pop() {
-            let c = &mut self.conns[idx];
+            let c = &mut self.path.conns[idx];
             if !c.open || c.armed {
                 continue;
             }
@@ -416,9 +503,9 @@ impl Reader {
     }
 
     fn sync_clock(&mut self) {
-        self.rec.step_start_ns = self.clock.step_start_ns.load(Ordering::Relaxed);
-        self.rec.window_start_ns = self.clock.window_start_ns.load(Ordering::Relaxed);
-        self.rec.window_end_ns = self.clock.window_end_ns.load(Ordering::Relaxed);
+        self.path.rec.step_start_ns = self.clock.step_start_ns.load(Ordering::Relaxed);
+        self.path.rec.window_start_ns = self.clock.window_start_ns.load(Ordering::Relaxed);
+        self.path.rec.window_end_ns = self.clock.window_end_ns.load(Ordering::Relaxed);
     }
 
     fn run(&mut self, commands: Receiver<Command>) -> Result<(), ReaderError> {
@@ -429,6 +516,8 @@ impl Reader {
             while let Ok(cmd) = commands.try_recv() {
                 match cmd {
                     Command::Snapshot(reply) => {
+                        self.live_completed.reset();
+                        self.live_seconds = 0;
                         self.sync_clock();
                         let Taken {
                             counts,
@@ -436,7 +525,7 @@ impl Reader {
                             intervals,
                             by_route,
                             fanout,
-                        } = self.rec.take();
+                        } = self.path.rec.take();
                         self.live.received.store(0, Ordering::Relaxed);
                         if let Ok(mut h) = self.live.latency.lock() {
                             h.reset();
@@ -455,7 +544,7 @@ impl Reader {
                     Command::Stop => {
                         self.stopping = true;
                         stop_deadline_ns = clock::now_ns() + 2_000_000_000;
-                        for c in &self.conns {
+                        for c in &self.path.conns {
                             // SAFETY: shutting down our own open socket.
                             unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
                         }
@@ -463,15 +552,16 @@ impl Reader {
                 }
             }
             let now = clock::now_ns();
-            if self.stopping && (now > stop_deadline_ns || self.conns.iter().all(|c| !c.armed)) {
-                if self.conns.iter().any(|c| c.armed) {
+            if self.stopping && (now > stop_deadline_ns || self.path.conns.iter().all(|c| !c.armed))
+            {
+                if self.path.conns.iter().any(|c| c.armed) {
                     // Operations still in flight may write into the buffers: keep them alive.
                     std::mem::forget(std::mem::take(&mut self.bufs.data));
                 }
                 return Ok(());
             }
             if !self.stopping && now >= self.clock.stall_release_ns.load(Ordering::Relaxed) {
-                for (i, c) in self.conns.iter_mut().enumerate() {
+                for (i, c) in self.path.conns.iter_mut().enumerate() {
                     if c.waiting_for_stall {
                         c.waiting_for_stall = false;
                         // It was connected with a tiny receive buffer to fill up fast; let it
@@ -509,9 +599,26 @@ impl Reader {
             let now = clock::now_ns();
             if now.saturating_sub(last_live_ns) > 250_000_000 {
                 last_live_ns = now;
-                if let Ok(mut h) = self.live.latency.lock() {
-                    h.clone_from(&self.rec.latency);
-                }
+                self.refresh_live_latency();
+            }
+        }
+    }
+
+    /// Copies the window's latency so far to the live view (the progress line's p99): the
+    /// completed seconds' sum, kept up to date, plus the current second. A late arrival into a
+    /// second already summed shows in the report, not in the live view.
+    fn refresh_live_latency(&mut self) {
+        let intervals = &self.path.rec.intervals;
+        let completed = intervals.len().saturating_sub(1);
+        for h in intervals.iter().take(completed).skip(self.live_seconds) {
+            // Same bounds: adding cannot fail.
+            let _ = self.live_completed.add(h);
+        }
+        self.live_seconds = self.live_seconds.max(completed);
+        if let Ok(mut h) = self.live.latency.lock() {
+            h.clone_from(&self.live_completed);
+            if let Some(current) = intervals.last() {
+                let _ = h.add(current);
             }
         }
     }
@@ -529,14 +636,20 @@ impl Reader {
                 let idx = cqe.user_data() as usize;
                 let res = cqe.result();
                 let flags = cqe.flags();
-                let Some(conn) = self.conns.get_mut(idx) else {
+                let Some(conn) = self.path.conns.get_mut(idx) else {
                     continue;
                 };
                 self.receive_completions += 1;
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     if res > 0 {
                         let data = self.bufs.slice(bid, res as usize);
-                        process_bytes(conn, &mut self.rec, &mut self.inflater, data, recv_ns);
+                        process_bytes(
+                            conn,
+                            &mut self.path.rec,
+                            &mut self.path.inflater,
+                            data,
+                            recv_ns,
+                        );
                     }
                     self.bufs.recycle(bid);
                     recycled = true;
@@ -553,7 +666,7 @@ impl Reader {
                 } else if conn.open {
                     conn.open = false;
                     if !self.stopping {
-                        self.rec.counts.disconnects += 1;
+                        self.path.rec.counts.disconnects += 1;
                     }
                 }
             }
@@ -564,7 +677,7 @@ impl Reader {
         }
         self.live
             .received
-            .store(self.rec.counts.received, Ordering::Relaxed);
+            .store(self.path.rec.counts.received, Ordering::Relaxed);
     }
 }
 
@@ -640,8 +753,31 @@ fn process_bytes(
             }
         }
     }
+    let subscriber = match conn.role {
+        Role::Subscriber {
+            channel, target, ..
+        } => Some((channel, target)),
+        Role::Publisher => None,
+    };
     let mut pos = 0;
     while pos < data.len() {
+        // The frame nearly every delivery is: final, binary or text, no RSV bit, unmasked, a
+        // 7-bit length, whole in this chunk. Straight to the recorder, without the general
+        // header decoder and the dispatch on opcode and role.
+        if let (Some((channel, target)), Some(&[b0, b1])) = (subscriber, data.get(pos..pos + 2)) {
+            let end = pos + 2 + usize::from(b1);
+            if (b0 == 0x82 || b0 == 0x81) && b1 < 126 && end <= data.len() {
+                rec.on_message(
+                    &data[pos + 2..end],
+                    channel,
+                    target,
+                    &mut conn.trackers,
+                    recv_ns,
+                );
+                pos = end;
+                continue;
+            }
+        }
         match decode_header(&data[pos..]) {
             Ok(Some((h, hl))) => {
                 if h.payload_len > MAX_FRAME_PAYLOAD {
@@ -762,7 +898,7 @@ mod tests {
         (
             ConnState {
                 fd: s.as_raw_fd(),
-                _stream: s,
+                _stream: Some(s),
                 role: Role::Subscriber {
                     channel: 0,
                     target: 0,
@@ -827,7 +963,7 @@ mod tests {
             }
             assert_eq!(rec.counts.received, 50, "chunk {chunk}");
             assert_eq!(rec.counts.duplicated + rec.counts.malformed, 0);
-            assert_eq!(rec.latency.len(), 50);
+            assert_eq!(rec.window_latency().len(), 50);
             assert_eq!(rec.counts.pings, 1, "chunk {chunk}");
             assert!(c.carry.is_empty());
             assert!(c.carry.capacity() <= 2 * CARRY_MAX, "chunk {chunk}");

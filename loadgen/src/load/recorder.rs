@@ -268,7 +268,7 @@ impl FanoutTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, publisher: u32, seq: u64, latency_ns: u64) {
         let Some(p) = self.publishers.get_mut(publisher as usize) else {
             return;
@@ -386,11 +386,12 @@ impl LatencySummary {
 /// One reader thread's measurements for the current step.
 pub struct Recorder {
     pub counts: DeliveryCounts,
-    /// Publish -> receive latency of messages intended inside the measurement window.
-    pub latency: Histogram<u64>,
-    /// The same, one histogram per second of the window (by intended time: second k holds the
-    /// messages meant to be sent in [k, k+1) s after the window's start). They add up to
-    /// `latency`; the run's interval log (`latency.hlog`) and its latency-over-time chart.
+    /// Publish -> receive latency of messages intended inside the measurement window, one
+    /// histogram per second of the window (by intended time: second k holds the messages meant
+    /// to be sent in [k, k+1) s after the window's start): the run's interval log
+    /// (`latency.hlog`) and its latency-over-time chart. The window's histogram is their sum
+    /// ([`Recorder::window_latency`]), built when asked for rather than recorded twice per
+    /// message.
     pub intervals: Vec<Histogram<u64>>,
     /// The same, split by whether publisher and subscriber are on the same server ([0]) or on
     /// different ones ([1]): kept only when the run spans several servers.
@@ -399,14 +400,24 @@ pub struct Recorder {
     pub run_tag: u32,
     pub topology: Topology,
     pub placement: Placement,
-    /// Publishers whose messages are timed (those that share this process's clock); empty:
-    /// all of them.
-    pub timed: Vec<bool>,
+    /// Per publisher, what a received message needs to know of it (one lookup instead of two
+    /// divisions and a second table per message).
+    publishers: Vec<PublisherInfo>,
     /// Messages intended before this belong to an earlier step.
     pub step_start_ns: u64,
     /// Measurement window [start, end) on intended times.
     pub window_start_ns: u64,
     pub window_end_ns: u64,
+}
+
+/// What the recorder looks up per received message, per publisher.
+#[derive(Debug, Clone, Copy)]
+struct PublisherInfo {
+    channel: u32,
+    /// Index among the publishers of its channel (of the subscriber's trackers).
+    index_in_channel: u32,
+    /// Its latency is measured (it shares this process's clock).
+    timed: bool,
 }
 
 /// One step's measurements, taken from a [`Recorder`].
@@ -419,23 +430,30 @@ pub struct Taken {
 }
 
 impl Recorder {
+    /// `timed`: per publisher, whether its messages are timed (those that share this
+    /// process's clock); empty: all of them.
     pub fn new(
         run_tag: u32,
         topology: Topology,
         placement: Placement,
         timed: Vec<bool>,
     ) -> Recorder {
-        let publishers = topology.publishers;
+        let publishers = (0..topology.publishers)
+            .map(|p| PublisherInfo {
+                channel: topology.channel_of_publisher(p),
+                index_in_channel: topology.index_in_channel(p),
+                timed: timed.get(p as usize).copied().unwrap_or(true),
+            })
+            .collect();
         Recorder {
             counts: DeliveryCounts::default(),
-            latency: new_histogram(),
             intervals: Vec::new(),
             by_route: (placement.targets > 1).then(|| [new_histogram(), new_histogram()]),
-            fanout: FanoutTable::new(publishers),
+            fanout: FanoutTable::new(topology.publishers),
             run_tag,
             topology,
             placement,
-            timed,
+            publishers,
             step_start_ns: u64::MAX,
             window_start_ns: u64::MAX,
             window_end_ns: u64::MAX,
@@ -445,7 +463,7 @@ impl Recorder {
     /// Records one data message received by a subscriber of `channel`, connected to server
     /// `target`, whose per-publisher trackers are `trackers` (indexed by the publisher's index
     /// in the channel).
-    #[inline]
+    #[inline(always)]
     pub fn on_message(
         &mut self,
         payload: &[u8],
@@ -458,17 +476,18 @@ impl Recorder {
             self.counts.foreign += 1;
             return;
         };
-        if stamp.run_tag != self.run_tag || stamp.publisher >= self.topology.publishers {
-            self.counts.foreign += 1;
-            return;
-        }
-        if self.topology.channel_of_publisher(stamp.publisher) != channel {
+        let info = match self.publishers.get(stamp.publisher as usize) {
+            Some(info) if stamp.run_tag == self.run_tag => *info,
+            _ => {
+                self.counts.foreign += 1;
+                return;
+            }
+        };
+        if info.channel != channel {
             self.counts.cross_channel += 1;
             return;
         }
-        let Some(tracker) =
-            trackers.get_mut(self.topology.index_in_channel(stamp.publisher) as usize)
-        else {
+        let Some(tracker) = trackers.get_mut(info.index_in_channel as usize) else {
             self.counts.foreign += 1;
             return;
         };
@@ -492,17 +511,11 @@ impl Recorder {
                 return;
             }
         }
-        let timed = self
-            .timed
-            .get(stamp.publisher as usize)
-            .copied()
-            .unwrap_or(true);
-        if timed
+        if info.timed
             && stamp.intended_ns >= self.window_start_ns
             && stamp.intended_ns < self.window_end_ns
         {
             let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
-            self.latency.saturating_record(latency_ns);
             let second = ((stamp.intended_ns - self.window_start_ns) / 1_000_000_000) as usize;
             if second >= self.intervals.len() {
                 self.intervals.resize_with(second + 1, new_histogram);
@@ -516,12 +529,22 @@ impl Recorder {
         }
     }
 
+    /// Latency of every message of the window so far: the sum of the per-second histograms.
+    pub fn window_latency(&self) -> Histogram<u64> {
+        let mut sum = new_histogram();
+        for h in &self.intervals {
+            // Same bounds: adding cannot fail.
+            let _ = sum.add(h);
+        }
+        sum
+    }
+
     /// Takes this step's measurements and starts afresh.
     pub fn take(&mut self) -> Taken {
         let fresh = (self.placement.targets > 1).then(|| [new_histogram(), new_histogram()]);
         Taken {
             counts: std::mem::take(&mut self.counts),
-            latency: std::mem::replace(&mut self.latency, new_histogram()),
+            latency: self.window_latency(),
             intervals: std::mem::take(&mut self.intervals),
             by_route: std::mem::replace(&mut self.by_route, fresh),
             fanout: self.fanout.take(),

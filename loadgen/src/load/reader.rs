@@ -608,6 +608,7 @@ impl Reader {
     /// completed seconds' sum, kept up to date, plus the current second. A late arrival into a
     /// second already summed shows in the report, not in the live view.
     fn refresh_live_latency(&mut self) {
+        self.path.rec.flush_pending();
         let intervals = &self.path.rec.intervals;
         let completed = intervals.len().saturating_sub(1);
         for h in intervals.iter().take(completed).skip(self.live_seconds) {

@@ -200,12 +200,19 @@ const MAX_MISSING_RANGES: usize = 1024;
 
 impl SeqTracker {
     /// Classifies the arrival of `seq` and updates the state.
-    #[inline]
+    #[inline(always)]
     pub fn observe(&mut self, seq: u64) -> Arrival {
         if seq == self.next {
             self.next += 1;
             return Arrival::InOrder;
         }
+        self.observe_unexpected(seq)
+    }
+
+    /// A gap, a late arrival or a duplicate: rare, kept out of the common path.
+    #[cold]
+    #[inline(never)]
+    fn observe_unexpected(&mut self, seq: u64) -> Arrival {
         if seq > self.next {
             if self.missing.len() == MAX_MISSING_RANGES {
                 self.missing.remove(0);
@@ -391,8 +398,10 @@ pub struct Recorder {
     /// to be sent in [k, k+1) s after the window's start): the run's interval log
     /// (`latency.hlog`) and its latency-over-time chart. The window's histogram is their sum
     /// ([`Recorder::window_latency`]), built when asked for rather than recorded twice per
-    /// message.
+    /// message. Up to date after [`Recorder::flush_pending`].
     pub intervals: Vec<Histogram<u64>>,
+    /// Equal latencies of the same second not yet recorded.
+    pending: PendingRun,
     /// The same, split by whether publisher and subscriber are on the same server ([0]) or on
     /// different ones ([1]): kept only when the run spans several servers.
     pub by_route: Option<[Histogram<u64>; 2]>,
@@ -418,6 +427,17 @@ struct PublisherInfo {
     index_in_channel: u32,
     /// Its latency is measured (it shares this process's clock).
     timed: bool,
+}
+
+/// A run of deliveries with the same latency in the same second, counted but not yet in its
+/// histogram. A reader reads the clock once per batch of completions, so the deliveries of one
+/// message in one batch have the same latency: one `record_n` per run instead of one record
+/// (and its bucket lookup) per delivery. Exact: the histogram gets the same counts.
+#[derive(Debug, Clone, Copy, Default)]
+struct PendingRun {
+    second: usize,
+    latency_ns: u64,
+    count: u64,
 }
 
 /// One step's measurements, taken from a [`Recorder`].
@@ -448,6 +468,7 @@ impl Recorder {
         Recorder {
             counts: DeliveryCounts::default(),
             intervals: Vec::new(),
+            pending: PendingRun::default(),
             by_route: (placement.targets > 1).then(|| [new_histogram(), new_histogram()]),
             fanout: FanoutTable::new(topology.publishers),
             run_tag,
@@ -517,10 +538,17 @@ impl Recorder {
         {
             let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
             let second = ((stamp.intended_ns - self.window_start_ns) / 1_000_000_000) as usize;
-            if second >= self.intervals.len() {
-                self.intervals.resize_with(second + 1, new_histogram);
+            let run = &mut self.pending;
+            if run.count > 0 && run.latency_ns == latency_ns && run.second == second {
+                run.count += 1;
+            } else {
+                self.flush_pending();
+                self.pending = PendingRun {
+                    second,
+                    latency_ns,
+                    count: 1,
+                };
             }
-            self.intervals[second].saturating_record(latency_ns);
             if let Some(routes) = &mut self.by_route {
                 let cross = self.placement.publisher_target(stamp.publisher) != target;
                 routes[usize::from(cross)].saturating_record(latency_ns);
@@ -529,18 +557,37 @@ impl Recorder {
         }
     }
 
-    /// Latency of every message of the window so far: the sum of the per-second histograms.
+    /// Records the pending run of equal latencies into its second's histogram.
+    #[inline(always)]
+    pub fn flush_pending(&mut self) {
+        let run = self.pending;
+        if run.count == 0 {
+            return;
+        }
+        self.pending.count = 0;
+        if run.second >= self.intervals.len() {
+            self.intervals.resize_with(run.second + 1, new_histogram);
+        }
+        self.intervals[run.second].saturating_record_n(run.latency_ns, run.count);
+    }
+
+    /// Latency of every message of the window so far: the sum of the per-second histograms
+    /// and of the pending run.
     pub fn window_latency(&self) -> Histogram<u64> {
         let mut sum = new_histogram();
         for h in &self.intervals {
             // Same bounds: adding cannot fail.
             let _ = sum.add(h);
         }
+        if self.pending.count > 0 {
+            sum.saturating_record_n(self.pending.latency_ns, self.pending.count);
+        }
         sum
     }
 
     /// Takes this step's measurements and starts afresh.
     pub fn take(&mut self) -> Taken {
+        self.flush_pending();
         let fresh = (self.placement.targets > 1).then(|| [new_histogram(), new_histogram()]);
         Taken {
             counts: std::mem::take(&mut self.counts),
@@ -661,6 +708,47 @@ mod tests {
         assert_eq!(merged, all);
         assert_eq!(merged.len(), 50_000);
         assert_eq!(merged.value_at_quantile(0.99), all.value_at_quantile(0.99));
+    }
+
+    #[test]
+    fn runs_of_equal_latencies_are_counted_exactly() {
+        // Runs of equal latency (one message to many subscribers in one batch), runs broken by
+        // a new value or a new second, and single values: the histograms get exactly the
+        // counts that one record per delivery would give.
+        let subscribers = 5u32;
+        let topo = Topology {
+            channels: 1,
+            publishers: 1,
+            subscribers,
+        };
+        let mut r = Recorder::new(9, topo, Placement::single(), Vec::new());
+        r.step_start_ns = 0;
+        r.window_start_ns = 0;
+        r.window_end_ns = u64::MAX;
+        let mut trackers = vec![vec![SeqTracker::default()]; subscribers as usize];
+        let (mut want_all, mut want_per_second) = (new_histogram(), Vec::new());
+        for seq in 0..400u64 {
+            let intended = seq * 10_000_000; // 100 messages per second: 4 seconds
+            for (s, t) in trackers.iter_mut().enumerate() {
+                // Same latency for subscribers 0-2 (one batch), distinct for 3 and 4.
+                let latency = 1_000 + (seq % 7) * 100 + if s < 3 { 0 } else { s as u64 * 37 };
+                r.on_message(&stamp(0, seq, intended), 0, 0, t, intended + latency);
+                want_all.record(latency).unwrap();
+                let second = (intended / 1_000_000_000) as usize;
+                if want_per_second.len() <= second {
+                    want_per_second.resize_with(second + 1, new_histogram);
+                }
+                want_per_second[second].record(latency).unwrap();
+            }
+            if seq == 250 {
+                // A look at the window mid-run includes the pending run.
+                assert_eq!(r.window_latency().len(), 251 * u64::from(subscribers));
+            }
+        }
+        let taken = r.take();
+        assert_eq!(taken.latency, want_all);
+        assert_eq!(taken.intervals, want_per_second);
+        assert_eq!(taken.counts.received, 400 * u64::from(subscribers));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub enum Commands {
     Cluster(ClusterArgs),
     /// Serve as one worker of a distributed run (see --workers), for one coordinator.
     Worker(WorkerArgs),
+    /// loadgen's own ceiling on this machine: the deliveries per second its reader takes in from
+    /// a minimal source that costs next to nothing (no server involved).
+    Ceiling(CeilingArgs),
 }
 
 /// Options shared by every command.
@@ -260,6 +263,37 @@ pub struct ConnectionsArgs {
     /// How long to hold the connections open.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub hold: Duration,
+}
+
+/// `loadgen ceiling`.
+#[derive(Debug, Clone, Args)]
+pub struct CeilingArgs {
+    /// Subscriber connections, as in the run whose figures it bounds.
+    #[arg(short = 'c', long = "subscribers", default_value_t = 1000)]
+    pub subscribers: u32,
+    /// Message size in bytes (payload; at least 24 for the stamp).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Frames per write of the source, one measurement each: how many deliveries each of
+    /// loadgen's receives carries, which a server decides by how it batches its writes.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,248")]
+    pub frames_per_write: Vec<usize>,
+    /// Measured window of each measurement.
+    #[arg(short = 'd', long, value_parser = parse_duration, default_value = "4s")]
+    pub duration: Duration,
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// CPU of the minimal source (where the server runs in a benchmark).
+    #[arg(long, default_value_t = 0)]
+    pub source_cpu: usize,
+    /// CPU of loadgen's reader (where loadgen runs in a benchmark).
+    #[arg(long, default_value_t = 1)]
+    pub reader_cpu: usize,
+    /// Size of each provided receive buffer, KiB (as `--recv-buf-kib` of a run).
+    #[arg(long, default_value_t = 16)]
+    pub recv_buf_kib: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[cfg(test)]

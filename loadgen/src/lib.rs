@@ -58,6 +58,7 @@ pub fn main_with_args() -> i32 {
                 }
             }
         }
+        Some(cli::Commands::Ceiling(a)) => return commands::ceiling(&a),
         None => commands::sweep(&cli.default_sweep),
     };
     match result {

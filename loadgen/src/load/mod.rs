@@ -7,9 +7,11 @@
 //! [`reader`] (io_uring receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
-//! [`idle`] (idle connections held to measure memory). Nothing here knows about commands,
+//! [`idle`] (idle connections held to measure memory); [`ceiling`] (loadgen's own receive
+//! ceiling against a minimal source). Nothing here knows about commands,
 //! reports or the servers being compared; below it is only [`crate::sys`].
 
+pub mod ceiling;
 pub mod client;
 pub mod clock;
 pub mod contention;

@@ -1,0 +1,81 @@
+//! `loadgen ceiling`: measures loadgen's own receive ceiling on this machine
+//! ([`crate::load::ceiling`]) for each number of frames per write, and prints a table (or JSON).
+
+use crate::cli::{CeilingArgs, Format};
+use crate::load::ceiling::{measure, CeilingConfig, CeilingReport};
+use crate::units::fmt_rate;
+
+/// Runs `loadgen ceiling`; returns the exit status.
+pub fn ceiling(a: &CeilingArgs) -> i32 {
+    let mut reports: Vec<CeilingReport> = Vec::new();
+    for &frames_per_write in &a.frames_per_write {
+        let cfg = CeilingConfig {
+            connections: a.subscribers,
+            size: a.size,
+            frames_per_write,
+            warmup: a.warmup,
+            duration: a.duration,
+            source_cpu: Some(a.source_cpu),
+            reader_cpus: Some(vec![a.reader_cpu]),
+            recv_buf_bytes: a.recv_buf_kib * 1024,
+        };
+        match measure(&cfg) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("loadgen ceiling: {frames_per_write} frames per write: {e}");
+                return 1;
+            }
+        }
+    }
+    match a.format {
+        Format::Json => match serde_json::to_string_pretty(&reports) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("loadgen ceiling: {e}");
+                return 1;
+            }
+        },
+        Format::Text => print_table(a, &reports),
+    }
+    i32::from(reports.iter().any(|r| r.errors > 0))
+}
+
+fn print_table(a: &CeilingArgs, reports: &[CeilingReport]) {
+    println!(
+        "loadgen's receive ceiling: {} connections x {} B, minimal source on CPU {}, reader on \
+         CPU {}, {:.1} s each",
+        a.subscribers,
+        a.size,
+        a.source_cpu,
+        a.reader_cpu,
+        a.duration.as_secs_f64()
+    );
+    println!("| frames per write | deliveries/s | reader core | reader CPU per delivery | source core | limit |");
+    println!("|---|---|---|---|---|---|");
+    for r in reports {
+        let limit = if r.reader_cpu_share >= 0.9 && r.source_cpu_share >= 0.9 {
+            "both cores full (loadgen's is at least this)"
+        } else if r.reader_cpu_share >= 0.9 {
+            "loadgen's reader"
+        } else if r.source_cpu_share >= 0.9 {
+            "the source (loadgen's is higher)"
+        } else {
+            "neither core full"
+        };
+        println!(
+            "| {} | {} | {:.0} % | {:.0} ns | {:.0} % | {} |",
+            r.frames_per_write,
+            fmt_rate(r.deliveries_per_s),
+            r.reader_cpu_share * 100.0,
+            r.reader_cpu_ns_per_delivery,
+            r.source_cpu_share * 100.0,
+            limit
+        );
+    }
+    println!(
+        "Every delivery's stamp and sequence number checked: {} errors. A run's ceiling is lower \
+         by its pacer's share of the same core; a server whose capacity is near the row for its \
+         writes was measured at loadgen's limit.",
+        reports.iter().map(|r| r.errors).sum::<u64>()
+    );
+}

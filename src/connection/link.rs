@@ -2,10 +2,13 @@
 //! client sends into published messages, pongs and the closing handshake.
 //!
 //! A drained connection waits for its next bytes on a readiness poll (see
-//! [`crate::ring::Readable`]), holding no read buffer: most subscribers never send. Reads go
-//! into a buffer that starts small and doubles when a read fills it, up to 64 KiB: a
-//! publisher's read then carries hundreds of messages, and reads follow each other without a
-//! poll in between while they fill the buffer.
+//! [`crate::ring::Readable`]), holding no read buffer: most subscribers never send. Once it has
+//! published a message it is a publisher and keeps a read armed instead (with its buffer): a
+//! poll's completion goes through the send ring's task before the read is even issued, a
+//! round trip through both rings that a publisher would pay on every message. Reads go into
+//! a buffer that starts small and doubles when a read fills it, up to 64 KiB: a publisher's
+//! read then carries hundreds of messages, and reads follow each other without a poll in
+//! between while they fill the buffer.
 
 use crate::config::Config;
 use crate::fanout::channel::Channel;
@@ -46,6 +49,8 @@ pub(super) struct Link {
     echo: bool,
     /// A protocol violation was read: the rest of the peer's bytes cannot be parsed.
     failed: bool,
+    /// It has published a message: it waits for the next one in a read, not a poll.
+    publisher: bool,
     reader: MessageReader,
     /// Bytes that came after the upgrade request, not yet read as frames.
     leftover: Vec<u8>,
@@ -104,6 +109,7 @@ impl Link {
             channel,
             echo,
             failed: false,
+            publisher: false,
             reader,
             leftover,
         })
@@ -164,9 +170,9 @@ impl Link {
                     .wait_for_room(&self.worker.thread_metrics)
                     .await;
             }
-            if wait_first {
+            if wait_first && !self.publisher {
                 // The socket was drained: wait for more without holding a small buffer
-                // (a grown one, a publisher's, is kept).
+                // (a grown one is kept).
                 if buf.is_empty() && buf.capacity() <= INITIAL_READ_BYTES {
                     buf = Vec::new();
                 }
@@ -251,6 +257,7 @@ impl Link {
                         self.fail(err);
                         return (start, forwarding);
                     }
+                    self.publisher = true;
                     let full = self.worker.block.borrow().len() >= BLOCK_BYTES;
                     if full {
                         if let Some(forwarding) = self.publish_block() {

@@ -299,4 +299,3 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
         }
     }
 }
-

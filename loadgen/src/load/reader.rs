@@ -384,11 +384,6 @@ impl ReceivePath {
     pub fn counts(&self) -> &DeliveryCounts {
         &self.rec.counts
     }
-
-    /// Takes the measurements so far (as a step's snapshot does) and starts afresh.
-    pub fn take(&mut self) -> Taken {
-        self.rec.take()
-    }
 }
 
 impl Reader {

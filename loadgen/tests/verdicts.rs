@@ -51,20 +51,32 @@ fn a_starved_loadgen_is_flagged_and_a_quiet_one_is_not() {
         )
     };
 
-    let (o, quiet) = run();
-    let step = &quiet.steps[0];
-    let foreign = step
-        .cpu
-        .foreign_cpu_share
-        .expect("foreign CPU share measured");
-    assert_eq!(step.lost, 0, "{}", o.stderr);
-    assert!(
-        foreign < 0.05 && quiet.verdict != "machine-busy",
-        "a quiet run flagged: verdict {}, other processes {:.1}% ({:?})",
-        quiet.verdict,
-        foreign * 100.0,
-        quiet.warnings
-    );
+    // The quiet run: the machine's own background (kernel threads, processes of earlier tests
+    // still exiting) can pass the 5 % mark for a moment on a shared CI machine, so it gets up
+    // to three tries a second apart; a detector that counted loadgen's or the server's own
+    // work as foreign would flag all three.
+    let mut flagged = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (o, quiet) = run();
+        let step = &quiet.steps[0];
+        let foreign = step
+            .cpu
+            .foreign_cpu_share
+            .expect("foreign CPU share measured");
+        assert_eq!(step.lost, 0, "{}", o.stderr);
+        if foreign < 0.05 && quiet.verdict != "machine-busy" {
+            flagged.clear();
+            break;
+        }
+        flagged.push(format!(
+            "verdict {}, other processes {:.1}% ({:?})",
+            quiet.verdict,
+            foreign * 100.0,
+            quiet.warnings
+        ));
+    }
+    assert!(flagged.is_empty(), "every quiet run flagged: {flagged:?}");
 
     let busy = BusyLoop::start(cpu);
     let (o, starved) = run();

@@ -243,10 +243,11 @@ fn spawn_source(
                 clock::thread_cpu_ns().saturating_sub(cpu0) as f64 / wall as f64
             };
             let mut seq = 0u64;
+            let mut chunk = Vec::with_capacity(per_chunk * frame_len);
+            let mut payload = vec![0u8; size];
             while !stop.load(Ordering::Relaxed) {
                 let intended_ns = clock::now_ns();
-                let mut chunk = Vec::with_capacity(per_chunk * frame_len);
-                let mut payload = vec![0u8; size];
+                chunk.clear();
                 for i in 0..per_chunk as u64 {
                     Stamp {
                         run_tag,

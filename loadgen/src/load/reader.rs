@@ -305,6 +305,32 @@ struct ConnState {
     deflate: bool,
 }
 
+impl ConnState {
+    /// A connection's fresh parse state: a tracker per publisher of its channel for a
+    /// subscriber; `stream` `None` only in the receive-path bench (no socket, fd -1).
+    fn new(stream: Option<TcpStream>, role: Role, topology: &Topology, deflate: bool) -> ConnState {
+        let trackers = match role {
+            Role::Subscriber { channel, .. } => {
+                vec![SeqTracker::default(); topology.publishers_in_channel(channel) as usize]
+            }
+            Role::Publisher => Vec::new(),
+        };
+        ConnState {
+            fd: stream.as_ref().map_or(-1, |s| s.as_raw_fd()),
+            _stream: stream,
+            role,
+            trackers,
+            carry: Vec::new(),
+            carry_seen: 0,
+            open: true,
+            armed: false,
+            waiting_for_stall: matches!(role, Role::Subscriber { stalled: true, .. }),
+            broken: false,
+            deflate,
+        }
+    }
+}
+
 struct Reader {
     // Field order matters: the ring is dropped (and its operations cancelled) before the buffers.
     ring: IoUring,
@@ -338,27 +364,12 @@ impl ReceivePath {
     pub fn without_sockets(run_tag: u32, topology: Topology, subscribers: u32) -> ReceivePath {
         let conns = (0..subscribers)
             .map(|s| {
-                let channel = topology.channel_of_subscriber(s);
-                ConnState {
-                    _stream: None,
-                    fd: -1,
-                    role: Role::Subscriber {
-                        channel,
-                        target: 0,
-                        stalled: false,
-                    },
-                    trackers: vec![
-                        SeqTracker::default();
-                        topology.publishers_in_channel(channel) as usize
-                    ],
-                    carry: Vec::new(),
-                    carry_seen: 0,
-                    open: true,
-                    armed: true,
-                    waiting_for_stall: false,
-                    broken: false,
-                    deflate: false,
-                }
+                let role = Role::Subscriber {
+                    channel: topology.channel_of_subscriber(s),
+                    target: 0,
+                    stalled: false,
+                };
+                ConnState::new(None, role, &topology, false)
             })
             .collect();
         let mut rec = Recorder::new(run_tag, topology, Placement::single(), Vec::new());
@@ -419,28 +430,10 @@ impl Reader {
         let mut conns = Vec::with_capacity(cfg.conns.len());
         let mut leftovers = Vec::new();
         for (i, c) in cfg.conns.into_iter().enumerate() {
-            let trackers = match c.role {
-                Role::Subscriber { channel, .. } => {
-                    vec![SeqTracker::default(); topo.publishers_in_channel(channel) as usize]
-                }
-                Role::Publisher => Vec::new(),
-            };
             if !c.leftover.is_empty() {
                 leftovers.push((i, c.leftover));
             }
-            conns.push(ConnState {
-                fd: c.stream.as_raw_fd(),
-                _stream: Some(c.stream),
-                role: c.role,
-                trackers,
-                carry: Vec::new(),
-                carry_seen: 0,
-                open: true,
-                armed: false,
-                waiting_for_stall: matches!(c.role, Role::Subscriber { stalled: true, .. }),
-                broken: false,
-                deflate: c.deflate,
-            });
+            conns.push(ConnState::new(Some(c.stream), c.role, &topo, c.deflate));
         }
         let to_arm = conns
             .iter()
@@ -891,26 +884,17 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (peer, _) = l.accept().unwrap();
-        (
-            ConnState {
-                fd: s.as_raw_fd(),
-                _stream: Some(s),
-                role: Role::Subscriber {
-                    channel: 0,
-                    target: 0,
-                    stalled: false,
-                },
-                trackers: vec![SeqTracker::default()],
-                carry: Vec::new(),
-                carry_seen: 0,
-                open: true,
-                armed: false,
-                waiting_for_stall: false,
-                broken: false,
-                deflate: true,
-            },
-            peer,
-        )
+        let role = Role::Subscriber {
+            channel: 0,
+            target: 0,
+            stalled: false,
+        };
+        let topology = Topology {
+            channels: 1,
+            publishers: 1,
+            subscribers: 1,
+        };
+        (ConnState::new(Some(s), role, &topology, true), peer)
     }
 
     /// A recorder of one publisher and one subscriber, every message inside the window.

@@ -55,12 +55,13 @@ def start_server() -> tuple[subprocess.Popen, str]:
     return server, f"ws://127.0.0.1:{m.group(1)}/bench"
 
 
-def loadgen(url: str, subscribers: int, rate: int, warmup: float, duration: float) -> dict:
+def loadgen(url: str, subscribers: int, rate: int, warmup: float, duration: float,
+            extra: list[str]) -> dict:
     out = subprocess.run(
         [os.path.join(ROOT, "target/release/loadgen"), "run", "--url", url,
          "-c", str(subscribers), "-R", str(rate), "--warmup", f"{warmup}s",
          "-d", f"{duration}s", "--cpus", "1", "--format", "json", "--no-files",
-         "--no-progress"],
+         "--no-progress", *extra],
         capture_output=True, text=True, timeout=duration * 4 + 120,
     )
     if out.returncode != 0:
@@ -68,7 +69,8 @@ def loadgen(url: str, subscribers: int, rate: int, warmup: float, duration: floa
     return json.loads(out.stdout)
 
 
-def lean(url: str, subscribers: int, rate: int, warmup: float, duration: float) -> dict:
+def lean(url: str, subscribers: int, rate: int, warmup: float, duration: float,
+         extra: list[str]) -> dict:
     reader = subprocess.Popen(
         [lean_binary(), url, str(subscribers), str(warmup), str(duration), "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -76,7 +78,7 @@ def lean(url: str, subscribers: int, rate: int, warmup: float, duration: float) 
     if reader.stdout.readline().strip() != "ready":
         reader.kill()
         raise RuntimeError(f"lean reader did not start: {reader.stderr.read()[-2000:]}")
-    publisher = loadgen(url, 0, rate, warmup, duration)
+    publisher = loadgen(url, 0, rate, warmup, duration, extra)
     line = reader.stdout.readline()
     reader.wait(timeout=30)
     result = json.loads(line)
@@ -91,6 +93,9 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=1000)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--loadgen-arg", action="append", default=[],
+                    help="extra argument for every `loadgen run` (both tools' publishers), "
+                         "e.g. --loadgen-arg=--no-realtime-pacer")
     ap.add_argument("--out", default=os.path.join(ROOT, "results/runs/fidelity"))
     a = ap.parse_args()
     rates = [int(r) for r in a.rates.split(",")]
@@ -102,13 +107,14 @@ def main() -> None:
                 order = ["loadgen", "lean"] if rep % 2 else ["lean", "loadgen"]
                 for tool in order:
                     if tool == "loadgen":
-                        s = loadgen(url, a.subscribers, rate, a.warmup, a.duration)["steps"][0]
+                        s = loadgen(url, a.subscribers, rate, a.warmup, a.duration,
+                                    a.loadgen_arg)["steps"][0]
                         lat = s["latency"]
                         row = {"p50_ns": lat["p50_ns"], "p99_ns": lat["p99_ns"],
                                "count": lat["count"], "lost": s["lost"],
                                "loadgen_cores_used": s["cpu"]["loadgen_cores_used"]}
                     else:
-                        row = lean(url, a.subscribers, rate, a.warmup, a.duration)
+                        row = lean(url, a.subscribers, rate, a.warmup, a.duration, a.loadgen_arg)
                     row.update(tool=tool, rate=rate, rep=rep,
                                utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                     runs.append(row)

@@ -3,11 +3,14 @@
 //! loadgen's reader does a lot per delivery (exact loss and order accounting per publisher,
 //! fan-out completion tables, live figures, several histograms). If that work delayed the
 //! reads, loadgen would report the server slower than it is. This program does the least a
-//! latency measurement can: it opens N subscriber connections, waits on them with plain epoll
-//! (another mechanism than loadgen's io_uring, on purpose), reads whatever arrives into one
-//! buffer, takes the clock once per read, finds each frame's stamp (the 24 bytes loadgen's
+//! latency measurement can: it opens N subscriber connections, waits on them with plain epoll,
+//! reads whatever arrives into one buffer until the socket is empty, takes the clock once per
+//! read, finds each frame's stamp (the 24 bytes loadgen's
 //! publishers put at the start of every message) and records `now - intended` in one
-//! HdrHistogram. Nothing else: no per-publisher state, no loss accounting.
+//! HdrHistogram. Nothing else: no per-publisher state, no loss accounting, no pacer in its
+//! process. It shares no code with loadgen's reader but the stamp layout and the frame header
+//! decoder (loadgen's reader was an io_uring multishot receive when this yardstick was written;
+//! it reads with epoll since that measured closer to this program).
 //!
 //! Run it against a server, then publish with loadgen's publishers only (`loadgen run -c 0`);
 //! `scripts/fidelity.py` does both, alternating with ordinary `loadgen run`s at the same load.

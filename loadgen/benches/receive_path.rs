@@ -7,9 +7,9 @@
 //! binary frame, a 2-byte header and a 64-byte payload starting with the stamp; a broadcast sends
 //! the same bytes to every subscriber, so one recorded stream is fed to all of them. Two shapes
 //! of receive, the two ends of what the reader sees:
-//! - `one_frame_per_read`: at low rates every receive completion carries one message, and the
-//!   1,000 subscribers' completions for a message arrive one after another;
-//! - `16KiB_reads`: at capacity a completion fills a 16 KiB provided buffer (248 messages).
+//! - `one_frame_per_read`: at low rates every read carries one message, and the 1,000
+//!   subscribers' reads for a message come one after another, each with its own clock read;
+//! - `16KiB_reads`: near capacity a read holds hundreds of messages (16 KiB: 248 of them).
 //!
 //! Figures before and after each optimisation: benches/RESULTS.md of this crate.
 
@@ -24,10 +24,8 @@ const RUN_TAG: u32 = 0x5eed_0001;
 const SUBSCRIBERS: u32 = 1000;
 /// 2,000 messages per second: intended times 500 µs apart.
 const INTERVAL_NS: u64 = 500_000;
-/// Receive completions per clock read: what loadgen's reader measured at 2,000 msg/s x 1,000
-/// subscribers (2.49M completions, 128,569 clock reads in 7 s, 2026-11-29): about this many
-/// come back per enter with DEFER_TASKRUN.
-const COMPLETIONS_PER_CLOCK_READ: usize = 19;
+/// Time between two reads of the reader (a read, its parse and the next read's syscall).
+const READ_GAP_NS: u64 = 1_500;
 
 /// The frames ringcast sends for messages `0..count` of publisher 0, `size` bytes each.
 fn recorded_stream(count: u64, size: usize) -> Vec<Vec<u8>> {
@@ -61,9 +59,9 @@ fn receive(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4))
         .sample_size(30);
 
-    // Each receive: one frame. The reader reads the clock once per batch of completions (as
-    // many as the kernel hands back per enter); a message's 1,000 deliveries come back over
-    // ~0.5 ms (10 µs per batch), after a queueing delay that varies between messages (1-7 ms).
+    // Each read: one frame, stamped with the clock right after it; a message's 1,000
+    // deliveries are read over ~1.5 ms, after a queueing delay that varies between messages
+    // (1-7 ms).
     let messages = 64u64;
     let frames = recorded_stream(messages, 64);
     group.throughput(Throughput::Elements(messages * u64::from(SUBSCRIBERS)));
@@ -77,8 +75,7 @@ fn receive(c: &mut Criterion) {
                         let sent = 1_000_000_000 + seq as u64 * INTERVAL_NS;
                         let queued_ns = 1_000_000 + (seq as u64 * 2_654_435_761) % 6_000_000;
                         for s in 0..SUBSCRIBERS as usize {
-                            let batch = (s / COMPLETIONS_PER_CLOCK_READ) as u64;
-                            let recv_ns = sent + queued_ns + batch * 10_000;
+                            let recv_ns = sent + queued_ns + s as u64 * READ_GAP_NS;
                             path.feed(s, frame, recv_ns);
                         }
                     }

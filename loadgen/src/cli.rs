@@ -149,8 +149,10 @@ pub struct CommonArgs {
     /// No live progress line.
     #[arg(long)]
     pub no_progress: bool,
-    /// Size of each provided receive buffer, KiB (two buffers per connection per thread).
-    #[arg(long, default_value_t = 16)]
+    /// Size of each reader thread's read buffer, KiB: the most one read takes from a
+    /// connection (one buffer per thread, not per connection). Smaller means more reads for a
+    /// connection that fell behind.
+    #[arg(long, default_value_t = 256)]
     pub recv_buf_kib: usize,
     /// Busy-wait this many µs before each send time (sharper pacing, costs CPU).
     #[arg(long, default_value_t = 0)]
@@ -289,11 +291,16 @@ pub struct CeilingArgs {
     /// CPU of loadgen's reader (where loadgen runs in a benchmark).
     #[arg(long, default_value_t = 1)]
     pub reader_cpu: usize,
-    /// Size of each provided receive buffer, KiB (as `--recv-buf-kib` of a run).
-    #[arg(long, default_value_t = 16)]
+    /// Size of the reader's read buffer, KiB (as `--recv-buf-kib` of a run).
+    #[arg(long, default_value_t = 256)]
     pub recv_buf_kib: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Do not store the result. By default it is stored in `$LOADGEN_CEILING_FILE`, else
+    /// `$XDG_CACHE_HOME/loadgen/ceiling.json`, else `~/.cache/loadgen/ceiling.json`, and every
+    /// later report on this machine shows each step's share of it.
+    #[arg(long)]
+    pub no_store: bool,
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //! - [`search`]: the capacity search: what counts as a step that held and which rate to try
 //!   next (the sweep's rates, compare's grid).
 //! - [`load`]: the load itself: clock, schedule and payload (what is sent and when), client,
-//!   reader (io_uring receive side) and pacer (send side), recorder (exact counts and
+//!   reader (epoll receive side) and pacer (send side), recorder (exact counts and
 //!   histograms), session (steps on a set of connections) and idle connections.
 //! - [`sys`]: the machine and processes around a run: the server process, the open-file
 //!   limit, the machine's description; with `ringcast-os` for affinity and `/proc`.

@@ -1,8 +1,11 @@
 //! `loadgen ceiling`: measures loadgen's own receive ceiling on this machine
-//! ([`crate::load::ceiling`]) for each number of frames per write, and prints a table (or JSON).
+//! ([`crate::load::ceiling`]) for each number of frames per write, prints a table (or JSON),
+//! and stores it for later reports ([`crate::report::ceiling`]).
 
 use crate::cli::{CeilingArgs, Format};
 use crate::load::ceiling::{measure, CeilingConfig, CeilingReport};
+use crate::report::ceiling::{default_path, machine_key, StoredCeiling};
+use crate::sys::machine;
 use crate::units::fmt_rate;
 
 /// Runs `loadgen ceiling`; returns the exit status.
@@ -27,6 +30,10 @@ pub fn ceiling(a: &CeilingArgs) -> i32 {
             }
         }
     }
+    let errors = reports.iter().any(|r| r.errors > 0);
+    if !a.no_store && !errors {
+        store(&reports);
+    }
     match a.format {
         Format::Json => match serde_json::to_string_pretty(&reports) {
             Ok(j) => println!("{j}"),
@@ -37,7 +44,33 @@ pub fn ceiling(a: &CeilingArgs) -> i32 {
         },
         Format::Text => print_table(a, &reports),
     }
-    i32::from(reports.iter().any(|r| r.errors > 0))
+    i32::from(errors)
+}
+
+/// Stores the ceiling where later runs look for it (a failure is reported, not fatal).
+fn store(reports: &[CeilingReport]) {
+    let Some(path) = default_path() else {
+        eprintln!("loadgen ceiling: no HOME or XDG_CACHE_HOME: the result is not stored");
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let stored = StoredCeiling::from_reports(
+        reports,
+        machine::rfc3339(now),
+        machine_key(&machine::collect()),
+    );
+    match stored.save(&path) {
+        Ok(()) => eprintln!(
+            "loadgen ceiling: stored in {}; reports on this machine show it from now on",
+            path.display()
+        ),
+        Err(e) => eprintln!(
+            "loadgen ceiling: storing it in {} failed: {e}",
+            path.display()
+        ),
+    }
 }
 
 fn print_table(a: &CeilingArgs, reports: &[CeilingReport]) {

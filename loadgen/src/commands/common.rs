@@ -377,6 +377,10 @@ fn config_echo(c: &CommonArgs, p: &Prepared) -> ConfigEcho {
 }
 
 pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summary {
+    let machine = machine::collect();
+    let loadgen_ceiling = report::ceiling::default_path().and_then(|path| {
+        report::ceiling::StoredCeiling::load_for(&path, &report::ceiling::machine_key(&machine))
+    });
     Summary {
         schema_version: report::SCHEMA_VERSION,
         scenario: scenario.into(),
@@ -384,7 +388,8 @@ pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summa
         started_utc: machine::rfc3339(p.started_unix_s),
         loadgen_version: env!("CARGO_PKG_VERSION").into(),
         config: config_echo(c, p),
-        machine: machine::collect(),
+        machine,
+        loadgen_ceiling,
         server: p.server_info.clone(),
         nodes: p.nodes.clone(),
         server_rss_idle_bytes: p.server_rss_idle,

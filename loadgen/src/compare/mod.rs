@@ -298,6 +298,13 @@ pub fn compare(a: &CompareArgs) -> Result<i32, CompareError> {
     }
     tidy_logs(&dir);
 
+    let machine = machine::collect();
+    let loadgen_ceiling = crate::report::ceiling::default_path().and_then(|path| {
+        crate::report::ceiling::StoredCeiling::load_for(
+            &path,
+            &crate::report::ceiling::machine_key(&machine),
+        )
+    });
     let mut report = CompareReport {
         schema_version: COMPARE_SCHEMA_VERSION,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -316,7 +323,8 @@ pub fn compare(a: &CompareArgs) -> Result<i32, CompareError> {
         estimated_s: est,
         elapsed_s: t0.elapsed().as_secs_f64(),
         loadgen_version: env!("CARGO_PKG_VERSION").into(),
-        machine: machine::collect(),
+        machine,
+        loadgen_ceiling,
         servers: defs.iter().map(ServerDef::entry).collect(),
         scenarios: chosen,
         summaries: Vec::new(),

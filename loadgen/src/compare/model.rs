@@ -89,6 +89,9 @@ pub struct StepBrief {
     /// Share of the CPUs of loadgen and the server that other processes used.
     #[serde(default)]
     pub foreign_cpu_share: Option<f64>,
+    /// Deliveries per read of loadgen's readers (how the server batched its writes).
+    #[serde(default)]
+    pub deliveries_per_read: Option<f64>,
 }
 
 /// The capacity a search found.
@@ -181,7 +184,7 @@ pub struct CellDetail {
 }
 
 /// Version of compare.json's schema.
-pub const COMPARE_SCHEMA_VERSION: u32 = 1;
+pub const COMPARE_SCHEMA_VERSION: u32 = 2;
 
 /// A compared server.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -210,6 +213,9 @@ pub struct CellSummary {
     pub capacity_at_least: bool,
     /// Loadgen's share of its core at the capacity step (max over repetitions).
     pub capacity_loadgen_share: Option<f64>,
+    /// Deliveries per read at the capacity step (median over repetitions).
+    #[serde(default)]
+    pub capacity_deliveries_per_read: Option<f64>,
     pub capacity_cpu_s_per_million: Option<f64>,
     pub fixed_rate_per_s: f64,
     pub fixed_p50_ns: Option<u64>,
@@ -263,6 +269,9 @@ pub struct CompareReport {
     pub elapsed_s: f64,
     pub loadgen_version: String,
     pub machine: MachineInfo,
+    /// loadgen's own ceiling on this machine, as `loadgen ceiling` stored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loadgen_ceiling: Option<crate::report::ceiling::StoredCeiling>,
     pub servers: Vec<ServerEntry>,
     pub scenarios: Vec<Scenario>,
     pub summaries: Vec<CellSummary>,

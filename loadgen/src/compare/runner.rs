@@ -83,6 +83,7 @@ fn brief(s: &StepResult, grid: Option<i32>, passed: bool, server_cpu_ns: Option<
             .then(|| s.counts.wire_bytes as f64 / s.received as f64),
         compressed_share: (s.received > 0).then(|| s.counts.compressed as f64 / s.received as f64),
         foreign_cpu_share: s.cpu.foreign_cpu_share,
+        deliveries_per_read: s.cpu.deliveries_per_read,
     }
 }
 
@@ -138,7 +139,7 @@ pub fn open_live(
         connect_rate_per_s: 0.0,
         source_ips: Vec::new(),
         connect_timeout: Duration::from_secs(10),
-        recv_buf_bytes: 16 * 1024,
+        recv_buf_bytes: 256 * 1024,
         spin_ns: 0,
         pacer_realtime: true,
         stall_subscribers: 0,

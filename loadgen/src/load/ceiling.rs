@@ -54,7 +54,7 @@ pub struct CeilingConfig {
     pub source_cpu: Option<usize>,
     /// CPUs of loadgen's reader.
     pub reader_cpus: Option<Vec<usize>>,
-    /// Size of each provided receive buffer.
+    /// Size of the reader's read buffer.
     pub recv_buf_bytes: usize,
 }
 
@@ -71,6 +71,8 @@ pub struct CeilingReport {
     /// Share of one core the reader thread used over the window.
     pub reader_cpu_share: f64,
     pub reader_cpu_ns_per_delivery: f64,
+    /// Deliveries per read of the reader: how a run's step is matched to this row.
+    pub deliveries_per_read: f64,
     /// Share of one core the minimal source used while it wrote.
     pub source_cpu_share: f64,
     /// Deliveries lost, duplicated, out of order or malformed: 0 unless the reader is wrong.
@@ -138,15 +140,12 @@ pub fn measure(cfg: &CeilingConfig) -> Result<CeilingReport, CeilingError> {
         }
     }
 
-    let n = conns.len();
     let step = Arc::new(StepClock::default());
     let handle = reader::spawn(
         ReaderConfig {
             id: 0,
             conns,
-            buf_size: cfg.recv_buf_bytes,
-            buf_count: (2 * n).clamp(256, 16384) as u16,
-            ring_entries: 4096,
+            read_buf_bytes: cfg.recv_buf_bytes,
             cpus: cfg.reader_cpus.clone(),
             run_tag,
             topology: Topology {
@@ -180,13 +179,19 @@ pub fn measure(cfg: &CeilingConfig) -> Result<CeilingReport, CeilingError> {
     let measured = snapshot(window_start_ns).and_then(|(t0, first)| {
         // Frames stamped in the window still in flight when it ends arrive within a moment.
         let (t1, last) = snapshot(window_end_ns + 200_000_000)?;
-        Ok((t1 - t0, last.thread_cpu_ns - first.thread_cpu_ns, last))
+        let reads = last.reads.saturating_sub(first.reads);
+        Ok((
+            t1 - t0,
+            last.thread_cpu_ns - first.thread_cpu_ns,
+            reads,
+            last,
+        ))
     });
     stop.store(true, Ordering::Relaxed);
     let _ = handle.commands.send(Command::Stop);
     let _ = handle.join.join();
     let source_result = source.join();
-    let (wall_ns, cpu_ns, last) = measured?;
+    let (wall_ns, cpu_ns, reads, last) = measured?;
     let source_cpu_share = match source_result {
         Ok(Ok(share)) => share,
         Ok(Err(e)) => return Err(CeilingError::Source(e.to_string())),
@@ -204,6 +209,7 @@ pub fn measure(cfg: &CeilingConfig) -> Result<CeilingReport, CeilingError> {
         deliveries_per_s: deliveries as f64 / window_s,
         reader_cpu_share: cpu_ns as f64 / wall_ns.max(1) as f64,
         reader_cpu_ns_per_delivery: cpu_ns as f64 / c.received.max(1) as f64,
+        deliveries_per_read: c.received as f64 / reads.max(1) as f64,
         source_cpu_share,
         errors: c.duplicated + c.out_of_order + c.malformed + c.foreign + c.cross_channel,
     })

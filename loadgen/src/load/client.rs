@@ -1,7 +1,7 @@
 //! What a benchmark connection is: its target (`--url`), its source address, how it can fail.
 //!
 //! The ramp that opens connections is [`crate::load::ramp`]. Afterwards a socket is handed,
-//! blocking, to an io_uring reader (reads) and, for publishers, to the pacer (writes). A failed
+//! blocking, to a reader thread (reads) and, for publishers, to the pacer (writes). A failed
 //! upgrade is reported with the server's own answer (status and first line of its body), and
 //! every failure has a short cause ([`ConnectError::cause`]) for the report's counts.
 

@@ -4,7 +4,7 @@
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
 //! servers, loadgen processes); [`client`] (targets and connect
 //! failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
-//! [`reader`] (io_uring receive side), [`pacer`] (send side), [`recorder`] (exact
+//! [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
 //! [`idle`] (idle connections held to measure memory); [`ceiling`] (loadgen's own receive

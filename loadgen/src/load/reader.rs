@@ -1,27 +1,33 @@
-//! The receive side: one io_uring per reader thread, multishot receives into provided buffers.
+//! The receive side: one reader thread per core, its connections in one epoll set, each read
+//! into one large buffer and parsed in place.
 //!
-//! A small socket read costs ~10 µs of CPU on these machines, so a reader that asks for one
-//! frame per read saturates near 100k deliveries/s. Here every connection has one *multishot*
-//! receive armed (one submission, then a completion per arriving chunk until it ends), landing in
-//! a ring of large provided buffers shared by all connections of the thread (memory scales with
-//! the buffers, not the connections). Every completion is parsed in full: all the frames it
-//! holds are decoded in place without allocation; only the start of a frame cut at the end of
-//! a buffer (its header and up to 125 payload bytes: a control frame's payload, a message's
-//! stamp) is copied into the connection's small carry buffer, and the rest of it is counted,
-//! not copied. The receive time is taken once per
-//! completion (all frames in it arrived together). tokio-uring has neither multishot receive nor
-//! provided buffers, hence the raw `io-uring` crate.
+//! A socket read costs about a microsecond of kernel time on these machines, whatever it
+//! carries, so the reader takes all a connection has in one read (a 256 KiB buffer by default)
+//! and never asks "anything more?" after a short read. Every read is parsed in full: all the
+//! frames it holds are decoded in place without allocation; only the start of a frame cut at
+//! the end of a read (its header and up to 125 payload bytes: a control frame's payload, a
+//! message's stamp) is copied into the connection's small carry buffer, and the rest of it is
+//! counted, not copied. The receive time is taken right after each read (all frames in it
+//! arrived before it).
+//!
+//! Why epoll and not io_uring, when the server is built on io_uring: the first reader here was
+//! a multishot io_uring receive into provided buffers (`SINGLE_ISSUER | DEFER_TASKRUN`). At the
+//! same CPU per delivery, its p99 at 4,000-8,000 msg/s x 1,000 subscribers read 1.4-2.1x that of
+//! an independent epoll reader at the same load (`benches/lean_reader.rs`,
+//! `scripts/fidelity.py`), with runs up to +122 % off their median; with this loop in its place
+//! loadgen reads 0.86-1.25x the independent reader's p99 at every rate of the default sweep
+//! (results/reference/2026-11-29-fidelity/). A load generator has to report the server's
+//! latency, not its own.
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use hdrhistogram::Histogram;
-use io_uring::{cqueue, opcode, types, IoUring};
 use ringcast_proto::frame::{decode_header, encode_header, FrameHeader, OpCode, MAX_HEADER_LEN};
 use thiserror::Error;
 
@@ -34,7 +40,12 @@ use crate::load::topology::Placement;
 
 /// Largest frame payload accepted; a longer one is treated as a protocol error.
 const MAX_FRAME_PAYLOAD: u64 = 16 << 20;
-const BUF_GROUP: u16 = 7;
+/// The smallest read buffer (a frame header and a stamp fit many times over).
+const MIN_READ_BUF: usize = 4096;
+/// Readable connections taken per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+/// Full reads from one connection per wake-up before the next connection's turn.
+const READS_PER_WAKE: usize = 4;
 /// Payload bytes of a cut frame worth keeping: a control frame's whole payload, and more than a
 /// message's stamp.
 const CARRY_PAYLOAD: usize = 125;
@@ -112,9 +123,8 @@ pub struct ReaderReport {
     pub fanout: FanoutTable,
     /// CPU time of the reader thread since it started.
     pub thread_cpu_ns: u64,
-    /// Multishot receives re-armed because the provided buffers ran out.
-    pub buffer_exhaustions: u64,
-    pub receive_completions: u64,
+    /// Reads that returned data, since the thread started.
+    pub reads: u64,
 }
 
 /// Commands from the main thread.
@@ -129,12 +139,12 @@ pub enum Command {
 /// Why a reader could not run.
 #[derive(Debug, Error)]
 pub enum ReaderError {
-    #[error("io_uring setup failed: {0}")]
+    #[error("epoll setup failed: {0}")]
     Setup(io::Error),
-    #[error("registering provided buffers failed (needs Linux 5.19+): {0}")]
-    BufRing(io::Error),
-    #[error("io_uring submit failed: {0}")]
-    Submit(io::Error),
+    #[error("adding a connection to epoll failed: {0}")]
+    Register(io::Error),
+    #[error("epoll_wait failed: {0}")]
+    Wait(io::Error),
     #[error("reader thread could not start: {0}")]
     Spawn(io::Error),
 }
@@ -144,9 +154,8 @@ pub enum ReaderError {
 pub struct ReaderConfig {
     pub id: usize,
     pub conns: Vec<ReaderConn>,
-    pub buf_size: usize,
-    pub buf_count: u16,
-    pub ring_entries: u32,
+    /// Bytes of the thread's read buffer: the most one read takes from a connection.
+    pub read_buf_bytes: usize,
     pub cpus: Option<Vec<usize>>,
     pub run_tag: u32,
     pub topology: Topology,
@@ -203,88 +212,6 @@ pub fn spawn(cfg: ReaderConfig, clock_shared: Arc<StepClock>) -> Result<ReaderHa
     }
 }
 
-/// A ring of provided buffers (IORING_REGISTER_PBUF_RING).
-struct BufRing {
-    entries: *mut types::BufRingEntry,
-    entries_len: usize,
-    mask: u16,
-    tail: u16,
-    data: Vec<u8>,
-    buf_size: usize,
-}
-
-impl BufRing {
-    fn new(ring: &IoUring, count: u16, buf_size: usize) -> Result<BufRing, ReaderError> {
-        let count = count.next_power_of_two().clamp(2, 32768);
-        let entries_len = count as usize * std::mem::size_of::<types::BufRingEntry>();
-        // SAFETY: anonymous private mapping, page aligned as the kernel requires.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                entries_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(ReaderError::BufRing(io::Error::last_os_error()));
-        }
-        let mut br = BufRing {
-            entries: ptr.cast(),
-            entries_len,
-            mask: count - 1,
-            tail: 0,
-            data: vec![0u8; count as usize * buf_size],
-            buf_size,
-        };
-        // SAFETY: the mapping lives as long as `br`, which outlives the ring (see Reader::drop).
-        unsafe {
-            ring.submitter()
-                .register_buf_ring(ptr as u64, count, BUF_GROUP)
-                .map_err(ReaderError::BufRing)?;
-        }
-        for bid in 0..count {
-            br.recycle(bid);
-        }
-        br.commit();
-        Ok(br)
-    }
-
-    fn recycle(&mut self, bid: u16) {
-        let idx = (self.tail & self.mask) as usize;
-        // SAFETY: idx < count entries of the mapping.
-        let e = unsafe { &mut *self.entries.add(idx) };
-        e.set_addr(self.data.as_ptr() as u64 + bid as u64 * self.buf_size as u64);
-        e.set_len(self.buf_size as u32);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn commit(&self) {
-        // SAFETY: the tail field overlays entry 0's `resv`, u16 aligned; the kernel reads it
-        // with acquire semantics.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.entries) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    /// The bytes of buffer `bid` (raw slice: the kernel wrote them before the completion).
-    fn slice(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.buf_size;
-        &self.data[start..start + len.min(self.buf_size)]
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: unmaps what new() mapped.
-        unsafe { libc::munmap(self.entries.cast(), self.entries_len) };
-    }
-}
-
 struct ConnState {
     /// The socket (kept open while the connection lives); `None` only in the receive-path
     /// bench, which feeds recorded bytes.
@@ -297,7 +224,8 @@ struct ConnState {
     /// Bytes of that frame received so far, kept in `carry` or not.
     carry_seen: usize,
     open: bool,
-    armed: bool,
+    /// In the epoll set (false before a stall's release and once the connection ended).
+    watched: bool,
     waiting_for_stall: bool,
     /// A protocol error was seen: the byte stream can no longer be parsed.
     broken: bool,
@@ -323,7 +251,7 @@ impl ConnState {
             carry: Vec::new(),
             carry_seen: 0,
             open: true,
-            armed: false,
+            watched: false,
             waiting_for_stall: matches!(role, Role::Subscriber { stalled: true, .. }),
             broken: false,
             deflate,
@@ -332,26 +260,21 @@ impl ConnState {
 }
 
 struct Reader {
-    // Field order matters: the ring is dropped (and its operations cancelled) before the buffers.
-    ring: IoUring,
-    bufs: BufRing,
+    epoll: OwnedFd,
+    events: Vec<libc::epoll_event>,
+    /// Every read lands here (one buffer per thread, whatever the number of connections).
+    buf: Vec<u8>,
     path: ReceivePath,
     clock: Arc<StepClock>,
     live: Arc<Live>,
-    to_arm: Vec<usize>,
     /// The live view's sum of the step's completed seconds, and how many it holds: each
     /// second is added once, so a refresh costs one addition however long the window.
     live_completed: Histogram<u64>,
     live_seconds: usize,
     stopping: bool,
-    buffer_exhaustions: u64,
-    receive_completions: u64,
+    reads: u64,
 }
 
-/// The receive path without the ring: the connections' parse state and the recorder that every
-/// received chunk goes through (frame parsing, stamp check, loss and latency accounting).
-/// Public so that its criterion bench (`benches/receive_path.rs`) measures the production code
-/// on a recorded byte stream.
 pub struct ReceivePath {
     conns: Vec<ConnState>,
     rec: Recorder,
@@ -403,29 +326,13 @@ impl Reader {
         clock: Arc<StepClock>,
         live: Arc<Live>,
     ) -> Result<Reader, ReaderError> {
-        // DEFER_TASKRUN: the receives' work runs only when this thread asks for completions,
-        // and the kernel hands them back a few dozen at a time, each batch stamped when it
-        // comes back. Without it (COOP_TASKRUN, or neither) one enter runs every pending
-        // receive first, up to thousands of them: each batch's stamp is late by the time the
-        // kernel took for all of it, and at 2,000 msg/s x 1,000 subscribers loadgen read p50
-        // 7.8 ms where an independent reader read 4.0 ms (results/reference/*-fidelity/).
-        // DEFER_TASKRUN needs Linux 6.1; older kernels get COOP_TASKRUN, then neither.
-        let builders: [fn(&mut io_uring::Builder) -> &mut io_uring::Builder; 3] = [
-            |b| b.setup_single_issuer().setup_defer_taskrun(),
-            |b| b.setup_single_issuer().setup_coop_taskrun(),
-            |b| b,
-        ];
-        let mut ring = Err(io::Error::other("no ring"));
-        for setup in builders {
-            let mut builder = IoUring::builder();
-            builder.setup_cqsize(cfg.ring_entries * 4);
-            ring = setup(&mut builder).build(cfg.ring_entries);
-            if ring.is_ok() {
-                break;
-            }
+        // SAFETY: epoll_create1 has no preconditions; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(ReaderError::Setup(io::Error::last_os_error()));
         }
-        let ring = ring.map_err(ReaderError::Setup)?;
-        let bufs = BufRing::new(&ring, cfg.buf_count, cfg.buf_size)?;
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         let topo = cfg.topology.clone();
         let mut conns = Vec::with_capacity(cfg.conns.len());
         let mut leftovers = Vec::new();
@@ -435,15 +342,10 @@ impl Reader {
             }
             conns.push(ConnState::new(Some(c.stream), c.role, &topo, c.deflate));
         }
-        let to_arm = conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.waiting_for_stall)
-            .map(|(i, _)| i)
-            .collect();
         let mut r = Reader {
-            ring,
-            bufs,
+            epoll,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
+            buf: vec![0u8; cfg.read_buf_bytes.max(MIN_READ_BUF)],
             path: ReceivePath {
                 conns,
                 rec: Recorder::new(cfg.run_tag, topo, cfg.placement, cfg.timed),
@@ -451,13 +353,16 @@ impl Reader {
             },
             clock,
             live,
-            to_arm,
             live_completed: new_histogram(),
             live_seconds: 0,
             stopping: false,
-            buffer_exhaustions: 0,
-            receive_completions: 0,
+            reads: 0,
         };
+        for i in 0..r.path.conns.len() {
+            if !r.path.conns[i].waiting_for_stall {
+                r.watch(i)?;
+            }
+        }
         let now = clock::now_ns();
         for (i, bytes) in leftovers {
             process_bytes(
@@ -471,22 +376,21 @@ impl Reader {
         Ok(r)
     }
 
-    fn arm_pending(&mut self) -> Result<(), ReaderError> {
-        while let Some(idx) = self.to_arm.pop() {
-            let c = &mut self.path.conns[idx];
-            if !c.open || c.armed {
-                continue;
-            }
-            let sqe = opcode::RecvMulti::new(types::Fd(c.fd), BUF_GROUP)
-                .build()
-                .user_data(idx as u64);
-            // SAFETY: the fd stays open while armed (closed only after the ring is gone); no
-            // user buffer is referenced (provided buffers).
-            while unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                self.ring.submit().map_err(ReaderError::Submit)?;
-            }
-            c.armed = true;
+    /// Adds connection `idx` to the epoll set (level-triggered: data left unread after a
+    /// wake-up is reported again by the next wait).
+    fn watch(&mut self, idx: usize) -> Result<(), ReaderError> {
+        let c = &mut self.path.conns[idx];
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: idx as u64,
+        };
+        // SAFETY: our own epoll descriptor and an open socket of ours; `ev` is a valid event.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, c.fd, &mut ev) };
+        if rc != 0 {
+            return Err(ReaderError::Register(io::Error::last_os_error()));
         }
+        c.watched = true;
         Ok(())
     }
 
@@ -497,7 +401,6 @@ impl Reader {
     }
 
     fn run(&mut self, commands: Receiver<Command>) -> Result<(), ReaderError> {
-        let wait = types::Timespec::new().nsec(10_000_000);
         let mut last_live_ns = 0u64;
         let mut stop_deadline_ns = u64::MAX;
         loop {
@@ -525,8 +428,7 @@ impl Reader {
                             by_route,
                             fanout,
                             thread_cpu_ns: clock::thread_cpu_ns(),
-                            buffer_exhaustions: self.buffer_exhaustions,
-                            receive_completions: self.receive_completions,
+                            reads: self.reads,
                         });
                     }
                     Command::Stop => {
@@ -540,56 +442,138 @@ impl Reader {
                 }
             }
             let now = clock::now_ns();
-            if self.stopping && (now > stop_deadline_ns || self.path.conns.iter().all(|c| !c.armed))
+            if self.stopping
+                && (now > stop_deadline_ns || self.path.conns.iter().all(|c| !c.watched))
             {
-                if self.path.conns.iter().any(|c| c.armed) {
-                    // Operations still in flight may write into the buffers: keep them alive.
-                    std::mem::forget(std::mem::take(&mut self.bufs.data));
-                }
                 return Ok(());
             }
             if !self.stopping && now >= self.clock.stall_release_ns.load(Ordering::Relaxed) {
-                for (i, c) in self.path.conns.iter_mut().enumerate() {
-                    if c.waiting_for_stall {
-                        c.waiting_for_stall = false;
-                        // It was connected with a tiny receive buffer to fill up fast; let it
-                        // catch up at normal speed now.
-                        let size: libc::c_int = 1 << 20;
-                        // SAFETY: valid fd and option value.
-                        unsafe {
-                            libc::setsockopt(
-                                c.fd,
-                                libc::SOL_SOCKET,
-                                libc::SO_RCVBUF,
-                                &size as *const libc::c_int as *const libc::c_void,
-                                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                            )
-                        };
-                        self.to_arm.push(i);
-                    }
-                }
+                self.release_stalled()?;
             }
-            if !self.stopping {
-                self.arm_pending()?;
-            }
-            let args = types::SubmitArgs::new().timespec(&wait);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                    ) => {}
-                Err(e) => return Err(ReaderError::Submit(e)),
-            }
-            self.sync_clock();
-            self.drain_completions();
+            self.wait_and_read()?;
             let now = clock::now_ns();
             if now.saturating_sub(last_live_ns) > 250_000_000 {
                 last_live_ns = now;
                 self.refresh_live_latency();
             }
         }
+    }
+
+    /// Starts reading the subscribers held back to fill their buffers (`--stall`).
+    fn release_stalled(&mut self) -> Result<(), ReaderError> {
+        for i in 0..self.path.conns.len() {
+            let c = &mut self.path.conns[i];
+            if !c.waiting_for_stall {
+                continue;
+            }
+            c.waiting_for_stall = false;
+            // It was connected with a tiny receive buffer to fill up fast; let it catch up at
+            // normal speed now.
+            let size: libc::c_int = 1 << 20;
+            // SAFETY: valid fd and option value.
+            unsafe {
+                libc::setsockopt(
+                    c.fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    &size as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            self.watch(i)?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to 10 ms for readable connections, then reads each: until a read comes back
+    /// shorter than the buffer (the socket is then most likely empty, and the extra read that
+    /// would say so is saved) or [`READS_PER_WAKE`] full reads (then the next connection's turn:
+    /// level-triggered epoll reports the rest again). The receive time is taken after each read.
+    fn wait_and_read(&mut self) -> Result<(), ReaderError> {
+        // SAFETY: `events` is a valid buffer of that many entries.
+        let ready = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                10,
+            )
+        };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => Ok(()),
+                _ => Err(ReaderError::Wait(e)),
+            };
+        }
+        self.sync_clock();
+        let Reader {
+            epoll,
+            events,
+            buf,
+            path,
+            stopping,
+            reads,
+            ..
+        } = self;
+        for ev in events.iter().take(ready as usize) {
+            let Some(conn) = path.conns.get_mut(ev.u64 as usize) else {
+                continue;
+            };
+            for _ in 0..READS_PER_WAKE {
+                // SAFETY: reading into our own buffer of `buf.len()` bytes from our own socket.
+                let got = unsafe {
+                    libc::recv(
+                        conn.fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if got > 0 {
+                    let recv_ns = clock::now_ns();
+                    *reads += 1;
+                    let got = got as usize;
+                    process_bytes(
+                        conn,
+                        &mut path.rec,
+                        &mut path.inflater,
+                        &buf[..got],
+                        recv_ns,
+                    );
+                    if got < buf.len() {
+                        break;
+                    }
+                    continue;
+                }
+                let err = io::Error::last_os_error().raw_os_error();
+                if got < 0 && matches!(err, Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                    break;
+                }
+                // End of stream or a socket error: the connection is gone.
+                // SAFETY: removing our own socket from our own epoll set.
+                unsafe {
+                    libc::epoll_ctl(
+                        epoll.as_raw_fd(),
+                        libc::EPOLL_CTL_DEL,
+                        conn.fd,
+                        std::ptr::null_mut(),
+                    )
+                };
+                conn.watched = false;
+                if conn.open {
+                    conn.open = false;
+                    if !*stopping {
+                        path.rec.counts.disconnects += 1;
+                    }
+                }
+                break;
+            }
+        }
+        self.live
+            .received
+            .store(self.path.rec.counts.received, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Copies the window's latency so far to the live view (the progress line's p99): the
@@ -610,63 +594,6 @@ impl Reader {
                 let _ = h.add(current);
             }
         }
-    }
-
-    fn drain_completions(&mut self) {
-        let mut recycled = false;
-        loop {
-            let mut cq = self.ring.completion();
-            cq.sync();
-            if cq.is_empty() {
-                break;
-            }
-            let recv_ns = clock::now_ns();
-            for cqe in &mut cq {
-                let idx = cqe.user_data() as usize;
-                let res = cqe.result();
-                let flags = cqe.flags();
-                let Some(conn) = self.path.conns.get_mut(idx) else {
-                    continue;
-                };
-                self.receive_completions += 1;
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    if res > 0 {
-                        let data = self.bufs.slice(bid, res as usize);
-                        process_bytes(
-                            conn,
-                            &mut self.path.rec,
-                            &mut self.path.inflater,
-                            data,
-                            recv_ns,
-                        );
-                    }
-                    self.bufs.recycle(bid);
-                    recycled = true;
-                }
-                if cqueue::more(flags) {
-                    continue;
-                }
-                conn.armed = false;
-                if res > 0 || res == -libc::EINTR || res == -libc::EAGAIN {
-                    self.to_arm.push(idx);
-                } else if res == -libc::ENOBUFS {
-                    self.buffer_exhaustions += 1;
-                    self.to_arm.push(idx);
-                } else if conn.open {
-                    conn.open = false;
-                    if !self.stopping {
-                        self.path.rec.counts.disconnects += 1;
-                    }
-                }
-            }
-            drop(cq);
-            if recycled {
-                self.bufs.commit();
-            }
-        }
-        self.live
-            .received
-            .store(self.path.rec.counts.received, Ordering::Relaxed);
     }
 }
 

@@ -154,6 +154,7 @@ pub struct Session {
     clock: Arc<StepClock>,
     steps_run: u32,
     prev_reader_cpu_ns: Vec<u64>,
+    prev_reads: Vec<u64>,
     prev_pacer_cpu_ns: u64,
 }
 
@@ -493,16 +494,11 @@ impl Session {
         let clock_shared = Arc::new(StepClock::default());
         let mut readers = Vec::new();
         for (id, conns) in per_reader.into_iter().enumerate() {
-            let n = conns.len();
             readers.push(reader::spawn(
                 ReaderConfig {
                     id,
                     conns,
-                    buf_size: cfg.recv_buf_bytes,
-                    // Two buffers per connection: a whole fan-out (one completion per
-                    // subscriber) can be waiting before the thread gets to it.
-                    buf_count: (2 * n).clamp(256, 16384) as u16,
-                    ring_entries: 4096,
+                    read_buf_bytes: cfg.recv_buf_bytes,
                     // One core per reader (round-robin over loadgen's CPUs).
                     cpus: cfg
                         .cpus
@@ -529,6 +525,7 @@ impl Session {
         })?;
         Ok(Session {
             prev_reader_cpu_ns: vec![0; readers.len()],
+            prev_reads: vec![0; readers.len()],
             cfg,
             topology,
             connect: report,
@@ -740,7 +737,7 @@ impl Session {
         let mut by_route: Option<[Histogram<u64>; 2]> = None;
         let mut fanout = Vec::new();
         let mut busiest = 0.0f64;
-        let mut exhaustions = 0;
+        let mut reads = 0u64;
         for (i, rep) in reports.into_iter().enumerate() {
             counts.merge(&rep.counts);
             let _ = latency.add(&rep.latency);
@@ -760,7 +757,8 @@ impl Session {
             let used = rep.thread_cpu_ns.saturating_sub(self.prev_reader_cpu_ns[i]);
             self.prev_reader_cpu_ns[i] = rep.thread_cpu_ns;
             busiest = busiest.max(used as f64 / wall_ns as f64);
-            exhaustions += rep.buffer_exhaustions;
+            reads += rep.reads.saturating_sub(self.prev_reads[i]);
+            self.prev_reads[i] = rep.reads;
         }
         let pacer_cpu = paced.thread_cpu_ns.saturating_sub(self.prev_pacer_cpu_ns);
         self.prev_pacer_cpu_ns = paced.thread_cpu_ns;
@@ -797,8 +795,8 @@ impl Session {
             cpu_ns,
             cores,
             busiest_reader_util: busiest,
+            reads,
             runqueue_wait_share: wait_share,
-            buffer_exhaustions: exhaustions,
             subscribers: self.cfg.share.subscribers.len() as u32,
             publishers: self.cfg.share.publishers.len() as u32,
             cpus: self.cfg.cpus.clone(),

@@ -35,6 +35,10 @@ pub struct CpuReport {
     pub loadgen_cpu_ns_per_delivery: Option<f64>,
     /// Busiest reader thread's CPU time / wall time.
     pub busiest_reader_util: f64,
+    /// Deliveries per read of loadgen's readers (warm-up and drain included): how the server
+    /// batched its writes, and so which row of loadgen's ceiling applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries_per_read: Option<f64>,
     pub pacer_util: f64,
     /// True when loadgen itself was the bottleneck (> 90 % of its cores or of one reader).
     pub loadgen_saturated: bool,
@@ -113,7 +117,6 @@ pub struct StepResult {
     pub drained: bool,
     pub cpu: CpuReport,
     pub publisher_failures: Vec<String>,
-    pub buffer_exhaustions: u64,
     /// Per loadgen worker process (runs with --workers only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerStep>,
@@ -179,8 +182,10 @@ pub struct StepPart {
     pub cpu_ns: u64,
     pub cores: u32,
     pub busiest_reader_util: f64,
+    /// Reads that returned data, warm-up and drain included.
+    #[serde(default)]
+    pub reads: u64,
     pub runqueue_wait_share: f64,
-    pub buffer_exhaustions: u64,
     pub subscribers: u32,
     pub publishers: u32,
     /// The CPUs this process was pinned to (`None`: not pinned).
@@ -233,9 +238,10 @@ pub fn merge(
     let mut failures = Vec::new();
     let (mut cpu_ns, mut busiest, mut pacer, mut wait) = (0f64, 0f64, 0f64, 0f64);
     let mut cpu_ns_total = 0u64;
+    let mut reads = 0u64;
     let mut cpus: Option<std::collections::BTreeSet<usize>> = Some(Default::default());
     let mut unpinned_cores = 0u32;
-    let (mut drained, mut drain_s, mut exhaustions) = (true, 0f64, 0u64);
+    let (mut drained, mut drain_s) = (true, 0f64);
     let mut workers = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         for (total, n) in sent_per_channel.iter_mut().zip(&part.sent.sent_per_channel) {
@@ -247,6 +253,7 @@ pub fn merge(
         failures.extend(part.sent.publisher_failures.iter().cloned());
         let _ = send_lag.add(&part.sent.send_lag);
         counts.merge(&part.counts);
+        reads += part.reads;
         let _ = latency.add(&part.latency);
         if part.intervals.len() > intervals.len() {
             intervals.resize_with(part.intervals.len(), new_histogram);
@@ -277,7 +284,6 @@ pub fn merge(
         wait += part.runqueue_wait_share;
         drained &= part.drained;
         drain_s = drain_s.max(part.drain_s);
-        exhaustions += part.buffer_exhaustions;
         if parts.len() > 1 {
             workers.push(WorkerStep {
                 worker: i as u32,
@@ -331,6 +337,7 @@ pub fn merge(
             loadgen_cpu_ns_per_delivery: (counts.received > 0)
                 .then(|| cpu_ns_total as f64 / counts.received as f64),
             busiest_reader_util: busiest,
+            deliveries_per_read: (reads > 0).then(|| counts.received as f64 / reads as f64),
             pacer_util: pacer,
             loadgen_saturated: saturated,
             server_cores_used: server.cores_used,
@@ -343,7 +350,6 @@ pub fn merge(
             cluster_link_cores_by_node: server.cluster_link_cores_by_node,
         },
         publisher_failures: failures,
-        buffer_exhaustions: exhaustions,
         workers,
         counts,
         passed: None,

@@ -5,6 +5,7 @@
 //! it, so they cannot disagree. Its schema is documented in `results/README.md`; bump
 //! [`SCHEMA_VERSION`] on any incompatible change.
 
+pub mod ceiling;
 pub mod hgrm;
 pub mod plots;
 pub mod spread;
@@ -25,7 +26,7 @@ use crate::sys::machine::MachineInfo;
 use crate::units::{fmt_ns, fmt_rate};
 
 /// Version of the summary.json schema.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The run's configuration, echoed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -119,6 +120,10 @@ pub struct Summary {
     pub capacity: Option<Capacity>,
     pub connections: Option<ConnectionsReport>,
     pub warnings: Vec<String>,
+    /// loadgen's own ceiling on this machine, as `loadgen ceiling` stored it (absent until it
+    /// has run once here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loadgen_ceiling: Option<ceiling::StoredCeiling>,
     /// `ok`, `loss`, `loadgen-saturated`, `machine-busy`, `no-capacity`, `connect-failures` or
     /// `connections-dropped`.
     pub verdict: String,
@@ -461,6 +466,7 @@ pub fn render_text(s: &Summary) -> String {
             }
         }
     }
+    ceiling::text(&mut out, s);
     for w in &s.warnings {
         let _ = writeln!(out, "\n  WARNING: {w}");
     }
@@ -585,6 +591,7 @@ pub fn render_markdown(s: &Summary) -> String {
         );
     }
     spread::markdown(&mut out, s);
+    ceiling::markdown(&mut out, s);
     let _ = writeln!(out, "## Terminal summary\n\n```\n{}```", render_text(s));
     out
 }

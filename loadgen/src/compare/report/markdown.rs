@@ -81,8 +81,50 @@ fn load_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
         );
     }
     let _ = writeln!(out);
+    ceiling_lines(out, r, sc);
     if sc.compress {
         wire_table(out, r, sc);
+    }
+}
+
+/// Each server's deliveries per read at its capacity step, beside loadgen's own ceiling.
+fn ceiling_lines(out: &mut String, r: &CompareReport, sc: &Scenario) {
+    let Some(c) = &r.loadgen_ceiling else {
+        return;
+    };
+    let servers: Vec<String> = r
+        .servers
+        .iter()
+        .filter_map(|srv| {
+            let s = r.summary(&sc.id, &srv.name)?;
+            let (cap, per_read) = (s.capacity?, s.capacity_deliveries_per_read?);
+            Some(format!(
+                "{} {} at {per_read:.1} deliveries per read",
+                srv.name,
+                fmt_rate(cap)
+            ))
+        })
+        .collect();
+    let rows: Vec<String> = c
+        .rows
+        .iter()
+        .map(|row| {
+            format!(
+                "{} at {:.1}",
+                fmt_rate(row.deliveries_per_s),
+                row.deliveries_per_read
+            )
+        })
+        .collect();
+    if !servers.is_empty() {
+        let _ = writeln!(
+            out,
+            "Capacity beside loadgen's own ceiling on this machine (`loadgen ceiling` of {}, \
+             deliveries/s at deliveries per read: {}): {}.\n",
+            c.measured_utc,
+            rows.join(", "),
+            servers.join("; ")
+        );
     }
 }
 

@@ -49,6 +49,7 @@ fn summarize_cell(sc: &Scenario, server: &str, cells: &[&CellRun], slo_ns: u64) 
     let mut p999 = Vec::new();
     let mut cpu = Vec::new();
     let mut cap_cpu = Vec::new();
+    let mut cap_per_read = Vec::new();
     let mut rss = Vec::new();
     let mut any_fixed = false;
     for c in cells {
@@ -74,6 +75,7 @@ fn summarize_cell(sc: &Scenario, server: &str, cells: &[&CellRun], slo_ns: u64) 
                         .unwrap_or(0.0)
                         .max(step.loadgen_cpu_share),
                 );
+                cap_per_read.extend(step.deliveries_per_read);
             }
         }
         for st in c.fixed.iter().chain(c.sweep.iter()) {
@@ -131,6 +133,7 @@ fn summarize_cell(sc: &Scenario, server: &str, cells: &[&CellRun], slo_ns: u64) 
     s.fixed_p99_9_ns = median(p999).map(|x| x as u64);
     s.fixed_cpu_s_per_million = median(cpu);
     s.capacity_cpu_s_per_million = median(cap_cpu);
+    s.capacity_deliveries_per_read = median(cap_per_read);
     (s.rss_per_connection_min, s.rss_per_connection_max) = min_max(&rss);
     s.rss_per_connection_bytes = median(rss);
     s

@@ -3,7 +3,7 @@
 //! and stores it for later reports ([`crate::report::ceiling`]).
 
 use crate::cli::{CeilingArgs, Format};
-use crate::load::ceiling::{measure, CeilingConfig, CeilingReport};
+use crate::load::ceiling::{limit, measure, CeilingConfig, CeilingReport};
 use crate::report::ceiling::{default_path, machine_key, StoredCeiling};
 use crate::sys::machine;
 use crate::units::fmt_rate;
@@ -86,15 +86,6 @@ fn print_table(a: &CeilingArgs, reports: &[CeilingReport]) {
     println!("| frames per write | deliveries/s | reader core | reader CPU per delivery | source core | limit |");
     println!("|---|---|---|---|---|---|");
     for r in reports {
-        let limit = if r.reader_cpu_share >= 0.9 && r.source_cpu_share >= 0.9 {
-            "both cores full (loadgen's is at least this)"
-        } else if r.reader_cpu_share >= 0.9 {
-            "loadgen's reader"
-        } else if r.source_cpu_share >= 0.9 {
-            "the source (loadgen's is higher)"
-        } else {
-            "neither core full"
-        };
         println!(
             "| {} | {} | {:.0} % | {:.0} ns | {:.0} % | {} |",
             r.frames_per_write,
@@ -102,7 +93,7 @@ fn print_table(a: &CeilingArgs, reports: &[CeilingReport]) {
             r.reader_cpu_share * 100.0,
             r.reader_cpu_ns_per_delivery,
             r.source_cpu_share * 100.0,
-            limit
+            limit(r.reader_cpu_share, r.source_cpu_share)
         );
     }
     println!(

@@ -5,8 +5,8 @@
 //! a minimal source (a thread of this process, pinned where the server would run) accepts the
 //! subscribers' upgrades, then writes one pre-built chunk of stamped frames to each connection
 //! in turn, as fast as the sockets take it: no parsing, no log, no per-message work, one
-//! `write` per chunk. loadgen's ordinary reader (the one every run uses, with the same ring,
-//! parser and accounting) reads it, checks every stamp and sequence number, and counts. What it
+//! `write` per chunk. loadgen's ordinary reader (the one every run uses, with the same epoll
+//! loop, parser and accounting) reads it, checks every stamp and sequence number, and counts. What it
 //! counted in the window is its ceiling for that many connections on this machine.
 //!
 //! The ceiling depends on how many frames each receive carries, which the server decides by how
@@ -77,6 +77,16 @@ pub struct CeilingReport {
     pub source_cpu_share: f64,
     /// Deliveries lost, duplicated, out of order or malformed: 0 unless the reader is wrong.
     pub errors: u64,
+}
+
+/// Which core limited a measurement, from the reader's and the source's shares of a core.
+pub fn limit(reader_cpu_share: f64, source_cpu_share: f64) -> &'static str {
+    match (reader_cpu_share >= 0.9, source_cpu_share >= 0.9) {
+        (true, true) => "both cores full (loadgen's is at least this)",
+        (true, false) => "loadgen's reader",
+        (false, true) => "the source (loadgen's is higher)",
+        (false, false) => "neither core full",
+    }
 }
 
 /// Why the ceiling could not be measured.

@@ -12,13 +12,10 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::ceiling::CeilingReport;
+use crate::load::ceiling::{limit, CeilingReport};
 use crate::report::Summary;
 use crate::sys::machine::MachineInfo;
 use crate::units::fmt_rate;
-
-/// A row at or above this share of a core was limited by that core.
-const FULL_CORE: f64 = 0.9;
 
 /// One measured row: the ceiling at one number of frames per write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,19 +108,6 @@ fn source(c: &StoredCeiling) -> String {
     )
 }
 
-/// Which core limited a row.
-fn limit(r: &CeilingRow) -> &'static str {
-    match (
-        r.reader_cpu_share >= FULL_CORE,
-        r.source_cpu_share >= FULL_CORE,
-    ) {
-        (true, true) => "both cores full",
-        (true, false) => "loadgen's reader",
-        (false, true) => "the source; loadgen's is higher",
-        (false, false) => "neither core full",
-    }
-}
-
 /// Each step's deliveries per read, `rate: n` joined.
 fn steps_per_read(s: &Summary) -> String {
     s.steps
@@ -156,7 +140,7 @@ pub fn text(out: &mut String, s: &Summary) {
                 "{} at {:.1} deliveries per read, limit {}",
                 fmt_rate(r.deliveries_per_s),
                 r.deliveries_per_read,
-                limit(r)
+                limit(r.reader_cpu_share, r.source_cpu_share)
             )
         })
         .collect();
@@ -208,7 +192,7 @@ pub fn markdown(out: &mut String, s: &Summary) {
             fmt_rate(r.deliveries_per_s),
             r.reader_cpu_share * 100.0,
             r.source_cpu_share * 100.0,
-            limit(r)
+            limit(r.reader_cpu_share, r.source_cpu_share)
         );
     }
     let _ = writeln!(

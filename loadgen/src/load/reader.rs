@@ -171,7 +171,7 @@ pub struct ReaderHandle {
     pub join: JoinHandle<Result<(), ReaderError>>,
 }
 
-/// Starts a reader thread; returns once its ring is set up (or failed to).
+/// Starts a reader thread; returns once its epoll set is ready (or failed to be).
 pub fn spawn(cfg: ReaderConfig, clock_shared: Arc<StepClock>) -> Result<ReaderHandle, ReaderError> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ReaderError>>();

@@ -430,9 +430,10 @@ struct PublisherInfo {
 }
 
 /// A run of deliveries with the same latency in the same second, counted but not yet in its
-/// histogram. A reader reads the clock once per batch of completions, so the deliveries of one
-/// message in one batch have the same latency: one `record_n` per run instead of one record
-/// (and its bucket lookup) per delivery. Exact: the histogram gets the same counts.
+/// histogram. Equal latencies come in runs whenever deliveries share a receive time (the
+/// frames of one read that were stamped with the same intended time, or a clock read shared by
+/// several receives): one `record_n` per run instead of one record (and its bucket lookup) per
+/// delivery. Exact: the histogram gets the same counts.
 #[derive(Debug, Clone, Copy, Default)]
 struct PendingRun {
     second: usize,

@@ -4,32 +4,41 @@
 
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
-#[test]
-fn ceiling_counts_every_frame_of_the_minimal_source() {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "ceiling",
-            "-c",
-            "20",
-            "-d",
-            "500ms",
-            "--warmup",
-            "200ms",
-            "--frames-per-write",
-            "1,16",
-            "--format",
-            "json",
-            // A test must not replace the ceiling stored for this machine's user.
-            "--no-store",
-        ])
-        .output()
-        .expect("run loadgen ceiling");
+/// Runs `loadgen ceiling` on 20 connections at 1 and 16 frames per write with `args`, storing
+/// its result in `store` if given; it must succeed.
+fn ceiling(args: &[&str], store: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.args(["ceiling", "-c", "20", "--frames-per-write", "1,16"])
+        .args(args);
+    if let Some(file) = store {
+        cmd.env("LOADGEN_CEILING_FILE", file);
+    }
+    let out = cmd.output().expect("run loadgen ceiling");
     assert!(
         out.status.success(),
         "loadgen ceiling failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn ceiling_counts_every_frame_of_the_minimal_source() {
+    // A test must not replace the ceiling stored for this machine's user: --no-store.
+    let out = ceiling(
+        &[
+            "-d",
+            "500ms",
+            "--warmup",
+            "200ms",
+            "--format",
+            "json",
+            "--no-store",
+        ],
+        None,
     );
     let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let reports = reports.as_array().unwrap();
@@ -54,26 +63,7 @@ fn ceiling_counts_every_frame_of_the_minimal_source() {
 fn the_stored_ceiling_is_shown_beside_a_runs_figures() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ceiling.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .env("LOADGEN_CEILING_FILE", &file)
-        .args([
-            "ceiling",
-            "-c",
-            "20",
-            "-d",
-            "300ms",
-            "--warmup",
-            "100ms",
-            "--frames-per-write",
-            "1,16",
-        ])
-        .output()
-        .expect("run loadgen ceiling");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ceiling(&["-d", "300ms", "--warmup", "100ms"], Some(&file));
     let stored: loadgen::report::ceiling::StoredCeiling =
         serde_json::from_str(&std::fs::read_to_string(&file).expect("stored")).unwrap();
     assert_eq!(stored.rows.len(), 2);

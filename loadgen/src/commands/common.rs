@@ -378,9 +378,7 @@ fn config_echo(c: &CommonArgs, p: &Prepared) -> ConfigEcho {
 
 pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summary {
     let machine = machine::collect();
-    let loadgen_ceiling = report::ceiling::default_path().and_then(|path| {
-        report::ceiling::StoredCeiling::load_for(&path, &report::ceiling::machine_key(&machine))
-    });
+    let loadgen_ceiling = report::ceiling::StoredCeiling::for_machine(&machine);
     Summary {
         schema_version: report::SCHEMA_VERSION,
         scenario: scenario.into(),

@@ -299,12 +299,7 @@ pub fn compare(a: &CompareArgs) -> Result<i32, CompareError> {
     tidy_logs(&dir);
 
     let machine = machine::collect();
-    let loadgen_ceiling = crate::report::ceiling::default_path().and_then(|path| {
-        crate::report::ceiling::StoredCeiling::load_for(
-            &path,
-            &crate::report::ceiling::machine_key(&machine),
-        )
-    });
+    let loadgen_ceiling = crate::report::ceiling::StoredCeiling::for_machine(&machine);
     let mut report = CompareReport {
         schema_version: COMPARE_SCHEMA_VERSION,
         command: std::env::args().collect::<Vec<_>>().join(" "),

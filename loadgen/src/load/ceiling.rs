@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ringcast_proto::frame::{encode_frame, OpCode};
 use ringcast_proto::handshake::server::{accept_response, parse_request, Request};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::load::client::{ConnectError, ConnectJob, ConnectOptions, Target};
@@ -59,7 +59,7 @@ pub struct CeilingConfig {
 }
 
 /// The ceiling measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CeilingReport {
     pub connections: u32,
     pub size: usize,

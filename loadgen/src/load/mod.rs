@@ -2,8 +2,8 @@
 //!
 //! Bottom up: [`clock`] (one monotonic clock, precise sleeps), [`schedule`] (when each message
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
-//! servers, loadgen processes); [`client`] (targets and connect
-//! failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
+//! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
+//! connect failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
 //! [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
@@ -15,6 +15,7 @@ pub mod ceiling;
 pub mod client;
 pub mod clock;
 pub mod contention;
+pub mod epoll;
 pub mod idle;
 pub mod inflate;
 pub mod pacer;

@@ -22,6 +22,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::load::client::{random_key, ConnectError, ConnectJob, Connected, Target, DEFLATE_OFFER};
 use crate::load::clock;
+use crate::load::epoll::{Epoll, NO_EVENT};
 
 /// Connections in flight at once when the ramp is not paced (a burst larger than the server's
 /// listen backlog would only measure SYN retransmissions).
@@ -128,20 +129,13 @@ struct Ramp<'a> {
     jobs: &'a [ConnectJob],
     rate_per_s: f64,
     max_failures: usize,
-    epoll: i32,
+    epoll: Epoll,
     start_ns: u64,
     states: Vec<State>,
     results: Vec<Option<Result<Connected, ConnectError>>>,
     deadlines: BinaryHeap<Reverse<(u64, usize)>>,
     next: usize,
     progress: RampProgress,
-}
-
-impl Drop for Ramp<'_> {
-    fn drop(&mut self) {
-        // SAFETY: closing the epoll instance this ramp created and still owns.
-        unsafe { libc::close(self.epoll) };
-    }
 }
 
 impl<'a> Ramp<'a> {
@@ -151,11 +145,7 @@ impl<'a> Ramp<'a> {
         rate_per_s: f64,
         max_failures: usize,
     ) -> std::io::Result<Ramp<'a>> {
-        // SAFETY: epoll_create1 takes a flag and returns a new descriptor or -1.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let epoll = Epoll::new()?;
         Ok(Ramp {
             targets,
             jobs,
@@ -188,7 +178,7 @@ impl<'a> Ramp<'a> {
         } else {
             UNPACED_IN_FLIGHT
         };
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        let mut events = vec![NO_EVENT; 1024];
         let mut last_progress = clock::now_ns();
         loop {
             let now = clock::now_ns();
@@ -219,16 +209,8 @@ impl<'a> Ramp<'a> {
                 wake = wake.min(*deadline);
             }
             let timeout_ms = wake.saturating_sub(now).div_ceil(1_000_000).min(1000) as i32;
-            // SAFETY: `events` is a valid buffer of its length for the kernel to fill.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll,
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    timeout_ms,
-                )
-            };
-            for event in events.iter().take(n.max(0) as usize) {
+            let n = self.epoll.wait(&mut events, timeout_ms).unwrap_or(0);
+            for event in events.iter().take(n) {
                 let i = event.u64 as usize;
                 self.advance(i);
             }
@@ -255,8 +237,7 @@ impl<'a> Ramp<'a> {
             State::Upgrading { stream, .. } => stream.as_raw_fd(),
             _ => -1,
         };
-        // SAFETY: removing a descriptor we registered; a null event is allowed for DEL.
-        unsafe { libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        self.epoll.delete(fd);
         drop(state);
         self.progress.in_flight -= 1;
         match &result {
@@ -264,18 +245,6 @@ impl<'a> Ramp<'a> {
             Err(_) => self.progress.failed += 1,
         }
         self.results[i] = Some(result);
-    }
-
-    fn watch(&self, fd: i32, i: usize, events: u32, op: i32) -> std::io::Result<()> {
-        let mut event = libc::epoll_event {
-            events,
-            u64: i as u64,
-        };
-        // SAFETY: `fd` is a socket of this ramp; `event` is a valid struct.
-        if unsafe { libc::epoll_ctl(self.epoll, op, fd, &mut event) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     /// Starts connection `i`: a non-blocking connect whose completion epoll reports.
@@ -289,7 +258,7 @@ impl<'a> Ramp<'a> {
                     addr,
                     started_ns: now,
                 };
-                if let Err(e) = self.watch(fd, i, libc::EPOLLOUT as u32, libc::EPOLL_CTL_ADD) {
+                if let Err(e) = self.epoll.add(fd, i as u64, libc::EPOLLOUT as u32) {
                     self.finish(i, Err(ConnectError::Io(e)));
                     return;
                 }
@@ -388,12 +357,10 @@ impl<'a> Ramp<'a> {
                     connect_ns: now.saturating_sub(started_ns),
                     sent_ns: now,
                 };
-                if let Err(e) = self.watch(
-                    fd,
-                    i,
-                    (libc::EPOLLIN | libc::EPOLLOUT) as u32,
-                    libc::EPOLL_CTL_MOD,
-                ) {
+                if let Err(e) =
+                    self.epoll
+                        .modify(fd, i as u64, (libc::EPOLLIN | libc::EPOLLOUT) as u32)
+                {
                     self.finish(i, Err(ConnectError::Io(e)));
                     return;
                 }
@@ -441,15 +408,7 @@ impl<'a> Ramp<'a> {
     fn take_stream(&mut self, i: usize) -> Option<TcpStream> {
         match std::mem::replace(&mut self.states[i], State::Finished) {
             State::Upgrading { stream, .. } => {
-                // SAFETY: removing a descriptor we registered; a null event is allowed for DEL.
-                unsafe {
-                    libc::epoll_ctl(
-                        self.epoll,
-                        libc::EPOLL_CTL_DEL,
-                        stream.as_raw_fd(),
-                        std::ptr::null_mut(),
-                    )
-                };
+                self.epoll.delete(stream.as_raw_fd());
                 Some(stream)
             }
             other => {

@@ -21,7 +21,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,7 @@ use ringcast_proto::frame::{decode_header, encode_header, FrameHeader, OpCode, M
 use thiserror::Error;
 
 use crate::load::clock;
+use crate::load::epoll::{Epoll, NO_EVENT};
 use crate::load::inflate::HeadInflater;
 use crate::load::recorder::{
     new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Taken, Topology,
@@ -260,7 +261,7 @@ impl ConnState {
 }
 
 struct Reader {
-    epoll: OwnedFd,
+    epoll: Epoll,
     events: Vec<libc::epoll_event>,
     /// Every read lands here (one buffer per thread, whatever the number of connections).
     buf: Vec<u8>,
@@ -272,6 +273,8 @@ struct Reader {
     live_completed: Histogram<u64>,
     live_seconds: usize,
     stopping: bool,
+    /// Subscribers held back until the stall's release (none once released).
+    stalled_left: bool,
     reads: u64,
 }
 
@@ -326,13 +329,7 @@ impl Reader {
         clock: Arc<StepClock>,
         live: Arc<Live>,
     ) -> Result<Reader, ReaderError> {
-        // SAFETY: epoll_create1 has no preconditions; the result is checked before use.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(ReaderError::Setup(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let epoll = Epoll::new().map_err(ReaderError::Setup)?;
         let topo = cfg.topology.clone();
         let mut conns = Vec::with_capacity(cfg.conns.len());
         let mut leftovers = Vec::new();
@@ -344,7 +341,7 @@ impl Reader {
         }
         let mut r = Reader {
             epoll,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT],
+            events: vec![NO_EVENT; EVENTS_PER_WAIT],
             buf: vec![0u8; cfg.read_buf_bytes.max(MIN_READ_BUF)],
             path: ReceivePath {
                 conns,
@@ -356,10 +353,13 @@ impl Reader {
             live_completed: new_histogram(),
             live_seconds: 0,
             stopping: false,
+            stalled_left: false,
             reads: 0,
         };
         for i in 0..r.path.conns.len() {
-            if !r.path.conns[i].waiting_for_stall {
+            if r.path.conns[i].waiting_for_stall {
+                r.stalled_left = true;
+            } else {
                 r.watch(i)?;
             }
         }
@@ -380,16 +380,9 @@ impl Reader {
     /// wake-up is reported again by the next wait).
     fn watch(&mut self, idx: usize) -> Result<(), ReaderError> {
         let c = &mut self.path.conns[idx];
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: idx as u64,
-        };
-        // SAFETY: our own epoll descriptor and an open socket of ours; `ev` is a valid event.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, c.fd, &mut ev) };
-        if rc != 0 {
-            return Err(ReaderError::Register(io::Error::last_os_error()));
-        }
+        self.epoll
+            .add(c.fd, idx as u64, libc::EPOLLIN as u32)
+            .map_err(ReaderError::Register)?;
         c.watched = true;
         Ok(())
     }
@@ -447,7 +440,10 @@ impl Reader {
             {
                 return Ok(());
             }
-            if !self.stopping && now >= self.clock.stall_release_ns.load(Ordering::Relaxed) {
+            if self.stalled_left
+                && !self.stopping
+                && now >= self.clock.stall_release_ns.load(Ordering::Relaxed)
+            {
                 self.release_stalled()?;
             }
             self.wait_and_read()?;
@@ -461,6 +457,7 @@ impl Reader {
 
     /// Starts reading the subscribers held back to fill their buffers (`--stall`).
     fn release_stalled(&mut self) -> Result<(), ReaderError> {
+        self.stalled_left = false;
         for i in 0..self.path.conns.len() {
             let c = &mut self.path.conns[i];
             if !c.waiting_for_stall {
@@ -490,22 +487,10 @@ impl Reader {
     /// would say so is saved) or [`READS_PER_WAKE`] full reads (then the next connection's turn:
     /// level-triggered epoll reports the rest again). The receive time is taken after each read.
     fn wait_and_read(&mut self) -> Result<(), ReaderError> {
-        // SAFETY: `events` is a valid buffer of that many entries.
-        let ready = unsafe {
-            libc::epoll_wait(
-                self.epoll.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                10,
-            )
-        };
-        if ready < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EINTR) => Ok(()),
-                _ => Err(ReaderError::Wait(e)),
-            };
-        }
+        let ready = self
+            .epoll
+            .wait(&mut self.events, 10)
+            .map_err(ReaderError::Wait)?;
         self.sync_clock();
         let Reader {
             epoll,
@@ -516,7 +501,7 @@ impl Reader {
             reads,
             ..
         } = self;
-        for ev in events.iter().take(ready as usize) {
+        for ev in events.iter().take(ready) {
             let Some(conn) = path.conns.get_mut(ev.u64 as usize) else {
                 continue;
             };
@@ -551,15 +536,7 @@ impl Reader {
                     break;
                 }
                 // End of stream or a socket error: the connection is gone.
-                // SAFETY: removing our own socket from our own epoll set.
-                unsafe {
-                    libc::epoll_ctl(
-                        epoll.as_raw_fd(),
-                        libc::EPOLL_CTL_DEL,
-                        conn.fd,
-                        std::ptr::null_mut(),
-                    )
-                };
+                epoll.delete(conn.fd);
                 conn.watched = false;
                 if conn.open {
                     conn.open = false;

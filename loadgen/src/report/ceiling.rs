@@ -6,9 +6,8 @@
 //! run and comparison on the machine reads that file and shows the rows beside its steps, with
 //! each step's deliveries per read (how the server batched its writes: which rows compare).
 
-use std::path::{Path, PathBuf};
-
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,19 +15,6 @@ use crate::load::ceiling::{limit, CeilingReport};
 use crate::report::Summary;
 use crate::sys::machine::MachineInfo;
 use crate::units::fmt_rate;
-
-/// One measured row: the ceiling at one number of frames per write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CeilingRow {
-    pub frames_per_write: usize,
-    /// Deliveries per read the reader saw (the key a run's step is matched on).
-    pub deliveries_per_read: f64,
-    pub deliveries_per_s: f64,
-    pub reader_cpu_share: f64,
-    #[serde(default)]
-    pub reader_cpu_ns_per_delivery: f64,
-    pub source_cpu_share: f64,
-}
 
 /// What `loadgen ceiling` stores, and what a run's summary echoes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +24,8 @@ pub struct StoredCeiling {
     pub machine: String,
     pub connections: u32,
     pub size: usize,
-    pub rows: Vec<CeilingRow>,
+    /// One per number of frames per write, as measured.
+    pub rows: Vec<CeilingReport>,
 }
 
 /// The machine key a stored ceiling is valid for.
@@ -66,17 +53,7 @@ impl StoredCeiling {
             machine,
             connections: reports.first().map_or(0, |r| r.connections),
             size: reports.first().map_or(0, |r| r.size),
-            rows: reports
-                .iter()
-                .map(|r| CeilingRow {
-                    frames_per_write: r.frames_per_write,
-                    deliveries_per_read: r.deliveries_per_read,
-                    deliveries_per_s: r.deliveries_per_s,
-                    reader_cpu_share: r.reader_cpu_share,
-                    reader_cpu_ns_per_delivery: r.reader_cpu_ns_per_delivery,
-                    source_cpu_share: r.source_cpu_share,
-                })
-                .collect(),
+            rows: reports.to_vec(),
         }
     }
 
@@ -95,6 +72,11 @@ impl StoredCeiling {
         let text = std::fs::read_to_string(path).ok()?;
         let stored: StoredCeiling = serde_json::from_str(&text).ok()?;
         (stored.machine == machine && !stored.rows.is_empty()).then_some(stored)
+    }
+
+    /// The ceiling stored for machine `m` at [`default_path`], if any.
+    pub fn for_machine(m: &MachineInfo) -> Option<StoredCeiling> {
+        StoredCeiling::load_for(&default_path()?, &machine_key(m))
     }
 }
 
@@ -206,14 +188,19 @@ pub fn markdown(out: &mut String, s: &Summary) {
 mod tests {
     use super::*;
 
-    fn row(dpr: f64, per_s: f64, reader: f64, ns: f64) -> CeilingRow {
-        CeilingRow {
+    fn row(dpr: f64, per_s: f64, reader: f64, ns: f64) -> CeilingReport {
+        CeilingReport {
+            connections: 1000,
+            size: 64,
             frames_per_write: dpr as usize,
-            deliveries_per_read: dpr,
+            window_s: 4.0,
+            deliveries: (per_s * 4.0) as u64,
             deliveries_per_s: per_s,
             reader_cpu_share: reader,
             reader_cpu_ns_per_delivery: ns,
+            deliveries_per_read: dpr,
             source_cpu_share: 0.99,
+            errors: 0,
         }
     }
 

@@ -63,19 +63,20 @@ pub struct Config {
     pub max_message: usize,
 
     /// Bytes of published messages each worker thread keeps per channel for its subscribers
-    /// to catch up on. A log over it is full: the channel's publishers pause (for at most
-    /// --slow-timeout) until its slowest reader frees room. Memory per channel per thread is at
-    /// most twice this, shared by all its subscribers however many. Larger rides out longer
-    /// stalls without pausing publishers; smaller bounds memory tighter.
+    /// to catch up on. A log over it is full: the channel's publishers pause until its slowest
+    /// reader frees room (bounded by --slow-timeout). A log holds at most twice this plus one
+    /// block, shared by all its subscribers however many. Larger rides out longer stalls and
+    /// bigger bursts without pausing publishers; smaller bounds memory tighter and asks more
+    /// speed of a reader behind it (at least window / slow-timeout bytes a second).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub channel_window: usize,
 
-    /// Seconds without progress after which a reader behind a full channel's window gets
-    /// --slow-policy; meanwhile the channel's publishers pause for it to free room. A reader
-    /// that keeps reading is never given the policy: the publishers wait for it (the channel
-    /// goes at its slowest reader's pace). Longer forgives longer stalls, and delays the
-    /// channel's other readers for as long. 0: no pause, the policy applies as soon as the
-    /// window is passed.
+    /// Seconds a reader may hold a full channel: one behind the window that has made no
+    /// progress for this long, or that has stayed behind it this long while reading less than
+    /// one window in that time, gets --slow-policy (so with the defaults a reader behind the
+    /// window must read at least 32 MiB/s). Meanwhile the channel's publishers pause. Longer
+    /// forgives longer stalls and slower readers, and delays the channel's other readers for as
+    /// long. 0: no pause, the policy applies as soon as the window is passed.
     #[arg(long, default_value = "2.0", value_parser = parse_secs)]
     pub slow_timeout: SecsArg,
 

@@ -289,3 +289,221 @@ async fn ping_flood_from_a_client_that_never_reads_is_cut_off() {
         Message::text("still here")
     );
 }
+
+/// Message `i` of a paced stream: its index, the time it was meant to be sent (nanoseconds
+/// since `t0`), then filler, `size` bytes in all.
+fn stamped(i: u64, intended_ns: u64, size: usize) -> Vec<u8> {
+    let mut m = i.to_be_bytes().to_vec();
+    m.extend_from_slice(&intended_ns.to_be_bytes());
+    m.resize(size, 0x5a);
+    m
+}
+
+/// (index, intended send time) of a [`stamped`] message.
+fn unstamp(payload: &[u8]) -> (u64, u64) {
+    let i = u64::from_be_bytes(payload[..8].try_into().expect("index"));
+    let t = u64::from_be_bytes(payload[8..16].try_into().expect("stamp"));
+    (i, t)
+}
+
+/// One channel fed at a steady 400 x 16 KiB messages a second (6.4 MB/s) for 6 s, 38 MiB in
+/// all through a 4 MiB window with `--slow-timeout 1.5` (a reader behind the window must read
+/// at least 2.8 MB/s); four tokio-tungstenite readers read
+/// at full speed and one raw reader reads 64 KiB every 50 ms (1.3 MB/s, a fifth of the
+/// channel's rate) for as long as it is served. The slow reader keeps reading, so it is never
+/// "stalled"; it must still get the policy, and it must not set the pace of the others:
+/// - the fast readers get every message in order, none later than the bound after it was
+///   meant to be sent (the publisher is paced open-loop, so a paused publisher shows up as
+///   delay);
+/// - the publisher's pauses add up to at most the bound;
+/// - under `close`, the slow reader gets an in-order prefix ended by 1008; under `drop`, it
+///   stays connected, and what it got plus what was counted as skipped is every message.
+///
+/// The bound: `--slow-timeout` (1.5 s) plus one housekeeping scan (1 s) plus 1.5 s of slack
+/// for a debug build sharing two cores with this test. The slow reader's writes complete
+/// every few hundred milliseconds, so a server that cut off only readers making no progress
+/// for `--slow-timeout` would let it pace the channel: the fast readers would fall ~20 s
+/// behind.
+async fn slow_reader_cannot_set_the_pace(policy: &str) {
+    const SIZE: usize = 16 << 10;
+    const RATE: u64 = 400;
+    const COUNT: u64 = RATE * 6;
+    const SLOW_READ: usize = 64 << 10;
+    const SLOW_EVERY: Duration = Duration::from_millis(50);
+    let bound = Duration::from_millis(1500 + 1000 + 1500);
+    let server = Server::start(&[
+        "--threads",
+        "2",
+        "--channel-window",
+        "4194304",
+        "--slow-timeout",
+        "1.5",
+        "--slow-policy",
+        policy,
+    ]);
+    let mut slow = Raw::connect_with(server.addr, "/pace", Some(64 << 10)).await;
+    let mut publisher = ws(&server, "/pace").await;
+    let mut fast = Vec::new();
+    for _ in 0..4 {
+        fast.push(ws(&server, "/pace").await);
+    }
+    wait_connections(&server, 6).await;
+    let t0 = Instant::now();
+
+    let readers: Vec<_> = fast
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut r)| {
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                for want in 0..COUNT {
+                    match r.next().await {
+                        Some(Ok(Message::Binary(b))) => {
+                            let (i, intended) = unstamp(&b);
+                            assert_eq!(i, want, "fast reader {n}: order");
+                            let late = t0.elapsed().saturating_sub(Duration::from_nanos(intended));
+                            worst = worst.max(late);
+                        }
+                        other => panic!("fast reader {n}, message {want}: {other:?}"),
+                    }
+                }
+                worst
+            })
+        })
+        .collect();
+    // The slow reader: 64 KiB every 50 ms until told to speed up (drop) or the server ends it.
+    let (speed_up, mut told) = tokio::sync::watch::channel(false);
+    let slow_task = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; SLOW_READ];
+        let mut ticks = tokio::time::interval(SLOW_EVERY);
+        loop {
+            let fast_now = *told.borrow_and_update();
+            if !fast_now {
+                ticks.tick().await;
+            }
+            let mut taken = 0;
+            while taken < SLOW_READ {
+                let read = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    slow.stream.read(&mut chunk[..SLOW_READ - taken]),
+                )
+                .await;
+                match read {
+                    Ok(Ok(0)) | Ok(Err(_)) => return (bytes, true),
+                    Ok(Ok(n)) => {
+                        bytes.extend_from_slice(&chunk[..n]);
+                        taken += n;
+                    }
+                    Err(_quiet) if fast_now => return (bytes, false),
+                    Err(_quiet) => break,
+                }
+            }
+        }
+    });
+    let publishing = async {
+        let tick = Duration::from_secs(1) / RATE as u32;
+        let mut i = 0;
+        while i < COUNT {
+            // Open loop: every message whose time has come goes now, stamped with that time.
+            let due = ((t0.elapsed().as_nanos() / tick.as_nanos()) as u64 + 1).min(COUNT);
+            while i < due {
+                let intended = (tick * i as u32).as_nanos() as u64;
+                publisher
+                    .feed(Message::binary(stamped(i, intended, SIZE)))
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+            publisher.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(Duration::from_secs(60), "publishing", publishing).await;
+    let mut worst = Duration::ZERO;
+    within(Duration::from_secs(60), "the fast readers", async {
+        for r in readers {
+            worst = worst.max(r.await.unwrap());
+        }
+    })
+    .await;
+    let m = metrics(&server).await;
+    let paused = Duration::from_millis(m["ringcast_publisher_paused_milliseconds_total"]);
+    eprintln!(
+        "{policy}: fast readers' worst delay {worst:?}, publisher paused {paused:?} in all, \
+         slow closed {}, skipped {}",
+        m["ringcast_slow_closed_total"], m["ringcast_slow_dropped_messages_total"]
+    );
+    assert!(
+        worst <= bound,
+        "{policy}: a fast reader got a message {worst:?} after it was meant to be sent \
+         (bound {bound:?}): the slow reader set the channel's pace"
+    );
+    assert!(
+        paused <= bound,
+        "{policy}: the publisher was paused {paused:?} in all (bound {bound:?})"
+    );
+    assert_eq!(m["ringcast_messages_in_total"], COUNT);
+
+    let _ = speed_up.send(true);
+    let (bytes, ended) = within(Duration::from_secs(60), "the slow reader", slow_task)
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    while let Some((h, n)) = decode_header(&bytes[pos..]).expect("valid frame header") {
+        let end = pos + n + h.payload_len as usize;
+        if end > bytes.len() {
+            break;
+        }
+        frames.push((h.opcode, bytes[pos + n..end].to_vec()));
+        pos = end;
+    }
+    let got: Vec<u64> = frames
+        .iter()
+        .filter(|f| f.0 == OpCode::Binary)
+        .map(|f| unstamp(&f.1).0)
+        .collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "{policy}: slow reader's order"
+    );
+    assert!(
+        (got.len() as u64) < COUNT,
+        "{policy}: the slow reader got all {COUNT} messages: it was never given the policy"
+    );
+    match policy {
+        "close" => {
+            assert!(ended, "close: the slow reader's connection did not end");
+            assert!(
+                got.iter().copied().eq(0..got.len() as u64),
+                "close: the slow reader's messages are not a prefix of the stream"
+            );
+            if let Some((OpCode::Close, payload)) = frames.last() {
+                assert_eq!(&payload[..2], &1008u16.to_be_bytes()[..]);
+            }
+            assert_eq!(m["ringcast_slow_closed_total"], 1);
+        }
+        _ => {
+            assert!(!ended, "drop: the slow reader was disconnected");
+            assert_eq!(m["ringcast_slow_closed_total"], 0);
+            let dropped = metric(&server, "slow_dropped_messages_total").await;
+            assert_eq!(
+                got.len() as u64 + dropped,
+                COUNT,
+                "drop: the slow reader got {} and {dropped} were counted as skipped",
+                got.len()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_is_closed_and_sets_no_pace() {
+    slow_reader_cannot_set_the_pace("close").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_skips_under_drop_and_sets_no_pace() {
+    slow_reader_cannot_set_the_pace("drop").await;
+}

@@ -4,23 +4,27 @@
 //! An append wakes the subscribers parked at the log's head; that is all a publish costs per
 //! subscriber. The log holds at most `--channel-window` bytes before it is *full*. A full log
 //! pauses the channel's publishers on every thread (their reads wait, so TCP pushes back on
-//! the publishing clients) until its slowest reader frees the oldest block, for at most
-//! `--slow-timeout`. Past that, or at once when the log reaches twice its window (several
-//! publishers may each add a block before they pause), the readers still behind the window
-//! get the slow policy: closed with 1008, or moved to the oldest message kept, with what they
-//! skipped counted. A reader that drains at loopback speed frees the oldest block within
-//! milliseconds: a burst of any size costs it nothing. One that stalls costs the channel's
-//! publishers at most `--slow-timeout` before it is dealt with, and never grows memory past the
-//! window's bound.
+//! the publishing clients) until its slowest reader frees the oldest block.
+//!
+//! The bound on that pause: a reader behind the window gets the slow policy (closed with
+//! 1008, or moved to the oldest message kept, with what it skipped counted) once it has made
+//! no progress for `--slow-timeout`, or once it has stayed behind the window for
+//! `--slow-timeout` while reading less than one window in that time (a reader that reads, only
+//! slowly, is dealt with like a stalled one), or at once when the log reaches twice its window
+//! (several publishers may each add a block before they pause). So one reader holds the
+//! channel's publishers for at most `--slow-timeout` plus one scan interval (a quarter of the
+//! timeout on the publisher's thread, a second on the others), and a log holds at most twice
+//! its window plus one block. A reader that drains at loopback speed takes a window in far
+//! less than the timeout: a burst of any size costs it nothing.
 
 use super::block::Block;
 use super::log::Pos;
 use super::registry::ChannelShared;
-use super::subscriber::{Log, Subscriber};
+use super::subscriber::{Behind, Log, Subscriber};
 use crate::config::SlowPolicy;
 use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::ThreadMetrics;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,7 +51,16 @@ pub struct Channel {
     /// echo path).
     shared: Option<Arc<ChannelShared>>,
     policy: WindowPolicy,
+    /// Scans of the readers behind the window so far, and when the last was.
+    scans: Cell<u64>,
+    last_scan_at: Cell<Option<Instant>>,
 }
+
+/// Two scans of a full log's readers at most this far apart are consecutive: a reader both
+/// found behind the window was behind all along. Scans come with every append to a full log,
+/// every quarter `--slow-timeout` while a publisher waits for room, and every second from the
+/// worker's housekeeping; a longer gap means the log had room in between.
+pub const SCAN_GAP: Duration = Duration::from_millis(1500);
 
 impl Channel {
     pub fn new(log: Log, shared: Option<Arc<ChannelShared>>, policy: WindowPolicy) -> Rc<Self> {
@@ -57,6 +70,8 @@ impl Channel {
             woken: RefCell::default(),
             shared,
             policy,
+            scans: Cell::new(0),
+            last_scan_at: Cell::new(None),
         })
     }
 
@@ -115,32 +130,86 @@ impl Channel {
     }
 
     /// If the log is over its window, gives the slow policy to the readers behind the window
-    /// that are stalled: no progress for `--slow-timeout` (counted from when they last had
-    /// nothing to write, or wrote), or none since the policy last moved them; with a zero
-    /// timeout, to every reader behind the window. A reader that keeps reading is never given
-    /// the policy for being slow: the publishers wait for it. What the log can hold past its
-    /// window is what was already on its way when the publishers paused: blocks in this
-    /// thread's inbox (bounded by `inbox::INBOX_BYTES`) or from the broker.
+    /// that are due (each check is a *scan*; see [`SCAN_GAP`]):
+    ///
+    /// - *stalled*: no progress for `--slow-timeout` (counted from when they last had nothing
+    ///   to write, or wrote), or not caught up since the policy last moved them;
+    /// - *slow*: found behind the window by every scan for `--slow-timeout` while their writes
+    ///   took less than one window of bytes in that time. A reader that still reads, only
+    ///   slower than `window / slow_timeout` bytes a second, holds the channel no longer than a
+    ///   stalled one; a reader that drains a burst at loopback speed takes a window in far
+    ///   less, and is measured afresh;
+    /// - every reader behind the window when the timeout is zero, or when the log holds twice
+    ///   its window (several publishers, the inboxes and the broker each added a block before
+    ///   they paused).
     pub fn keep_window(&self) {
         let timeout = self.policy.slow_timeout;
+        let window = self.policy.window;
         let (start, all_due) = {
             let log = self.log.borrow();
             let Some(start) = log.window_start() else {
                 return;
             };
-            (start, timeout.is_zero())
+            (
+                start,
+                timeout.is_zero() || log.bytes() >= window.saturating_mul(2),
+            )
         };
-        let behind: Vec<Rc<Subscriber>> = self
+        let now = Instant::now();
+        let scan = self.scans.get() + 1;
+        self.scans.set(scan);
+        let continuous = self
+            .last_scan_at
+            .replace(Some(now))
+            .is_some_and(|then| now.duration_since(then) <= SCAN_GAP);
+        let due: Vec<Rc<Subscriber>> = self
             .subscribers
             .borrow()
             .values()
             .filter(|s| s.position().is_some_and(|p: Pos| p < start))
-            .filter(|s| all_due || s.is_stalled(timeout))
+            .filter(|s| {
+                let slow = Self::note_behind(s, scan, continuous, now, timeout, window);
+                all_due || slow || s.is_stalled(timeout)
+            })
             .cloned()
             .collect();
-        for subscriber in behind {
+        for subscriber in due {
             subscriber.fall_behind(start, self.policy.policy);
         }
+    }
+
+    /// Scan `scan` found `subscriber` behind the window at `now` (`continuous`: the previous
+    /// scan was at most [`SCAN_GAP`] ago): returns whether it has been behind at every scan
+    /// for `timeout` while writing less than `window` bytes. One that wrote a window or more
+    /// in that time starts a new measure.
+    fn note_behind(
+        subscriber: &Subscriber,
+        scan: u64,
+        continuous: bool,
+        now: Instant,
+        timeout: Duration,
+        window: usize,
+    ) -> bool {
+        let written = subscriber.bytes_written();
+        let fresh = Behind {
+            scan,
+            since: now,
+            bytes_then: written,
+        };
+        let mut behind = match subscriber.behind() {
+            Some(b) if continuous && b.scan + 1 == scan => Behind { scan, ..b },
+            _ => fresh,
+        };
+        let mut slow = false;
+        if now.duration_since(behind.since) >= timeout {
+            if written.saturating_sub(behind.bytes_then) < window as u64 {
+                slow = true;
+            } else {
+                behind = fresh;
+            }
+        }
+        subscriber.set_behind(Some(behind));
+        slow
     }
 
     /// Waits while the channel's log is full on some thread: a publisher awaits this before it

@@ -149,10 +149,27 @@ pub struct Subscriber {
     /// When the subscriber last made progress: a write took bytes, or it caught up. A reader
     /// behind its channel's window that has made none for `--slow-timeout` is stalled.
     last_progress: Cell<Instant>,
-    /// The slow policy moved it on, and it has made no progress since.
+    /// The slow policy moved it on, and it has not caught up with the log's head since: found
+    /// behind the window again, it is due at once (it already had its `--slow-timeout`).
     left_behind: Cell<bool>,
+    /// Bytes its writes have taken, for the rate a reader behind the window keeps.
+    bytes_written: Cell<u64>,
+    /// Since when its channel's scans have found it behind the window, scan after scan.
+    behind: Cell<Option<Behind>>,
     park_slot: Cell<u32>,
     me: Weak<Subscriber>,
+}
+
+/// A subscriber seen behind its channel's window by consecutive scans of the channel (see
+/// [`super::channel::Channel::keep_window`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Behind {
+    /// The channel's scan that last found it behind.
+    pub scan: u64,
+    /// When a scan first found it behind (or it last proved it reads fast enough).
+    pub since: Instant,
+    /// Its bytes written at `since`.
+    pub bytes_then: u64,
 }
 
 impl Parked for Subscriber {
@@ -188,6 +205,8 @@ impl Subscriber {
             last_heard: Cell::new(Instant::now()),
             last_progress: Cell::new(Instant::now()),
             left_behind: Cell::new(false),
+            bytes_written: Cell::new(0),
+            behind: Cell::new(None),
             park_slot: Cell::new(NOT_PARKED),
             me: me.clone(),
         })
@@ -207,9 +226,23 @@ impl Subscriber {
     }
 
     /// Whether it is stalled: no progress (a write taking bytes, or catching up) for
-    /// `timeout`, or none since the slow policy last moved it on.
+    /// `timeout`, or not caught up since the slow policy last moved it on.
     pub fn is_stalled(&self, timeout: Duration) -> bool {
         self.left_behind.get() || self.last_progress.get().elapsed() >= timeout
+    }
+
+    /// Bytes its writes have taken so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.get()
+    }
+
+    /// Since when its channel's scans have found it behind the window, if they have.
+    pub fn behind(&self) -> Option<Behind> {
+        self.behind.get()
+    }
+
+    pub fn set_behind(&self, behind: Option<Behind>) {
+        self.behind.set(behind);
     }
 
     /// Woken by an append at `now`: something new to write. It was parked at the head, so
@@ -265,6 +298,7 @@ impl Subscriber {
                 out.pos = window_start;
                 drop(log);
                 self.left_behind.set(true);
+                self.behind.set(None);
                 self.schedule(&mut out);
             }
         }
@@ -558,9 +592,10 @@ impl Subscriber {
         if out.segments.is_empty() {
             out.writing = Writing::Idle;
             if out.attached && out.started && out.close.is_none() {
-                // Caught up: that is progress too.
+                // Caught up: that is progress too, and it is behind nothing.
                 self.last_progress.set(self.ring.reaped_at());
                 self.left_behind.set(false);
+                self.behind.set(None);
                 if let Some(me) = self.me.upgrade() {
                     self.log.borrow_mut().park(me);
                 }
@@ -578,8 +613,9 @@ impl Subscriber {
         ThreadMetrics::add(&self.metrics.writes, 1);
         ThreadMetrics::add(&self.metrics.bytes_out, written as u64);
         if written > 0 {
+            self.bytes_written
+                .set(self.bytes_written.get() + written as u64);
             self.last_progress.set(self.ring.reaped_at());
-            self.left_behind.set(false);
         }
         let mut guard = self.out.borrow_mut();
         let out = &mut *guard;

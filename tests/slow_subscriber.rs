@@ -507,3 +507,58 @@ async fn a_slow_reader_that_keeps_reading_is_closed_and_sets_no_pace() {
 async fn a_slow_reader_that_keeps_reading_skips_under_drop_and_sets_no_pace() {
     slow_reader_cannot_set_the_pace("drop").await;
 }
+
+/// The echo path's channel is private (its one reader is its publisher), and it is bounded
+/// like any other: a client that sends 64 MiB to `--echo-path` without reading what comes
+/// back is paused once its log passes the window (the server stops reading it, short of the
+/// twice-the-window mark where the policy would apply at once), then closed with 1008 after
+/// `--slow-timeout`, and the server's memory grows by a few windows at most.
+#[tokio::test]
+async fn an_echo_client_that_never_reads_is_paused_then_closed() {
+    const WINDOW: usize = 1 << 20;
+    const SIZE: usize = 64 << 10;
+    let server = Server::start(&[
+        "--threads",
+        "1",
+        "--echo-path",
+        "/echo",
+        "--channel-window",
+        &WINDOW.to_string(),
+        "--slow-timeout",
+        "3",
+    ]);
+    let mut client = Raw::connect_stalling(server.addr, "/echo").await;
+    wait_connections(&server, 1).await;
+    let rss_before = server.rss_kib();
+    let message = whole(OpCode::Binary, &[0x42; SIZE]);
+    let flood: Vec<u8> = message.repeat(1024);
+    // The server stops reading (the pause): the write stalls.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        use tokio::io::AsyncWriteExt;
+        client.stream.write_all(&flood).await
+    })
+    .await;
+    let m = metrics(&server).await;
+    assert_eq!(
+        m["ringcast_slow_closed_total"], 0,
+        "closed before --slow-timeout: the log reached twice its window, nothing paused it"
+    );
+    let taken = m["ringcast_messages_in_total"];
+    assert!(
+        taken < (2 * WINDOW / SIZE) as u64,
+        "the server took {taken} x 64 KiB into a 1 MiB window: it never paused the echo client"
+    );
+    wait_metric(&server, "slow_closed_total", 1).await;
+    let growth_kib = server.peak_rss_kib().saturating_sub(rss_before);
+    assert!(
+        growth_kib < 16 * 1024,
+        "peak RSS grew {growth_kib} KiB for an echo client that never reads (window 1 MiB)"
+    );
+    // The server is still there for others.
+    let mut other = ws(&server, "/echo").await;
+    send(&mut other, Message::text("hello")).await;
+    assert_eq!(
+        next_data(&mut other, "the echo").await,
+        Message::text("hello")
+    );
+}

@@ -214,28 +214,43 @@ impl Channel {
 
     /// Waits while the channel's log is full on some thread: a publisher awaits this before it
     /// reads on. The wait ends when the slowest reader frees room, or when the readers holding
-    /// the window have made no progress for `--slow-timeout` and get the slow policy (here for
-    /// this thread's readers, by each thread's once-a-second housekeeping for the others').
+    /// the window are due and get the slow policy (see [`Channel::keep_window`]: here for this
+    /// thread's readers, by each thread's once-a-second housekeeping for the others').
     /// Returns how long it waited (zero: not full).
     pub async fn wait_for_room(&self, metrics: &ThreadMetrics) -> Duration {
-        let Some(shared) = &self.shared else {
-            return Duration::ZERO;
-        };
-        if !shared.is_full() || self.policy.slow_timeout.is_zero() {
+        if self.policy.slow_timeout.is_zero() {
             return Duration::ZERO;
         }
-        let started = Instant::now();
         let look_again = (self.policy.slow_timeout / 4).max(Duration::from_millis(10));
-        loop {
-            let room = shared.room().notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if !shared.is_full() {
-                break;
+        let started = Instant::now();
+        match &self.shared {
+            Some(shared) => {
+                if !shared.is_full() {
+                    return Duration::ZERO;
+                }
+                loop {
+                    let room = shared.room().notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    if !shared.is_full() {
+                        break;
+                    }
+                    if tokio::time::timeout(look_again, room).await.is_err() {
+                        // No room yet: whoever here is due gets the policy.
+                        self.keep_window();
+                    }
+                }
             }
-            if tokio::time::timeout(look_again, room).await.is_err() {
-                // No room yet: whoever here has stalled for --slow-timeout gets the policy.
-                self.keep_window();
+            None => {
+                // A private channel (the echo path): its one reader is its publisher, and
+                // nobody else frees room, so look again until the policy has dealt with it.
+                if !self.is_over_window() {
+                    return Duration::ZERO;
+                }
+                while self.is_over_window() {
+                    tokio::time::sleep(look_again).await;
+                    self.keep_window();
+                }
             }
         }
         let waited = started.elapsed();

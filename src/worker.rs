@@ -127,12 +127,13 @@ impl Worker {
     }
 
     /// Inflates a compressed message from a client (within `--max-message`; text must then be
-    /// UTF-8) and encodes it into the thread's block, like a plain one.
+    /// UTF-8) and encodes it into the thread's block, like a plain one. Returns its inflated
+    /// length.
     pub(crate) fn push_inflated(
         &self,
         opcode: OpCode,
         payload: &[u8],
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<usize, ProtocolError> {
         let mut inflater = self.inflater.borrow_mut();
         let (decompressor, message) = &mut *inflater;
         decompressor
@@ -145,10 +146,11 @@ impl Worker {
             return Err(ProtocolError::InvalidUtf8);
         }
         self.block.borrow_mut().push(opcode, message);
+        let inflated = message.len();
         if message.capacity() > INFLATE_KEEP_BYTES {
             *message = Vec::new();
         }
-        Ok(())
+        Ok(inflated)
     }
 
     /// Takes a place under `--max-connections`; `false` when the server is full.

@@ -40,6 +40,22 @@ const SHRINK_AFTER_SMALL_READS: u32 = 64;
 /// A block of messages is published once it holds this many bytes, even mid-read.
 const BLOCK_BYTES: usize = 256 * 1024;
 
+/// Bytes a connection may inflate before it lets the thread's other tasks run: past them the
+/// messages so far are published, the channel's window is kept, and the reader yields before it
+/// inflates more of the same read. One 64 KiB read can hold thousands of small deflate bombs
+/// of `--max-message` each; without a budget they would all be inflated in one go while every
+/// other connection of the thread waits. The longest a connection then holds its thread is
+/// this budget plus one message (at most `--max-message` inflated).
+const INFLATE_BUDGET_BYTES: usize = 1 << 20;
+
+/// Why [`Link::process`] stopped before the end of what it was given.
+enum Pause {
+    /// Another thread's inbox is full: the forwards still to make.
+    Forward(Forwarding),
+    /// The read's inflate budget is spent: let the thread's other tasks run.
+    Yield,
+}
+
 /// An upgraded connection: its subscriber, its channel, and what its reader needs.
 pub(super) struct Link {
     worker: Rc<Worker>,
@@ -54,6 +70,8 @@ pub(super) struct Link {
     reader: MessageReader,
     /// Bytes that came after the upgrade request, not yet read as frames.
     leftover: Vec<u8>,
+    /// Bytes inflated since the reader last yielded (see [`INFLATE_BUDGET_BYTES`]).
+    inflated: usize,
 }
 
 impl Link {
@@ -112,6 +130,7 @@ impl Link {
             publisher: false,
             reader,
             leftover,
+            inflated: 0,
         })
     }
 
@@ -150,11 +169,18 @@ impl Link {
                 start = 0;
             } else {
                 loop {
-                    let (next, blocked) = self.process(&mut buf, start);
+                    let (next, pause) = self.process(&mut buf, start);
                     start = next;
-                    match blocked {
+                    match pause {
                         // Another thread's inbox is full: wait for it, then go on.
-                        Some(forwarding) => forwarding.await,
+                        Some(Pause::Forward(forwarding)) => forwarding.await,
+                        Some(Pause::Yield) => {
+                            self.inflated = 0;
+                            self.channel
+                                .wait_for_room(&self.worker.thread_metrics)
+                                .await;
+                            tokio::task::yield_now().await;
+                        }
                         None => break,
                     }
                 }
@@ -218,12 +244,13 @@ impl Link {
     }
 
     /// Handles the complete frames in `buf[start..]`; returns where the unread bytes start,
-    /// and the forwarding to wait for before handling more when another thread is behind.
+    /// and why it stopped short, if it did: the forwarding to wait for when another thread is
+    /// behind, or the inflate budget spent.
     ///
     /// The messages are encoded back to back into the thread's block encoder and published
     /// together (see [`crate::fanout::block::BlockEncoder`]) before anything else is done:
     /// before a control frame is answered, and before returning.
-    fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Forwarding>) {
+    fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Pause>) {
         loop {
             let event = match self.reader.next_event(&mut buf[start..]) {
                 Ok(None) => return (start, self.publish_block()),
@@ -250,14 +277,22 @@ impl Link {
                         self.worker.push_inflated(opcode, payload)
                     } else {
                         self.worker.block.borrow_mut().push(opcode, payload);
-                        Ok(())
+                        Ok(0)
                     };
-                    if let Err(err) = pushed {
-                        let forwarding = self.publish_block();
-                        self.fail(err);
-                        return (start, forwarding);
-                    }
+                    let inflated = match pushed {
+                        Ok(n) => n,
+                        Err(err) => {
+                            let forwarding = self.publish_block();
+                            self.fail(err);
+                            return (start, forwarding);
+                        }
+                    };
                     self.publisher = true;
+                    self.inflated += inflated;
+                    if self.inflated >= INFLATE_BUDGET_BYTES {
+                        let forwarding = self.publish_block();
+                        return (start, forwarding.or(Some(Pause::Yield)));
+                    }
                     let full = self.worker.block.borrow().len() >= BLOCK_BYTES;
                     if full {
                         if let Some(forwarding) = self.publish_block() {
@@ -267,18 +302,20 @@ impl Link {
                 }
                 Some(Event::Ping(payload)) => {
                     // (Fields named one by one: `payload` may borrow the reader.)
-                    let forwarding =
-                        self.worker
-                            .publish(self.subscriber.id, &self.channel, self.echo);
+                    let forwarding = self
+                        .worker
+                        .publish(self.subscriber.id, &self.channel, self.echo)
+                        .map(Pause::Forward);
                     self.subscriber.send_control(OpCode::Pong, payload);
                     if forwarding.is_some() {
                         return (start, forwarding);
                     }
                 }
                 Some(Event::Close { code, .. }) => {
-                    let forwarding =
-                        self.worker
-                            .publish(self.subscriber.id, &self.channel, self.echo);
+                    let forwarding = self
+                        .worker
+                        .publish(self.subscriber.id, &self.channel, self.echo)
+                        .map(Pause::Forward);
                     // Echo the peer's code (§5.5.1) unless our close went first; once our close
                     // is written, the handshake is over and TCP is closed.
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
@@ -291,9 +328,10 @@ impl Link {
     }
 
     /// Publishes the messages encoded so far (to the sender alone on the echo path).
-    fn publish_block(&self) -> Option<Forwarding> {
+    fn publish_block(&self) -> Option<Pause> {
         self.worker
             .publish(self.subscriber.id, &self.channel, self.echo)
+            .map(Pause::Forward)
     }
 
     fn fail(&mut self, err: ProtocolError) {

@@ -52,8 +52,8 @@ pub(crate) async fn run(
             _ = housekeeping.tick() => worker.tick(),
             accepted = &mut accept => {
                 match accepted {
-                    Ok((stream, _peer)) => {
-                        tokio_uring::spawn(connection::serve(worker.clone(), stream));
+                    Ok((stream, peer)) => {
+                        tokio_uring::spawn(connection::serve(worker.clone(), stream, peer));
                     }
                     Err(err) if is_out_of_descriptors(&err) => {
                         let shed = spare.shed_one(listener.as_raw_fd(), &shed_response);

@@ -117,14 +117,33 @@ pub struct Config {
     #[arg(long)]
     pub max_connections: Option<usize>,
 
-    /// Seconds between the pings the server sends each client. 0: never ping.
-    #[arg(long, default_value = "0.0", value_parser = parse_secs)]
+    /// Connections (handshakes in flight included) one client address may hold; past it a new
+    /// one is answered 429 at once. Loopback addresses are exempt unless --limit-loopback is
+    /// given (on loopback one address speaks for many clients: a local reverse proxy, a load
+    /// generator). Lower bounds what one client can take; higher serves large NATs. 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub max_connections_per_ip: u32,
+
+    /// Apply --max-connections-per-ip to loopback clients too.
+    #[arg(long)]
+    pub limit_loopback: bool,
+
+    /// Seconds between the pings the server sends each client. Pings find peers that are gone
+    /// without a close (a dead NAT mapping, a suspended laptop) and keep idle connections
+    /// through proxies; each costs one small write per client per interval. 0: never ping.
+    #[arg(long, default_value = "25.0", value_parser = parse_secs)]
     pub ping_interval: SecsArg,
 
-    /// Seconds a client may stay silent (no frame, no pong) before it is closed
-    /// (needs --ping-interval).
-    #[arg(long, default_value = "30.0", value_parser = parse_secs)]
+    /// Seconds a client may stay silent (no frame, no pong) before it is closed with 1001
+    /// (needs --ping-interval): with the defaults, two missed pongs and 10 s of slack.
+    #[arg(long, default_value = "60.0", value_parser = parse_secs)]
     pub ping_timeout: SecsArg,
+
+    /// Seconds of TCP silence before the kernel probes the peer (SO_KEEPALIVE; 3 probes 10 s
+    /// apart, then the connection is dropped): a vanished peer is found even with pings off.
+    /// 0: no TCP keepalive.
+    #[arg(long, default_value = "60.0", value_parser = parse_secs)]
+    pub tcp_keepalive: SecsArg,
 
     /// Seconds to wait for the peer's close frame and TCP close after we send a close.
     #[arg(long, default_value = "2.0", value_parser = parse_secs)]
@@ -244,6 +263,11 @@ impl Config {
         }
     }
 
+    /// `--max-connections-per-ip` in force (`None`: no limit).
+    pub fn per_address_limit(&self) -> Option<u32> {
+        (self.max_connections_per_ip > 0).then_some(self.max_connections_per_ip)
+    }
+
     /// `Some(d)` for a non-zero duration.
     pub fn enabled(d: SecsArg) -> Option<Duration> {
         (!d.0.is_zero()).then_some(d.0)
@@ -263,7 +287,14 @@ mod tests {
         assert_eq!(c.slow_timeout.0, Duration::from_secs(2));
         assert_eq!(c.slow_policy, SlowPolicy::Close);
         assert_eq!(c.handshake_timeout.0, Duration::from_secs(10));
-        assert_eq!(Config::enabled(c.ping_interval), None);
+        assert_eq!(
+            Config::enabled(c.ping_interval),
+            Some(Duration::from_secs(25))
+        );
+        assert_eq!(c.ping_timeout.0, Duration::from_secs(60));
+        assert_eq!(c.tcp_keepalive.0, Duration::from_secs(60));
+        assert_eq!(c.per_address_limit(), Some(1000));
+        assert!(!c.limit_loopback);
     }
 
     #[test]

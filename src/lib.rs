@@ -11,7 +11,8 @@
 //!
 //! - [`server`]: binds the listeners, starts one worker thread per core, runs until the
 //!   shutdown future it is given completes, then drains.
-//! - `accept`: each worker's accept loop, which answers 503 when descriptors run out.
+//! - `accept`: each worker's accept loop, which answers 503 when descriptors run out;
+//!   `admission`: the node-wide counts under `--max-connections` and `--max-connections-per-ip`.
 //! - `worker`: one thread's state (channels, send ring, block encoder, connections) and the
 //!   publishing of what its clients send.
 //! - `connection`: one client from its first byte to its close: `upgrade` (the HTTP request
@@ -37,6 +38,7 @@ pub mod server;
 pub mod telemetry;
 
 mod accept;
+mod admission;
 mod connection;
 mod maps;
 mod memory;

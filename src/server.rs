@@ -7,6 +7,7 @@
 //! `--shutdown-timeout` for them to finish the closing handshake, and returns.
 
 use crate::accept;
+use crate::admission::Admission;
 use crate::cluster::{ClusterConfig, ClusterError, ClusterLink};
 use crate::config::Config;
 use crate::fanout::channel::WindowPolicy;
@@ -23,7 +24,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -142,7 +142,11 @@ impl Server {
         let registry = Arc::new(registry);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<ServerError>();
-        let admitted = Arc::new(AtomicUsize::new(0));
+        let admission = Arc::new(Admission::new(
+            self.config.connection_limit(),
+            self.config.per_address_limit(),
+            self.config.limit_loopback,
+        ));
         let stats =
             crate::telemetry::stats::spawn_reporter(self.config.stats_interval.0, metrics.clone());
 
@@ -157,7 +161,7 @@ impl Server {
                 config: self.config.clone(),
                 metrics: metrics.clone(),
                 registry: registry.clone(),
-                admitted: admitted.clone(),
+                admission: admission.clone(),
                 uplink: cluster.as_ref().map(|link| link.uplink().clone()),
             };
             let stop = stop_rx.clone();
@@ -207,8 +211,8 @@ struct Shared {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
-    /// Upgraded connections across all threads, for `--max-connections`.
-    admitted: Arc<AtomicUsize>,
+    /// `--max-connections` and `--max-connections-per-ip`, across all threads.
+    admission: Arc<Admission>,
     /// The way to the cluster's broker, with `--cluster`.
     uplink: Option<Uplink>,
 }
@@ -252,10 +256,17 @@ fn worker_main(
             index,
             shared.config,
             shared.metrics,
-            shared.admitted,
+            shared.admission,
             fanout,
             send_ring,
         );
+        if let Some(interval) = Config::enabled(worker.config.ping_interval) {
+            tokio_uring::spawn(
+                worker
+                    .clone()
+                    .run_keepalive(interval, worker.config.ping_timeout.0),
+            );
+        }
         let listener = TcpListener::from_std(listener);
         accept::run(&worker, &listener, stop).await;
         // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.

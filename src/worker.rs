@@ -6,6 +6,7 @@
 //! reader encodes messages into the worker's block encoder, then asks the worker to publish
 //! them (to the channel, or back to the sender on the echo path).
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::fanout::block::{BlockEncoder, NO_ORIGIN};
 use crate::fanout::channel::Channel;
@@ -23,7 +24,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
@@ -48,10 +48,8 @@ pub(crate) struct Worker {
     /// Inflates compressed messages from clients (one at a time; no context between them),
     /// into its buffer.
     inflater: RefCell<(Decompressor, Vec<u8>)>,
-    /// Upgraded connections across all threads, for `--max-connections`.
-    admitted: Arc<AtomicUsize>,
-    /// `--max-connections` in force (`None`: no limit).
-    connection_limit: Option<usize>,
+    /// `--max-connections` and `--max-connections-per-ip`, across all threads.
+    pub(crate) admission: Arc<Admission>,
     next_id: Cell<u64>,
     /// Every open socket of this thread, upgraded or not.
     streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
@@ -67,12 +65,11 @@ impl Worker {
         index: usize,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
-        admitted: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
         fanout: Rc<FanOut>,
         send_ring: Rc<Ring>,
     ) -> Rc<Worker> {
         Rc::new(Worker {
-            connection_limit: config.connection_limit(),
             config,
             thread_metrics: metrics.threads[index].clone(),
             metrics,
@@ -80,7 +77,7 @@ impl Worker {
             send_ring,
             block: RefCell::default(),
             inflater: RefCell::default(),
-            admitted,
+            admission,
             // Ids are unique across threads: the thread index is in the top bits.
             next_id: Cell::new((index as u64) << 48),
             streams: RefCell::default(),
@@ -110,6 +107,25 @@ impl Worker {
     pub(crate) fn tick(&self) {
         self.fanout.keep_windows();
         self.trimmer.tick(self.streams.borrow().len());
+    }
+
+    /// Pings every upgraded connection each `--ping-interval` and closes those silent for
+    /// `--ping-timeout`: one sweep of this thread's connections every quarter interval (at
+    /// most a second apart), rather than a timer per connection, which would outlive a closed
+    /// connection by up to an interval and cost every idle one a task. Ends at shutdown.
+    pub(crate) async fn run_keepalive(self: Rc<Self>, interval: Duration, timeout: Duration) {
+        let sweep = (interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut ticks = tokio::time::interval(sweep);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = Vec::new();
+        while !self.is_shutting_down() {
+            ticks.tick().await;
+            let now = Instant::now();
+            due.extend(self.subscribers.borrow().values().cloned());
+            for subscriber in due.drain(..) {
+                subscriber.keep_alive(now, interval, timeout);
+            }
+        }
     }
 
     pub(crate) fn add_subscriber(&self, subscriber: &Rc<Subscriber>) {
@@ -155,16 +171,11 @@ impl Worker {
 
     /// Takes a place under `--max-connections`; `false` when the server is full.
     pub(crate) fn try_admit(&self) -> bool {
-        let before = self.admitted.fetch_add(1, Ordering::Relaxed);
-        if self.connection_limit.is_some_and(|limit| before >= limit) {
-            self.admitted.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.admission.try_upgrade()
     }
 
     pub(crate) fn release(&self) {
-        self.admitted.fetch_sub(1, Ordering::Relaxed);
+        self.admission.release_upgrade();
     }
 
     /// Publishes the messages the block encoder holds, from connection `from` to `channel`

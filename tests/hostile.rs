@@ -757,6 +757,124 @@ async fn max_connections_rejects_then_admits() {
 
 // ---------------------------------------------------------------------------------------------
 
+/// A TCP connection to `server` from the loopback address `from`.
+async fn tcp_from(server: &Server, from: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse().unwrap())
+        .expect("bind a loopback source address");
+    within(STEP, "connect", socket.connect(server.addr))
+        .await
+        .unwrap()
+}
+
+/// A TCP connection to `server` from the loopback address `from`, upgraded to `path`.
+async fn connect_from(server: &Server, from: &str, path: &str) -> Raw {
+    Raw::upgrade(tcp_from(server, from).await, server.addr, path).await
+}
+
+/// `--max-connections-per-ip 3 --limit-loopback`: an address holding three connections, two of
+/// them only handshakes in flight (TCP open, no request sent), gets 429 with the reason for a
+/// fourth, at once; another address is not affected; once one of the three ends, the address
+/// gets its place back. Without `--limit-loopback`, loopback clients are exempt. (The limited
+/// client is 127.0.0.3; the test reads `/metrics` from 127.0.0.1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_ip_counts_handshakes_and_frees_places() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMITED: &str = "127.0.0.3";
+    let _serial = serial().await;
+    let server = Server::start(&[
+        "--threads",
+        "2",
+        "--max-connections-per-ip",
+        "3",
+        "--limit-loopback",
+    ]);
+    let mut upgraded = connect_from(&server, LIMITED, "/ip").await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tcp_from(&server, LIMITED).await);
+    }
+    // The idle ones are accepted (their places taken) before the fourth asks (each scrape of
+    // /metrics is a connection too, counted before it answers).
+    within(STEP, "three connections accepted", async {
+        while metric(&server, "connections_total").await < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut fourth = tcp_from(&server, LIMITED).await;
+    fourth
+        .write_all(&upgrade_request(server.addr, "/ip"))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within(
+        STEP,
+        "the answer to the 4th",
+        fourth.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    let answered = started.elapsed();
+    let r = parse_http(&answer);
+    assert_eq!(r.status, 429, "4th connection from {LIMITED}: {}", r.body);
+    assert!(
+        r.body.contains("--max-connections-per-ip 3"),
+        "429 body: {:?}",
+        r.body
+    );
+    let refused =
+        metrics(&server).await["ringcast_handshake_failures_total{reason=\"per_address\"}"];
+    assert_eq!(refused, 1);
+
+    // Another address is served, and relays to the first.
+    let mut other = connect_from(&server, "127.0.0.2", "/ip").await;
+    other.send(&whole(OpCode::Text, b"from elsewhere")).await;
+    let f = upgraded.expect_frame("relay from 127.0.0.2").await;
+    assert_eq!(f.payload, b"from elsewhere");
+
+    // A handshake in flight that ends gives its place back.
+    drop(idle.pop());
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let mut again = tcp_from(&server, LIMITED).await;
+        again
+            .write_all(&upgrade_request(server.addr, "/ip"))
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        within(STEP, "an answer", again.read_exact(&mut head))
+            .await
+            .unwrap();
+        if head.starts_with(b"HTTP/1.1 101") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{LIMITED} never got its place back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let exempt = Server::start(&["--threads", "1", "--max-connections-per-ip", "1"]);
+    let mut many = Vec::new();
+    for _ in 0..4 {
+        many.push(connect_from(&exempt, LIMITED, "/ip").await);
+    }
+    wait_connections(&exempt, 4).await;
+    figure(
+        "max_connections_per_ip",
+        format!(
+            "4th connection from one address got 429 in {answered:?}: {:?}",
+            r.body
+        ),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
 /// `--ping-interval 0.2 --ping-timeout 1`: a client that reads (tungstenite answers pings)
 /// stays connected for 2.5 s; a raw client that never answers is closed with 1001 after ~1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,3 +115,58 @@ async fn clients_that_answer_pings_stay_connected() {
     .await;
     assert_eq!(metric(&server, "connections").await, 2);
 }
+
+/// The server side's established sockets on `port` and their kernel timers, from
+/// /proc/net/tcp: (timer kind, seconds to its expiry) per socket; timer kind 2 is keepalive.
+fn server_socket_timers(port: u16) -> Vec<(u8, f64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.split(':').nth(1)?, 16).ok()?;
+            let established = *fields.get(3)? == "01";
+            let (kind, when) = fields.get(5)?.split_once(':')?;
+            let ticks = u64::from_str_radix(when, 16).ok()?;
+            // `when` is in jiffies; USER_HZ (100 here) is what /proc reports them in.
+            (local_port == port && established).then(|| {
+                (
+                    u8::from_str_radix(kind, 16).unwrap_or(0),
+                    ticks as f64 / 100.0,
+                )
+            })
+        })
+        .collect()
+}
+
+/// By default the server turns on TCP keepalive for every client (60 s idle, then probes), so
+/// that a peer gone without a FIN is dropped even with pings off; `--tcp-keepalive 0` turns it
+/// off. Read from the kernel's own table of the server's sockets.
+#[tokio::test]
+async fn tcp_keepalive_is_on_by_default() {
+    for (args, want) in [
+        (&["--threads", "1"][..], true),
+        (&["--threads", "1", "--tcp-keepalive", "0"][..], false),
+    ] {
+        let server = Server::start(args);
+        let _client = Raw::connect(server.addr, "/tcp").await;
+        wait_connections(&server, 1).await;
+        // Once the 101 is acknowledged, the only timer left on an idle socket is keepalive's.
+        let timers = within(STEP, "an idle server socket", async {
+            loop {
+                let timers = server_socket_timers(server.addr.port());
+                if !timers.is_empty() && timers.iter().all(|t| t.0 != 1) {
+                    return timers;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let keepalive = timers.iter().any(|&(kind, secs)| kind == 2 && secs > 30.0);
+        assert_eq!(
+            keepalive, want,
+            "{args:?}: the server's sockets' timers {timers:?} (kind 2 = keepalive)"
+        );
+    }
+}

@@ -10,7 +10,6 @@
 //! read then carries hundreds of messages, and reads follow each other without a poll in
 //! between while they fill the buffer.
 
-use crate::config::Config;
 use crate::fanout::channel::Channel;
 use crate::fanout::compressed::Encoding;
 use crate::fanout::subscriber::{Subscriber, SubscriberSettings};
@@ -110,9 +109,6 @@ impl Link {
         channel.add(subscriber.clone());
         worker.add_subscriber(&subscriber);
         ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
-        if let Some(interval) = Config::enabled(config.ping_interval) {
-            subscriber.start_keepalive(interval, config.ping_timeout.0);
-        }
         if worker.is_shutting_down() {
             subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
         }

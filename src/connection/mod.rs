@@ -10,24 +10,67 @@
 mod link;
 mod upgrade;
 
-use crate::telemetry::metrics::ThreadMetrics;
+use crate::config::Config;
+use crate::telemetry::metrics::{HandshakeFailure, ThreadMetrics};
 use crate::worker::Worker;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
+use std::time::Duration;
 use tokio_uring::net::TcpStream;
 
-/// Serves one accepted connection to its end.
-pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+/// Probes TCP keepalive sends after `--tcp-keepalive` idle seconds, this far apart.
+const KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered keepalive probes after which the kernel drops the connection.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Serves one accepted connection, from `peer`, to its end.
+pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let stream = Rc::new(stream);
     let _ = stream.set_nodelay(true);
+    set_keepalive(&stream, &worker.config);
     let id = worker.register(&stream);
     ThreadMetrics::add(&worker.thread_metrics.connections_total, 1);
+    // The address's place is held from here, through the handshake, to the connection's end.
+    let Some(place) = worker.admission.admit_address(peer.ip()) else {
+        worker
+            .thread_metrics
+            .handshake_failed(HandshakeFailure::PerAddress);
+        upgrade::refuse_per_address(&stream, &worker.config).await;
+        worker.unregister(id);
+        return;
+    };
     match upgrade::handshake(&worker, &stream, id).await {
         // This task and its handshake state (timer, buffers, response) end here; the
-        // WebSocket lives on in a task of its own whose only state is the boxed link and its
-        // read loop: that task is most of an idle connection's memory.
+        // WebSocket lives on in a task of its own whose only state is the boxed link, its
+        // address's place and its read loop: that task is most of an idle connection's memory.
         Some(link) => {
-            tokio_uring::spawn(link.run());
+            tokio_uring::spawn(async move {
+                link.run().await;
+                drop(place);
+            });
         }
         None => worker.unregister(id),
+    }
+}
+
+/// Turns on TCP keepalive (`--tcp-keepalive`): a peer that vanished without a FIN (a cable
+/// pulled, a host gone) is dropped by the kernel after the idle time and
+/// [`KEEPALIVE_PROBES`] unanswered probes, even with WebSocket pings off.
+fn set_keepalive(stream: &TcpStream, config: &Config) {
+    let Some(idle) = Config::enabled(config.tcp_keepalive) else {
+        return;
+    };
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(KEEPALIVE_PROBE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    // SAFETY: the descriptor is `stream`'s, open for as long as this borrow lives; the SockRef
+    // only sets options on it and never closes it.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let socket = socket2::SockRef::from(&fd);
+    if let Err(err) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%err, "could not set TCP keepalive");
     }
 }

@@ -3,7 +3,7 @@
 //! error that says why.
 
 use super::link::Link;
-use crate::config::Compression;
+use crate::config::{Compression, Config};
 use crate::telemetry::metrics::HandshakeFailure;
 use crate::telemetry::page::PAGE;
 use crate::worker::Worker;
@@ -98,6 +98,16 @@ pub(super) async fn handshake(
         }
     }
     None
+}
+
+/// Answers a client whose address holds `--max-connections-per-ip` connections: 429, at once.
+pub(super) async fn refuse_per_address(stream: &TcpStream, config: &Config) {
+    let body = format!(
+        "too many connections from your address (--max-connections-per-ip {}); close some and \
+         try again\n",
+        config.max_connections_per_ip
+    );
+    reject(stream, handshake::plain_response(429, &body)).await;
 }
 
 /// Reads until a whole request is in; returns it with the bytes that followed it.

@@ -146,6 +146,8 @@ pub struct Subscriber {
     settings: SubscriberSettings,
     /// When the peer last sent anything, for `--ping-timeout`.
     last_heard: Cell<Instant>,
+    /// When the keepalive sweep last pinged it (at first: when it connected).
+    last_ping: Cell<Instant>,
     /// When the subscriber last made progress: a write took bytes, or it caught up. A reader
     /// behind its channel's window that has made none for `--slow-timeout` is stalled.
     last_progress: Cell<Instant>,
@@ -203,6 +205,7 @@ impl Subscriber {
             metrics,
             settings,
             last_heard: Cell::new(Instant::now()),
+            last_ping: Cell::new(Instant::now()),
             last_progress: Cell::new(Instant::now()),
             left_behind: Cell::new(false),
             bytes_written: Cell::new(0),
@@ -411,28 +414,19 @@ impl Subscriber {
         self.last_heard.set(Instant::now());
     }
 
-    /// Pings the peer every `interval` and closes it when it has been silent (no frame, no pong)
-    /// for `timeout`. The task holds no strong reference and ends with the connection.
-    pub fn start_keepalive(&self, interval: Duration, timeout: Duration) {
-        let me = self.me.clone();
-        tokio_uring::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(subscriber) = me.upgrade() else {
-                    return;
-                };
-                if subscriber.is_closing() {
-                    return;
-                }
-                if subscriber.last_heard.get().elapsed() >= timeout {
-                    subscriber.close(CloseCode::GOING_AWAY, "ping timeout", true);
-                    return;
-                }
-                subscriber.send_control(OpCode::Ping, b"ringcast");
-            }
-        });
+    /// The worker's keepalive sweep at `now`: closes the peer (1001) when it has been silent
+    /// (no frame, no pong) for `timeout`, or pings it when it was last pinged `interval` ago
+    /// or more. Each connection's pings keep the phase of its connect, so they spread out.
+    pub fn keep_alive(&self, now: Instant, interval: Duration, timeout: Duration) {
+        if self.is_closing() {
+            return;
+        }
+        if now.saturating_duration_since(self.last_heard.get()) >= timeout {
+            self.close(CloseCode::GOING_AWAY, "ping timeout", true);
+        } else if now.saturating_duration_since(self.last_ping.get()) >= interval {
+            self.last_ping.set(now);
+            self.send_control(OpCode::Ping, b"ringcast");
+        }
     }
 
     /// A close frame is queued (or the connection is over).

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Handshake failure labels, in the order of [`ThreadMetrics::handshake_failures`].
-pub const HANDSHAKE_FAILURE_LABELS: [&str; 8] = [
+pub const HANDSHAKE_FAILURE_LABELS: [&str; 9] = [
     "malformed",
     "bad_key",
     "version",
@@ -20,6 +20,7 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 8] = [
     "timeout",
     "over_capacity",
     "out_of_descriptors",
+    "per_address",
 ];
 
 /// Why a connection did not become a WebSocket.
@@ -33,6 +34,8 @@ pub enum HandshakeFailure {
     OverCapacity,
     /// The process was out of file descriptors: answered 503 at accept.
     OutOfDescriptors,
+    /// The client's address held `--max-connections-per-ip` connections: answered 429.
+    PerAddress,
 }
 
 impl HandshakeFailure {
@@ -43,6 +46,7 @@ impl HandshakeFailure {
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::OverCapacity => "over_capacity",
             HandshakeFailure::OutOfDescriptors => "out_of_descriptors",
+            HandshakeFailure::PerAddress => "per_address",
         }
     }
 }
@@ -354,6 +358,7 @@ mod tests {
             HandshakeFailure::Timeout,
             HandshakeFailure::OverCapacity,
             HandshakeFailure::OutOfDescriptors,
+            HandshakeFailure::PerAddress,
         ];
         let labels: Vec<&str> = failures.iter().map(|f| f.label()).collect();
         assert_eq!(labels, HANDSHAKE_FAILURE_LABELS);

@@ -58,8 +58,8 @@ pub struct Config {
     #[arg(long)]
     pub pin: bool,
 
-    /// Largest message accepted, in bytes (larger: close 1009).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Largest message accepted, in bytes (larger: close 1009). Takes suffixes like 1MiB.
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = parse_size)]
     pub max_message: usize,
 
     /// Bytes of published messages each worker thread keeps per channel for its subscribers
@@ -68,7 +68,7 @@ pub struct Config {
     /// block, shared by all its subscribers however many. Larger rides out longer stalls and
     /// bigger bursts without pausing publishers; smaller bounds memory tighter and asks more
     /// speed of a reader behind it (at least window / slow-timeout bytes a second).
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = parse_size)]
     pub channel_window: usize,
 
     /// Seconds a reader may hold a full channel: one behind the window that has made no
@@ -79,6 +79,17 @@ pub struct Config {
     /// long. 0: no pause, the policy applies as soon as the window is passed.
     #[arg(long, default_value = "2.0", value_parser = parse_secs)]
     pub slow_timeout: SecsArg,
+
+    /// Bytes the server may hold for messages, all channels and connections together: log
+    /// blocks with their compressed copies, read and inflate buffers, blocks on their way
+    /// between threads and to and from the broker. Accepts suffixes: 512MiB, 2GiB, 1.5G, 64k.
+    /// At the budget publishers pause, then the readers furthest behind get --slow-policy
+    /// (after --slow-timeout), and new connections get 503 until memory is back under it.
+    /// Default: half the machine's memory or of the memory cgroup's limit, whichever is
+    /// smaller (the other half is left for connections' own state, ~6 KiB each, and for what
+    /// is in flight). Smaller bounds the process tighter; larger rides out more slow readers.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
 
     /// What happens to a subscriber left behind its channel's window.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Close)]
@@ -180,7 +191,7 @@ pub struct Config {
 
     /// Bytes of blocks waiting for the broker before publishes to it are dropped (counted;
     /// local delivery goes on). Larger rides out a slower broker; smaller bounds memory tighter.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = parse_size)]
     pub cluster_queue: usize,
 
     /// The first tokens of every channel's subject at the broker (PREFIX.ch.CHANNEL): nodes
@@ -210,6 +221,37 @@ impl From<f64> for SecsArg {
     fn from(secs: f64) -> Self {
         SecsArg(Duration::from_secs_f64(secs))
     }
+}
+
+/// A byte count with an optional binary (KiB, MiB, GiB, TiB) or decimal-looking (k, M, G, T,
+/// KB, MB, GB, TB: taken as powers of 1024 too, as memory sizes usually are) suffix.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB, GiB)")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is not a usable number of bytes"));
+    }
+    Ok(bytes as u64)
+}
+
+/// [`parse_bytes`] for a size held in memory.
+fn parse_size(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(s)?).map_err(|_| format!("{s:?} is too large"))
 }
 
 fn parse_secs(s: &str) -> Result<SecsArg, String> {
@@ -263,6 +305,14 @@ impl Config {
         }
     }
 
+    /// The memory budget in force, in bytes: `--memory-limit`, or half of what the machine or
+    /// the memory cgroup allows (whichever is smaller), or 1 GiB if neither can be read.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_limit.unwrap_or_else(|| {
+            ringcast_os::memory::available_bytes().map_or(1 << 30, |available| available / 2)
+        })
+    }
+
     /// `--max-connections-per-ip` in force (`None`: no limit).
     pub fn per_address_limit(&self) -> Option<u32> {
         (self.max_connections_per_ip > 0).then_some(self.max_connections_per_ip)
@@ -295,6 +345,29 @@ mod tests {
         assert_eq!(c.tcp_keepalive.0, Duration::from_secs(60));
         assert_eq!(c.per_address_limit(), Some(1000));
         assert!(!c.limit_loopback);
+    }
+
+    #[test]
+    fn memory_sizes_take_suffixes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes(" 8 MB "), Ok(8 << 20));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        let c = Config::try_parse_from(["ringcast", "--channel-window", "16MiB"]).unwrap();
+        assert_eq!(c.channel_window, 16 << 20);
+        let c = Config::try_parse_from(["ringcast", "--channel-window", "65536"]).unwrap();
+        assert_eq!(c.channel_window, 65536);
+        let c = Config::try_parse_from(["ringcast", "--memory-limit", "32MiB"]).unwrap();
+        assert_eq!(c.memory_budget(), 32 << 20);
+        let default = Config::default().memory_budget();
+        let available = ringcast_os::memory::available_bytes().unwrap();
+        assert_eq!(default, available / 2);
     }
 
     #[test]

@@ -25,11 +25,13 @@
 //! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
 //! - [`telemetry`]: counters for `/metrics` and the `--stats-interval` line.
 //! - [`config`]: every flag, its default and its trade-off.
+//! - [`budget`]: the bytes held for messages, counted against `--memory-limit`.
 //! - `maps`: hash maps that shrink back when their entries leave; `memory`: freed memory
 //!   handed back to the OS after a spike of connections.
 
 pub use ringcast_proto as proto;
 
+pub mod budget;
 pub mod cluster;
 pub mod config;
 pub mod fanout;

@@ -38,6 +38,16 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             "no connection limit (--max-connections 0); the open-file limit is {nofile}"
         ),
     }
+    let budget = config.memory_budget();
+    tracing::info!(
+        "memory budget {:.1} MiB for messages{}",
+        budget as f64 / 1048576.0,
+        if config.memory_limit.is_some() {
+            " (--memory-limit)"
+        } else {
+            ": half of what the machine or its memory cgroup allows (set --memory-limit to change)"
+        }
+    );
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let server = Server::bind(config)?;
     println!(

@@ -140,6 +140,8 @@ impl Server {
             }
         };
         let registry = Arc::new(registry);
+        crate::budget::BUDGET
+            .set_limit(usize::try_from(self.config.memory_budget()).unwrap_or(usize::MAX));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<ServerError>();
         let admission = Arc::new(Admission::new(

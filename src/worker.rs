@@ -7,6 +7,7 @@
 //! them (to the channel, or back to the sender on the echo path).
 
 use crate::admission::Admission;
+use crate::budget::{BufferCharge, BUDGET};
 use crate::config::Config;
 use crate::fanout::block::{BlockEncoder, NO_ORIGIN};
 use crate::fanout::channel::Channel;
@@ -24,6 +25,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_uring::net::TcpStream;
@@ -31,6 +33,13 @@ use tokio_uring::net::TcpStream;
 /// An inflate buffer is given back to the allocator past this size (a 16 MiB message must not
 /// pin 16 MiB per thread for ever).
 const INFLATE_KEEP_BYTES: usize = 1 << 20;
+
+/// How often a publisher paused for memory looks at the budget again.
+const MEMORY_LOOK_AGAIN: Duration = Duration::from_millis(10);
+
+/// While memory stays spent, the readers furthest behind are shed at most this often (a
+/// reader closed with a write in flight frees its blocks only when the write completes).
+const SHED_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The send ring of a worker: it writes for subscribers.
 pub(crate) type Ring = SendRing<Subscriber>;
@@ -46,8 +55,12 @@ pub(crate) struct Worker {
     /// Where a publisher's messages are encoded, one block per read (empty between reads).
     pub(crate) block: RefCell<BlockEncoder>,
     /// Inflates compressed messages from clients (one at a time; no context between them),
-    /// into its buffer.
-    inflater: RefCell<(Decompressor, Vec<u8>)>,
+    /// into its buffer, whose size is charged to the memory budget.
+    inflater: RefCell<(Decompressor, Vec<u8>, BufferCharge)>,
+    /// Since when the memory budget has been spent, as this thread last saw it, and when it
+    /// last shed readers for it.
+    spent_since: Cell<Option<Instant>>,
+    last_shed: Cell<Option<Instant>>,
     /// `--max-connections` and `--max-connections-per-ip`, across all threads.
     pub(crate) admission: Arc<Admission>,
     next_id: Cell<u64>,
@@ -83,6 +96,8 @@ impl Worker {
             streams: RefCell::default(),
             subscribers: RefCell::default(),
             shutting_down: Cell::new(false),
+            spent_since: Cell::new(None),
+            last_shed: Cell::new(None),
             trimmer: Trimmer::default(),
         })
     }
@@ -106,6 +121,7 @@ impl Worker {
     /// memory back to the OS after a spike.
     pub(crate) fn tick(&self) {
         self.fanout.keep_windows();
+        self.keep_budget();
         self.trimmer.tick(self.streams.borrow().len());
     }
 
@@ -151,13 +167,13 @@ impl Worker {
         payload: &[u8],
     ) -> Result<usize, ProtocolError> {
         let mut inflater = self.inflater.borrow_mut();
-        let (decompressor, message) = &mut *inflater;
-        decompressor
-            .inflate(payload, self.config.max_message, message)
-            .map_err(|e| match e {
-                InflateError::TooBig => ProtocolError::MessageTooBig,
-                InflateError::Corrupt => ProtocolError::BadCompressedData,
-            })?;
+        let (decompressor, message, charge) = &mut *inflater;
+        let inflated = decompressor.inflate(payload, self.config.max_message, message);
+        charge.update(message.capacity());
+        inflated.map_err(|e| match e {
+            InflateError::TooBig => ProtocolError::MessageTooBig,
+            InflateError::Corrupt => ProtocolError::BadCompressedData,
+        })?;
         if opcode == OpCode::Text && std::str::from_utf8(message).is_err() {
             return Err(ProtocolError::InvalidUtf8);
         }
@@ -165,8 +181,63 @@ impl Worker {
         let inflated = message.len();
         if message.capacity() > INFLATE_KEEP_BYTES {
             *message = Vec::new();
+            charge.update(0);
         }
         Ok(inflated)
+    }
+
+    /// Waits while the memory budget is spent: a connection awaits this before it reads on
+    /// (see [`crate::budget`]). Once this thread has seen the budget spent for
+    /// `--slow-timeout`, it sheds the readers furthest behind.
+    pub(crate) async fn wait_for_memory(&self) {
+        if !BUDGET.is_spent() {
+            return;
+        }
+        let started = Instant::now();
+        BUDGET.publisher_pauses.fetch_add(1, Ordering::Relaxed);
+        while BUDGET.is_spent() && !self.is_shutting_down() {
+            self.keep_budget();
+            tokio::time::sleep(MEMORY_LOOK_AGAIN).await;
+        }
+        ThreadMetrics::add(&self.thread_metrics.publisher_pauses, 1);
+        ThreadMetrics::add(
+            &self.thread_metrics.publisher_paused_ns,
+            started.elapsed().as_nanos() as u64,
+        );
+    }
+
+    /// Notes whether the memory budget is spent and, once it has been for `--slow-timeout`,
+    /// sheds the readers furthest behind on this thread (at most every [`SHED_INTERVAL`]).
+    fn keep_budget(&self) {
+        if !BUDGET.is_spent() {
+            self.spent_since.set(None);
+            return;
+        }
+        let now = Instant::now();
+        let since = self.spent_since.get().unwrap_or(now);
+        self.spent_since.set(Some(since));
+        if now.duration_since(since) < self.config.slow_timeout.0 {
+            return;
+        }
+        if self
+            .last_shed
+            .get()
+            .is_some_and(|last| now.duration_since(last) < SHED_INTERVAL)
+        {
+            return;
+        }
+        self.last_shed.set(Some(now));
+        let shed = self.fanout.shed_furthest_behind();
+        BUDGET
+            .readers_shed
+            .fetch_add(shed as u64, Ordering::Relaxed);
+        if shed > 0 {
+            tracing::debug!(
+                shed,
+                used = BUDGET.used(),
+                "memory budget spent: readers shed"
+            );
+        }
     }
 
     /// Takes a place under `--max-connections`; `false` when the server is full.

@@ -467,3 +467,129 @@ async fn a_burst_under_a_memory_limit_is_never_oom_killed() {
         ),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// Eight channels, each with one reader that never reads and a publisher pushing 24 MiB as
+/// fast as the server takes it, under `--memory-limit 32MiB` with a 16 MiB window per channel
+/// (the windows alone would let the logs hold 8 x 16 = 128 MiB, and 192 MiB are sent): the
+/// publishers pause at the budget, the readers furthest behind are shed after
+/// `--slow-timeout`, the server's resident memory grows by no more than the budget plus the
+/// documented overhead (a block in the making per thread, allocator slack: 24 MiB here), the
+/// budget's count returns to (nearly) nothing, and the server relays on a new channel
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_stalled_channels_stay_within_the_memory_budget() {
+    let _serial = serial().await;
+    const BUDGET: u64 = 32 << 20;
+    const CHANNELS: usize = 8;
+    const COUNT: u64 = 384;
+    const SIZE: usize = 64 << 10;
+    let server = Server::start(&[
+        "--threads",
+        "2",
+        "--memory-limit",
+        "32MiB",
+        "--channel-window",
+        "16MiB",
+        "--slow-timeout",
+        "1",
+    ]);
+    let addr = server.addr;
+    let mut stalled = Vec::new();
+    let mut publishers = Vec::new();
+    for c in 0..CHANNELS {
+        stalled.push(Raw::connect_stalling(addr, &format!("/budget/{c}")).await);
+        publishers.push(Raw::connect(addr, &format!("/budget/{c}")).await);
+    }
+    wait_connections(&server, 2 * CHANNELS as u64).await;
+    let rss_before = server.rss_kib();
+    let m = metrics(&server).await;
+    assert_eq!(m["ringcast_memory_limit_bytes"], BUDGET);
+
+    let started = Instant::now();
+    let sampling = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            let m = metrics_at(addr).await;
+            most = most.max(m["ringcast_memory_used_bytes"]);
+            if m["ringcast_connections"] == 0 {
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut pushing = JoinSet::new();
+    for mut publisher in publishers {
+        pushing.spawn(async move {
+            let message = whole(OpCode::Binary, &vec![7u8; SIZE]);
+            for _ in 0..COUNT {
+                publisher.send(&message).await;
+            }
+            publisher
+        });
+    }
+    let mut done = Vec::new();
+    within(Duration::from_secs(60), "the publishers", async {
+        while let Some(p) = pushing.join_next().await {
+            done.push(p.expect("publisher"));
+        }
+    })
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let m = metrics(&server).await;
+    let peak_growth_mib = server.peak_rss_kib().saturating_sub(rss_before) / 1024;
+    let (pauses, shed) = (
+        m["ringcast_memory_pauses_total"],
+        m["ringcast_memory_readers_shed_total"],
+    );
+    eprintln!(
+        "{CHANNELS} x {} MiB in {secs:.1} s under a 32 MiB budget: peak RSS +{peak_growth_mib} \
+         MiB, {pauses} pauses for memory, {shed} readers shed, slow closed {}",
+        (COUNT * SIZE as u64) >> 20,
+        m["ringcast_slow_closed_total"]
+    );
+    assert!(pauses > 0, "the publishers never paused for memory");
+    assert!(shed > 0, "no reader was shed for memory");
+    assert!(
+        peak_growth_mib < (BUDGET >> 20) + 24,
+        "peak RSS grew {peak_growth_mib} MiB under a {} MiB budget",
+        BUDGET >> 20
+    );
+    // Everything relayed is released: what is left counted are the connections' read buffers.
+    drop(done);
+    drop(stalled);
+    wait_connections(&server, 0).await;
+    let most_counted = within(STEP, "the sampler", sampling).await.unwrap();
+    eprintln!(
+        "the budget's count peaked at {:.1} MiB",
+        most_counted as f64 / 1048576.0
+    );
+    assert!(
+        most_counted < BUDGET + (4 << 20),
+        "the budget's count reached {most_counted} bytes (budget {BUDGET})"
+    );
+    let used = metric(&server, "memory_used_bytes").await;
+    assert!(
+        used < 1 << 20,
+        "{used} bytes still counted with no connection open"
+    );
+    // And the server still relays, on a channel it never had.
+    let mut a = ws(&server, "/after").await;
+    let mut b = ws(&server, "/after").await;
+    wait_connections(&server, 2).await;
+    send(&mut a, Message::text("still relaying")).await;
+    assert_eq!(
+        next_data(&mut b, "a message on a new channel").await,
+        Message::text("still relaying")
+    );
+    figure(
+        "memory_budget",
+        format!(
+            "{CHANNELS} channels x {} MiB with a stalled reader each, --memory-limit 32MiB, \
+             16 MiB windows: peak RSS +{peak_growth_mib} MiB, {shed} readers shed, {pauses} \
+             pauses; relays after",
+            (COUNT * SIZE as u64) >> 20
+        ),
+    );
+}

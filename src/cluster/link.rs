@@ -5,6 +5,7 @@
 use super::envelope;
 use super::settings::ClusterConfig;
 use super::subject;
+use crate::budget::{RateLimited, BUDGET};
 use crate::fanout::block::{Block, NO_ORIGIN};
 use crate::fanout::inbox::{Forward, InboxReceiver, InboxSender};
 use crate::fanout::registry::{ChannelEvent, ChannelShared};
@@ -18,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+
+/// At most one warning a minute about blocks from the broker dropped for memory.
+static DROP_WARNING: RateLimited = RateLimited::every_secs(60);
 
 /// How long a worker thread's inbox may keep a block from the broker waiting before the block
 /// is dropped (counted): the link must keep reading from the broker.
@@ -278,6 +282,19 @@ async fn deliver(
                 } else {
                     NO_ORIGIN
                 };
+                if BUDGET.is_spent() {
+                    ClusterMetrics::add(&cluster.dropped_in, u64::from(env.frames));
+                    BUDGET.broker_blocks_dropped.fetch_add(1, Ordering::Relaxed);
+                    if DROP_WARNING.due() {
+                        tracing::warn!(
+                            used = BUDGET.used(),
+                            limit = BUDGET.limit(),
+                            "cluster: memory budget spent, blocks from the broker dropped \
+                             (ringcast_memory_broker_blocks_dropped_total)"
+                        );
+                    }
+                    continue;
+                }
                 match Block::from_encoded(env.body, env.frames, origin) {
                     Ok(block) => Arc::new(block),
                     Err(err) => {

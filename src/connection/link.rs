@@ -10,6 +10,7 @@
 //! read then carries hundreds of messages, and reads follow each other without a poll in
 //! between while they fill the buffer.
 
+use crate::budget::BufferCharge;
 use crate::fanout::channel::Channel;
 use crate::fanout::compressed::Encoding;
 use crate::fanout::subscriber::{Subscriber, SubscriberSettings};
@@ -158,6 +159,7 @@ impl Link {
             // The handshake's buffer is dropped for a small one.
             buf = Vec::with_capacity(INITIAL_READ_BYTES);
         }
+        let mut charge = BufferCharge::default();
         loop {
             if self.subscriber.is_closing() && self.failed {
                 // Failed: the peer's remaining bytes are read only to see its TCP close.
@@ -191,6 +193,8 @@ impl Link {
                 self.channel
                     .wait_for_room(&self.worker.thread_metrics)
                     .await;
+                // The memory budget is spent: read on once it is not (see crate::budget).
+                self.worker.wait_for_memory().await;
             }
             if wait_first && !self.publisher {
                 // The socket was drained: wait for more without holding a small buffer
@@ -211,6 +215,7 @@ impl Link {
                 // A frame larger than the buffer: make room for more of it.
                 buf.reserve(buf.capacity());
             }
+            charge.update(buf.capacity());
             let filled = buf.len();
             let spare = buf.capacity() - filled;
             let (result, slice) = self.stream.read(buf.slice(filled..)).await;

@@ -3,6 +3,7 @@
 //! error that says why.
 
 use super::link::Link;
+use crate::budget::BUDGET;
 use crate::config::{Compression, Config};
 use crate::telemetry::metrics::HandshakeFailure;
 use crate::telemetry::page::PAGE;
@@ -10,6 +11,7 @@ use crate::worker::Worker;
 use ringcast_proto::handshake::{self, HandshakeError, Request};
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -74,6 +76,15 @@ pub(super) async fn handshake(
             },
             leftover,
         ))) => {
+            if BUDGET.is_spent() {
+                BUDGET.refused.fetch_add(1, Ordering::Relaxed);
+                worker
+                    .thread_metrics
+                    .handshake_failed(HandshakeFailure::OverMemory);
+                let body = "server is at --memory-limit; try again later\n";
+                reject(stream, handshake::plain_response(503, body)).await;
+                return None;
+            }
             if !worker.try_admit() {
                 worker
                     .thread_metrics

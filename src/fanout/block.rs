@@ -11,6 +11,7 @@
 
 use super::compressed;
 pub use super::compressed::Encoding;
+use crate::budget::BUDGET;
 use ringcast_proto::frame::{decode_header, encode_header, FrameError, OpCode, MAX_HEADER_LEN};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
@@ -74,7 +75,9 @@ impl Block {
         Ok(Block::new(Box::from(bytes), frames, origin))
     }
 
+    /// A block of `bytes`, charged to the memory budget until it is dropped.
     fn new(bytes: Box<[u8]>, frames: u32, origin: u64) -> Block {
+        BUDGET.charge(bytes.len());
         Block {
             bytes,
             frames,
@@ -97,7 +100,13 @@ impl Block {
                 let bits = window_bits.clamp(8, 15);
                 let full = (bits < 15).then(|| self.encoded(Encoding::Deflate { window_bits: 15 }));
                 self.deflated[usize::from(bits - 8)].get_or_init(|| {
-                    compressed::encode(&self.bytes, Encoding::Deflate { window_bits: bits }, full)
+                    let copy = compressed::encode(
+                        &self.bytes,
+                        Encoding::Deflate { window_bits: bits },
+                        full,
+                    );
+                    BUDGET.charge(copy.len());
+                    copy
                 })
             }
         }
@@ -118,6 +127,17 @@ impl Block {
 
     pub fn origin(&self) -> u64 {
         self.origin
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let copies: usize = self
+            .deflated
+            .iter()
+            .filter_map(|copy| copy.get().map(|c| c.len()))
+            .sum();
+        BUDGET.release(self.bytes.len() + copies);
     }
 }
 

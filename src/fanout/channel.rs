@@ -178,6 +178,34 @@ impl Channel {
         }
     }
 
+    /// The memory budget is spent: gives the slow policy to the readers in the older half of
+    /// this thread's log (the furthest behind: they hold its oldest blocks). Returns how many.
+    pub fn shed_oldest_half(&self) -> usize {
+        let start = {
+            let log = self.log.borrow();
+            if log.is_empty() {
+                return 0;
+            }
+            log.start_keeping(log.bytes() / 2)
+        };
+        let behind: Vec<Rc<Subscriber>> = self
+            .subscribers
+            .borrow()
+            .values()
+            .filter(|s| s.position().is_some_and(|p: Pos| p < start))
+            .cloned()
+            .collect();
+        for subscriber in &behind {
+            subscriber.fall_behind(start, self.policy.policy);
+        }
+        behind.len()
+    }
+
+    /// Bytes this thread's log holds.
+    pub fn log_bytes(&self) -> usize {
+        self.log.borrow().bytes()
+    }
+
     /// Scan `scan` found `subscriber` behind the window at `now` (`continuous`: the previous
     /// scan was at most [`SCAN_GAP`] ago): returns whether it has been behind at every scan
     /// for `timeout` while writing less than `window` bytes. One that wrote a window or more

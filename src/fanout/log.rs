@@ -300,16 +300,22 @@ impl<W: Parked> ChannelLog<W> {
         if self.bytes <= self.window {
             return None;
         }
+        Some(self.start_keeping(self.window))
+    }
+
+    /// The start of the oldest block such that it and the blocks after it hold at most `bytes`
+    /// (the newest block is always kept).
+    pub fn start_keeping(&self, bytes: usize) -> Pos {
         let mut kept = 0usize;
         let mut seq = self.head().seq;
         for block in self.blocks.iter().rev() {
-            if kept > 0 && kept + block.len() > self.window {
+            if kept > 0 && kept + block.len() > bytes {
                 break;
             }
             kept += block.len();
             seq = block.seq;
         }
-        Some(Pos { seq, off: 0 })
+        Pos { seq, off: 0 }
     }
 
     fn count(&mut self, pos: Pos) {

@@ -141,6 +141,24 @@ impl FanOut {
         }
     }
 
+    /// The memory budget is spent: gives the slow policy to the readers furthest behind on
+    /// this thread, those in the older half of its largest log (or of the next largest, if no
+    /// reader is there). Returns how many.
+    pub fn shed_furthest_behind(&self) -> usize {
+        let mut by_size: Vec<Rc<Channel>> = self.channels.borrow().values().cloned().collect();
+        by_size.sort_by_key(|c| std::cmp::Reverse(c.log_bytes()));
+        for channel in by_size {
+            if channel.log_bytes() == 0 {
+                break;
+            }
+            let shed = channel.shed_oldest_half();
+            if shed > 0 {
+                return shed;
+            }
+        }
+        0
+    }
+
     /// Channels with subscribers on this thread.
     pub fn len(&self) -> usize {
         self.channels.borrow().len()

@@ -5,13 +5,14 @@
 //! Counters are bumped once per block or per write, never per delivery.
 
 use super::cluster::{ClusterMetrics, ClusterSnapshot};
+use crate::budget::BUDGET;
 use ringcast_proto::handshake::HandshakeError;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Handshake failure labels, in the order of [`ThreadMetrics::handshake_failures`].
-pub const HANDSHAKE_FAILURE_LABELS: [&str; 9] = [
+pub const HANDSHAKE_FAILURE_LABELS: [&str; 10] = [
     "malformed",
     "bad_key",
     "version",
@@ -21,6 +22,7 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 9] = [
     "over_capacity",
     "out_of_descriptors",
     "per_address",
+    "over_memory",
 ];
 
 /// Why a connection did not become a WebSocket.
@@ -36,6 +38,8 @@ pub enum HandshakeFailure {
     OutOfDescriptors,
     /// The client's address held `--max-connections-per-ip` connections: answered 429.
     PerAddress,
+    /// The memory budget was spent (`--memory-limit`): answered 503.
+    OverMemory,
 }
 
 impl HandshakeFailure {
@@ -47,6 +51,7 @@ impl HandshakeFailure {
             HandshakeFailure::OverCapacity => "over_capacity",
             HandshakeFailure::OutOfDescriptors => "out_of_descriptors",
             HandshakeFailure::PerAddress => "per_address",
+            HandshakeFailure::OverMemory => "over_memory",
         }
     }
 }
@@ -138,7 +143,33 @@ pub struct Snapshot {
     pub compressed_messages: u64,
     pub compressed_bytes_in: u64,
     pub compressed_bytes_out: u64,
+    /// The memory budget (see [`crate::budget`]).
+    pub memory: MemorySnapshot,
     pub cluster: Option<ClusterSnapshot>,
+}
+
+/// The memory budget's gauges and counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySnapshot {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+    pub pauses: u64,
+    pub readers_shed: u64,
+    pub refused: u64,
+    pub broker_blocks_dropped: u64,
+}
+
+impl MemorySnapshot {
+    fn read() -> Self {
+        MemorySnapshot {
+            used_bytes: BUDGET.used() as u64,
+            limit_bytes: u64::try_from(BUDGET.limit()).unwrap_or(u64::MAX),
+            pauses: BUDGET.publisher_pauses.load(Relaxed),
+            readers_shed: BUDGET.readers_shed.load(Relaxed),
+            refused: BUDGET.refused.load(Relaxed),
+            broker_blocks_dropped: BUDGET.broker_blocks_dropped.load(Relaxed),
+        }
+    }
 }
 
 impl Metrics {
@@ -162,6 +193,7 @@ impl Metrics {
             compressed_bytes_in: COMPRESSION.bytes_in.load(Relaxed),
             compressed_bytes_out: COMPRESSION.bytes_out.load(Relaxed),
             cluster: self.cluster.snapshot(),
+            memory: MemorySnapshot::read(),
             ..Snapshot::default()
         };
         for t in &self.threads {
@@ -260,13 +292,15 @@ impl Snapshot {
         metric(
             "publisher_pauses_total",
             "counter",
-            "Times a publisher's reads waited for room in a full channel log.",
+            "Times a publisher's reads waited for room in a full channel log, or for memory under \
+             --memory-limit.",
             self.publisher_pauses,
         );
         metric(
             "publisher_paused_milliseconds_total",
             "counter",
-            "Time publishers' reads waited for room in full channel logs, in milliseconds.",
+            "Time publishers' reads waited for room in full channel logs or for memory, in \
+             milliseconds.",
             self.publisher_paused_ns / 1_000_000,
         );
         metric(
@@ -286,6 +320,44 @@ impl Snapshot {
             "counter",
             "Compressed payload bytes of those messages.",
             self.compressed_bytes_out,
+        );
+        let memory = &self.memory;
+        metric(
+            "memory_used_bytes",
+            "gauge",
+            "Bytes held for messages (blocks with their compressed copies, read and inflate \
+             buffers), counted against --memory-limit.",
+            memory.used_bytes,
+        );
+        metric(
+            "memory_limit_bytes",
+            "gauge",
+            "--memory-limit.",
+            memory.limit_bytes,
+        );
+        metric(
+            "memory_pauses_total",
+            "counter",
+            "Times a publisher's reads waited because the memory budget was spent.",
+            memory.pauses,
+        );
+        metric(
+            "memory_readers_shed_total",
+            "counter",
+            "Readers given the slow policy because the memory budget stayed spent.",
+            memory.readers_shed,
+        );
+        metric(
+            "memory_refused_total",
+            "counter",
+            "Upgrades answered 503 because the memory budget was spent.",
+            memory.refused,
+        );
+        metric(
+            "memory_broker_blocks_dropped_total",
+            "counter",
+            "Blocks from the cluster's broker dropped because the memory budget was spent.",
+            memory.broker_blocks_dropped,
         );
         let _ = writeln!(
             out,
@@ -359,6 +431,7 @@ mod tests {
             HandshakeFailure::OverCapacity,
             HandshakeFailure::OutOfDescriptors,
             HandshakeFailure::PerAddress,
+            HandshakeFailure::OverMemory,
         ];
         let labels: Vec<&str> = failures.iter().map(|f| f.label()).collect();
         assert_eq!(labels, HANDSHAKE_FAILURE_LABELS);

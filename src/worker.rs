@@ -158,17 +158,18 @@ impl Worker {
         self.shutting_down.get()
     }
 
-    /// Inflates a compressed message from a client (within `--max-message`; text must then be
+    /// Inflates a compressed message from a client (within `max_len`; text must then be
     /// UTF-8) and encodes it into the thread's block, like a plain one. Returns its inflated
     /// length.
     pub(crate) fn push_inflated(
         &self,
         opcode: OpCode,
         payload: &[u8],
+        max_len: usize,
     ) -> Result<usize, ProtocolError> {
         let mut inflater = self.inflater.borrow_mut();
         let (decompressor, message, charge) = &mut *inflater;
-        let inflated = decompressor.inflate(payload, self.config.max_message, message);
+        let inflated = decompressor.inflate(payload, max_len, message);
         charge.update(message.capacity());
         inflated.map_err(|e| match e {
             InflateError::TooBig => ProtocolError::MessageTooBig,

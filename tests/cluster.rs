@@ -273,3 +273,97 @@ async fn a_node_without_its_broker_serves_local_channels_and_warns() {
     assert_eq!(metric(&n, "cluster_connected").await, 0);
     assert!(metric(&n, "cluster_dropped_out_messages_total").await >= 1);
 }
+
+/// A broker that carries at most 64 KiB per message (`max_payload: 65536`), two nodes:
+/// - 1,000 messages of 1 KiB sent back to back (the publishing node's blocks reach hundreds of
+///   KiB) reach the remote subscriber, every one, in order: blocks cross in pieces cut between
+///   frames;
+/// - a 100 KiB message is refused to its publisher (close 1009 with the reason) and reaches
+///   nobody, local or remote, while the next message from another publisher reaches both;
+/// - a hostile peer of the broker publishes an empty block, a block whose text is not UTF-8
+///   and garbage on the channel's subject: the receiving node counts them as dropped, its
+///   subscriber gets none of them, and the channel goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_carries_only_what_fits_and_only_valid_blocks() {
+    use ringcast_proto::frame::{encode_frame, OpCode};
+    const BIG: &str = "ringcast.ch.%2Fbig";
+    let nats = Nats::start_with_config("max_payload: 65536\n");
+    let a = node(&nats, "a", &[]);
+    let b = node(&nats, "b", &[]);
+    let mut local = ws(&a, "/big").await;
+    let mut remote = ws(&b, "/big").await;
+    let mut publisher = ws(&a, "/big").await;
+    nats.wait_subjects("a", &[BIG]);
+    nats.wait_subjects("b", &[BIG]);
+
+    const COUNT: u64 = 1000;
+    for i in 0..COUNT {
+        let mut body = format!("p0:{i}:").into_bytes();
+        body.resize(1024, b'x');
+        publisher.feed(Message::binary(body)).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    for (who, ws) in [("local", &mut local), ("remote", &mut remote)] {
+        within(Duration::from_secs(30), who, async {
+            for i in 0..COUNT {
+                let Message::Binary(b) = next_data(ws, who).await else {
+                    panic!("{who}: not binary");
+                };
+                let want = format!("p0:{i}:");
+                assert!(
+                    b.starts_with(want.as_bytes()),
+                    "{who}: message {i} out of order"
+                );
+            }
+        })
+        .await;
+    }
+    let pieces = metric(&a, "cluster_published_blocks_total").await;
+    assert!(
+        pieces >= 16,
+        "1,000 KiB crossed in {pieces} broker messages of <= 64 KiB"
+    );
+
+    let mut big_sender = ws(&a, "/big").await;
+    wait_connections(&a, 3).await;
+    send(&mut big_sender, Message::binary(vec![0u8; 100 << 10])).await;
+    let close = within(STEP, "the refusal", async {
+        loop {
+            match big_sender.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(u16::from(close.code), 1009);
+    assert!(close.reason.contains("broker"), "reason: {}", close.reason);
+
+    // A hostile peer of the broker: none of this reaches the remote subscriber.
+    let dropped_before = metric(&b, "cluster_dropped_in_messages_total").await;
+    let envelope = |frames: u32, body: &[u8]| {
+        let mut e = b"RC\x01\x00".to_vec();
+        e.extend_from_slice(&frames.to_le_bytes());
+        e.extend_from_slice(&7u64.to_le_bytes());
+        e.extend_from_slice(&7u64.to_le_bytes());
+        e.extend_from_slice(body);
+        e
+    };
+    nats.publish_raw(BIG, &envelope(0, b""));
+    nats.publish_raw(
+        BIG,
+        &envelope(1, &encode_frame(OpCode::Text, &[0xff, 0xfe], None)),
+    );
+    nats.publish_raw(BIG, b"not an envelope at all");
+    send(&mut publisher, Message::text("after")).await;
+    for (who, ws) in [("local", &mut local), ("remote", &mut remote)] {
+        assert_eq!(
+            next_data(ws, who).await,
+            Message::text("after"),
+            "{who}: the message after the refused one and the bad blocks"
+        );
+    }
+    let dropped = metric(&b, "cluster_dropped_in_messages_total").await - dropped_before;
+    assert!(dropped >= 2, "the receiving node counted {dropped} dropped");
+}

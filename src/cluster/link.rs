@@ -13,6 +13,7 @@ use crate::telemetry::cluster::ClusterMetrics;
 use crate::telemetry::metrics::Metrics;
 use async_nats::{Client, ConnectOptions, Event, Subject};
 use futures_util::StreamExt;
+use ringcast_proto::frame::{decode_header, MAX_HEADER_LEN};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,8 +21,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// At most one warning a minute about blocks from the broker dropped for memory.
+/// At most one warning a minute about blocks from the broker dropped for memory, about
+/// failed subscriptions, and about bad blocks from the broker.
 static DROP_WARNING: RateLimited = RateLimited::every_secs(60);
+static SUBSCRIBE_WARNING: RateLimited = RateLimited::every_secs(60);
+static BAD_BLOCK_WARNING: RateLimited = RateLimited::every_secs(60);
+
+/// How often a failed subscription is tried again.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
 /// How long a worker thread's inbox may keep a block from the broker waiting before the block
 /// is dropped (counted): the link must keep reading from the broker.
@@ -35,6 +42,12 @@ const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
 fn backoff(attempts: usize) -> Duration {
     let shift = attempts.min(6) as u32;
     Duration::from_millis(50 << shift).min(Duration::from_secs(2))
+}
+
+/// The largest message payload a broker message of `max_payload` bytes carries: less the
+/// envelope's header and the largest frame header.
+pub(super) fn largest_message(max_payload: usize) -> u64 {
+    max_payload.saturating_sub(envelope::HEADER_LEN + MAX_HEADER_LEN) as u64
 }
 
 /// The thread's body: runs until `stop` says so.
@@ -66,6 +79,10 @@ struct Link {
     metrics: Arc<Metrics>,
     /// The node's subscriptions: channel name -> its subject and the task reading it.
     subscriptions: HashMap<Arc<str>, (Subject, JoinHandle<()>)>,
+    /// Channels whose subscription failed, tried again every [`SUBSCRIBE_RETRY`].
+    pending: Vec<Arc<ChannelShared>>,
+    /// The most block bytes one broker message carries (its `max_payload` less the envelope).
+    max_body: usize,
 }
 
 impl Link {
@@ -87,10 +104,15 @@ impl Link {
             inboxes: Arc::new(inboxes),
             metrics,
             subscriptions: HashMap::new(),
+            pending: Vec::new(),
+            max_body: super::DEFAULT_MAX_PAYLOAD - envelope::HEADER_LEN,
         };
         let mut batch = Vec::with_capacity(256);
+        let mut retry = tokio::time::interval(SUBSCRIBE_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = retry.tick(), if !link.pending.is_empty() => link.retry_subscriptions().await,
                 event = events.recv() => match event {
                     Some(event) => link.on_channel(event).await,
                     None => break,
@@ -99,6 +121,7 @@ impl Link {
                     if n == 0 {
                         break;
                     }
+                    link.note_max_payload();
                     for forward in batch.drain(..) {
                         link.publish(forward).await;
                     }
@@ -121,35 +144,68 @@ impl Link {
     async fn on_channel(&mut self, event: ChannelEvent) {
         match event {
             ChannelEvent::Joined(shared) => {
-                let subject = Subject::from(subject::subject(&self.config.prefix, shared.name()));
-                match self.client.subscribe(subject.clone()).await {
-                    Ok(subscription) => {
-                        let task = tokio::spawn(deliver(
-                            subscription,
-                            shared.clone(),
-                            self.inboxes.clone(),
-                            self.config.node_id,
-                            self.metrics.clone(),
-                        ));
-                        if let Some((_, old)) = self
-                            .subscriptions
-                            .insert(shared.name().clone(), (subject, task))
-                        {
-                            old.abort();
-                        }
-                    }
-                    Err(err) => {
-                        tracing::error!(channel = %shared.name(), "cluster: cannot subscribe: {err}")
-                    }
+                if !self.subscribe(&shared).await {
+                    self.pending.retain(|p| p.name() != shared.name());
+                    self.pending.push(shared);
                 }
             }
             ChannelEvent::Left(shared) => {
+                self.pending.retain(|p| p.name() != shared.name());
                 if let Some((_, task)) = self.subscriptions.remove(shared.name()) {
                     // The subscription is dropped with its task: the client unsubscribes.
                     task.abort();
                 }
             }
         }
+        self.count_subscriptions();
+    }
+
+    /// Subscribes to `shared`'s subject and starts the task that delivers what comes from it;
+    /// `false` if the client could not subscribe (it is tried again, see [`SUBSCRIBE_RETRY`]).
+    async fn subscribe(&mut self, shared: &Arc<ChannelShared>) -> bool {
+        let subject = Subject::from(subject::subject(&self.config.prefix, shared.name()));
+        match self.client.subscribe(subject.clone()).await {
+            Ok(subscription) => {
+                let task = tokio::spawn(deliver(
+                    subscription,
+                    shared.clone(),
+                    self.inboxes.clone(),
+                    self.config.clone(),
+                    self.metrics.clone(),
+                ));
+                if let Some((_, old)) = self
+                    .subscriptions
+                    .insert(shared.name().clone(), (subject, task))
+                {
+                    old.abort();
+                }
+                true
+            }
+            Err(err) => {
+                if SUBSCRIBE_WARNING.due() {
+                    tracing::warn!(
+                        channel = %shared.name(),
+                        "cluster: cannot subscribe (tried again every {:?}): {err}",
+                        SUBSCRIBE_RETRY
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Tries again the subscriptions that failed, for the channels that still have subscribers.
+    async fn retry_subscriptions(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for shared in pending {
+            if shared.threads() != 0 && !self.subscribe(&shared).await {
+                self.pending.push(shared);
+            }
+        }
+        self.count_subscriptions();
+    }
+
+    fn count_subscriptions(&self) {
         let n = self.subscriptions.len() as u64;
         self.metrics
             .cluster
@@ -157,11 +213,23 @@ impl Link {
             .store(n, Ordering::Relaxed);
     }
 
-    /// Publishes one block to its channel's subject.
+    /// Reads the broker's `max_payload` (from its INFO, which the client keeps up to date
+    /// across reconnects) into the metrics the worker threads check messages against.
+    fn note_max_payload(&mut self) {
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 {
+            self.max_body = max_payload.saturating_sub(envelope::HEADER_LEN).max(1);
+            self.metrics
+                .cluster
+                .largest_message
+                .store(largest_message(max_payload), Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes one block to its channel's subject: as one broker message, or as several
+    /// split between frames when it is larger than the broker's `max_payload`.
     async fn publish(&mut self, forward: Forward) {
-        let cluster = &self.metrics.cluster;
         let block = &forward.block;
-        let frames = u64::from(block.frames());
         let subject = match self.subscriptions.get(forward.channel.name()) {
             Some((subject, _)) => subject.clone(),
             None => Subject::from(subject::subject(
@@ -169,12 +237,15 @@ impl Link {
                 forward.channel.name(),
             )),
         };
-        let payload = envelope::encode(
-            self.config.node_id,
-            block.origin(),
-            block.frames(),
-            block.bytes(),
-        );
+        for (frames, body) in pieces(block.bytes(), block.frames(), self.max_body) {
+            let payload = envelope::encode(self.config.node_id, block.origin(), frames, body);
+            self.publish_piece(subject.clone(), payload, frames).await;
+        }
+    }
+
+    async fn publish_piece(&mut self, subject: Subject, payload: Vec<u8>, frames: u32) {
+        let cluster = &self.metrics.cluster;
+        let frames = u64::from(frames);
         match self.client.publish(subject, payload.into()).await {
             Ok(()) => {
                 ClusterMetrics::add(&cluster.published_blocks, 1);
@@ -186,6 +257,33 @@ impl Link {
             }
         }
     }
+}
+
+/// A block's frames cut into pieces of at most `max_body` bytes each, between frames: (frames,
+/// bytes) per piece. A frame larger than `max_body` is a piece of its own (the publisher was
+/// refused such messages; the broker refuses it, counted).
+fn pieces(bytes: &[u8], frames: u32, max_body: usize) -> Vec<(u32, &[u8])> {
+    if bytes.len() <= max_body {
+        return vec![(frames, bytes)];
+    }
+    let mut out = Vec::new();
+    let (mut start, mut pos, mut count) = (0, 0, 0u32);
+    while pos < bytes.len() {
+        let Ok(Some((header, len))) = decode_header(&bytes[pos..]) else {
+            break;
+        };
+        let end = pos + len + usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+        if end - start > max_body && count > 0 {
+            out.push((count, &bytes[start..pos]));
+            (start, count) = (pos, 0);
+        }
+        pos = end.min(bytes.len());
+        count += 1;
+    }
+    if count > 0 {
+        out.push((count, &bytes[start..pos]));
+    }
+    out
 }
 
 /// Connects (in the background: the client keeps trying while the broker is unreachable).
@@ -268,9 +366,10 @@ async fn deliver(
     mut subscription: async_nats::Subscriber,
     shared: Arc<ChannelShared>,
     inboxes: Arc<Vec<InboxSender>>,
-    node_id: u64,
+    config: ClusterConfig,
     metrics: Arc<Metrics>,
 ) {
+    let (node_id, max_message) = (config.node_id, config.max_message);
     let cluster = &metrics.cluster;
     while let Some(message) = subscription.next().await {
         let block = match envelope::decode(&message.payload) {
@@ -295,18 +394,22 @@ async fn deliver(
                     }
                     continue;
                 }
-                match Block::from_encoded(env.body, env.frames, origin) {
+                match Block::from_encoded(env.body, env.frames, origin, max_message) {
                     Ok(block) => Arc::new(block),
                     Err(err) => {
                         ClusterMetrics::add(&cluster.dropped_in, u64::from(env.frames));
-                        tracing::warn!(channel = %shared.name(), "cluster: bad block from the broker: {err}");
+                        if BAD_BLOCK_WARNING.due() {
+                            tracing::warn!(channel = %shared.name(), "cluster: bad block from the broker (counted as dropped): {err}");
+                        }
                         continue;
                     }
                 }
             }
             Err(err) => {
                 ClusterMetrics::add(&cluster.dropped_in, 1);
-                tracing::warn!(channel = %shared.name(), "cluster: not a ringcast envelope: {err}");
+                if BAD_BLOCK_WARNING.due() {
+                    tracing::warn!(channel = %shared.name(), "cluster: not a ringcast envelope (counted as dropped): {err}");
+                }
                 continue;
             }
         };
@@ -325,6 +428,34 @@ async fn deliver(
             {
                 ClusterMetrics::add(&cluster.dropped_in, frames);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::block::BlockEncoder;
+    use ringcast_proto::frame::OpCode;
+
+    #[test]
+    fn a_block_larger_than_a_broker_message_is_cut_between_frames() {
+        let mut encoder = BlockEncoder::default();
+        for n in [100usize, 100, 300, 50, 50, 50] {
+            encoder.push(OpCode::Binary, &vec![n as u8; n]);
+        }
+        let block = encoder.finish(1).unwrap();
+        let whole = pieces(block.bytes(), block.frames(), block.len());
+        assert_eq!(whole, vec![(6, block.bytes())]);
+        // Frames of 102, 102, 304, 52, 52, 52 bytes into pieces of at most 256: the 304-byte
+        // frame goes alone.
+        let cut = pieces(block.bytes(), block.frames(), 256);
+        let sizes: Vec<(u32, usize)> = cut.iter().map(|(f, b)| (*f, b.len())).collect();
+        assert_eq!(sizes, vec![(2, 204), (1, 304), (3, 156)]);
+        let joined: Vec<u8> = cut.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        assert_eq!(joined, block.bytes());
+        for (frames, body) in cut {
+            assert!(Block::from_encoded(body, frames, 1, 1 << 20).is_ok());
         }
     }
 }

@@ -21,6 +21,11 @@
 //!   more for the publishing node's subscribers. While the link is down the node delivers
 //!   locally, so local delivery never stops.
 //!
+//! Sizes: a block larger than one broker message (the broker's `max_payload`, 1 MiB by
+//! default) crosses as several, split between frames; a single message too large for one is
+//! refused to its publisher (close 1009) before anyone, local or remote, gets it (see
+//! [`crate::fanout::uplink::Uplink::largest_message`]).
+//!
 //! Faults: a broker unreachable at start is retried with backoff while the node serves its
 //! local channels (a warning says so); after a restart of the broker the client reconnects and
 //! resubscribes; publishes that find the link down or its queue full (`--cluster-queue`) are
@@ -34,6 +39,10 @@ mod settings;
 pub mod subject;
 
 pub use settings::{ClusterConfig, ClusterError};
+
+/// NATS servers carry at most this many bytes per message unless configured otherwise
+/// (`max_payload`); assumed until the broker says what it takes.
+const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
 use crate::fanout::inbox::{self, InboxSender};
 use crate::fanout::registry::ChannelEvent;
@@ -61,6 +70,10 @@ impl ClusterLink {
         metrics: Arc<Metrics>,
     ) -> Result<ClusterLink, ClusterError> {
         metrics.cluster.enabled.store(true, Ordering::Relaxed);
+        metrics.cluster.largest_message.store(
+            link::largest_message(DEFAULT_MAX_PAYLOAD),
+            Ordering::Relaxed,
+        );
         let (queue, outgoing) = inbox::inbox(config.queue_bytes);
         let uplink = Uplink::new(queue, config.through_broker, metrics.clone());
         let (stop, stopped) = watch::channel(false);

@@ -28,6 +28,8 @@ pub struct ClusterConfig {
     pub through_broker: bool,
     pub queue_bytes: usize,
     pub prefix: String,
+    /// `--max-message`: a block from the broker with a larger message is refused.
+    pub max_message: usize,
 }
 
 impl ClusterConfig {
@@ -53,6 +55,7 @@ impl ClusterConfig {
             through_broker: config.cluster_delivery == ClusterDelivery::Broker,
             queue_bytes: config.cluster_queue,
             prefix: config.cluster_prefix.clone(),
+            max_message: config.max_message,
         }))
     }
 }

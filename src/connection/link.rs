@@ -274,8 +274,20 @@ impl Link {
                     payload,
                     compressed,
                 }) => {
+                    // A message that must cross the cluster's broker is held to what one
+                    // broker message carries.
+                    let cluster_limit = if self.echo {
+                        None
+                    } else {
+                        self.worker.fanout.cluster_message_limit()
+                    };
+                    let max_len = cluster_limit.map_or(self.worker.config.max_message, |l| {
+                        l.min(self.worker.config.max_message)
+                    });
                     let pushed = if compressed {
-                        self.worker.push_inflated(opcode, payload)
+                        self.worker.push_inflated(opcode, payload, max_len)
+                    } else if payload.len() > max_len {
+                        Err(ProtocolError::MessageTooBig)
                     } else {
                         self.worker.block.borrow_mut().push(opcode, payload);
                         Ok(0)
@@ -284,7 +296,15 @@ impl Link {
                         Ok(n) => n,
                         Err(err) => {
                             let forwarding = self.publish_block();
-                            self.fail(err);
+                            match cluster_limit {
+                                Some(limit)
+                                    if err == ProtocolError::MessageTooBig
+                                        && limit < self.worker.config.max_message =>
+                                {
+                                    self.refuse_over_broker(limit)
+                                }
+                                _ => self.fail(err),
+                            }
                             return (start, forwarding);
                         }
                     };
@@ -333,6 +353,16 @@ impl Link {
         self.worker
             .publish(self.subscriber.id, &self.channel, self.echo)
             .map(Pause::Forward)
+    }
+
+    /// A message larger than one broker message carries: refused to its publisher before
+    /// anyone gets it (close 1009 with the reason).
+    fn refuse_over_broker(&mut self, limit: usize) {
+        self.failed = true;
+        ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
+        let reason = format!("message over {limit} bytes, the most the cluster's broker carries");
+        self.subscriber
+            .close(CloseCode::MESSAGE_TOO_BIG, &reason, false);
     }
 
     fn fail(&mut self, err: ProtocolError) {

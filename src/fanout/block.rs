@@ -42,13 +42,27 @@ pub enum BadBlock {
     NotAMessage,
     #[error("{found} frames where the envelope says {said}")]
     Count { said: u32, found: u32 },
+    #[error("no frames")]
+    Empty,
+    #[error("a text frame that is not UTF-8")]
+    NotUtf8,
+    #[error("a {len}-byte message, over --max-message")]
+    TooBig { len: u64 },
 }
 
 impl Block {
     /// A block of frames encoded elsewhere (another node), checked to be what this server
-    /// would have encoded: whole, unmasked text and binary frames, `frames` of them, filling
-    /// `bytes` exactly.
-    pub fn from_encoded(bytes: &[u8], frames: u32, origin: u64) -> Result<Block, BadBlock> {
+    /// would have encoded: at least one whole, unmasked text or binary frame, `frames` of them,
+    /// filling `bytes` exactly, none over `max_message`, text frames UTF-8.
+    pub fn from_encoded(
+        bytes: &[u8],
+        frames: u32,
+        origin: u64,
+        max_message: usize,
+    ) -> Result<Block, BadBlock> {
+        if bytes.is_empty() || frames == 0 {
+            return Err(BadBlock::Empty);
+        }
         let mut found = 0u32;
         let mut pos = 0;
         while pos < bytes.len() {
@@ -57,11 +71,20 @@ impl Block {
             if !header.fin || header.mask.is_some() || header.rsv != 0 || !data {
                 return Err(BadBlock::NotAMessage);
             }
+            if header.payload_len > max_message as u64 {
+                return Err(BadBlock::TooBig {
+                    len: header.payload_len,
+                });
+            }
             let end = (pos + len)
                 .checked_add(usize::try_from(header.payload_len).map_err(|_| BadBlock::Truncated)?)
                 .ok_or(BadBlock::Truncated)?;
             if end > bytes.len() {
                 return Err(BadBlock::Truncated);
+            }
+            if header.opcode == OpCode::Text && std::str::from_utf8(&bytes[pos + len..end]).is_err()
+            {
+                return Err(BadBlock::NotUtf8);
             }
             pos = end;
             found += 1;
@@ -202,32 +225,44 @@ mod tests {
         encoder.push(OpCode::Text, b"one");
         encoder.push(OpCode::Binary, &[7u8; 300]);
         let block = encoder.finish(5).unwrap();
-        let copy = Block::from_encoded(block.bytes(), 2, 9).unwrap();
+        let copy = Block::from_encoded(block.bytes(), 2, 9, 1 << 20).unwrap();
         assert_eq!(
             (copy.bytes(), copy.frames(), copy.origin()),
             (block.bytes(), 2, 9)
         );
         let bytes = block.bytes();
         assert_eq!(
-            Block::from_encoded(bytes, 3, 9).unwrap_err(),
+            Block::from_encoded(bytes, 3, 9, 1 << 20).unwrap_err(),
             BadBlock::Count { said: 3, found: 2 }
         );
         assert_eq!(
-            Block::from_encoded(&bytes[..bytes.len() - 1], 2, 9).unwrap_err(),
+            Block::from_encoded(&bytes[..bytes.len() - 1], 2, 9, 1 << 20).unwrap_err(),
             BadBlock::Truncated
         );
         let ping = encode_frame(OpCode::Ping, b"x", None);
         assert_eq!(
-            Block::from_encoded(&ping, 1, 9).unwrap_err(),
+            Block::from_encoded(&ping, 1, 9, 1 << 20).unwrap_err(),
             BadBlock::NotAMessage
         );
         let masked = encode_frame(OpCode::Text, b"x", Some([1, 2, 3, 4]));
         assert_eq!(
-            Block::from_encoded(&masked, 1, 9).unwrap_err(),
+            Block::from_encoded(&masked, 1, 9, 1 << 20).unwrap_err(),
             BadBlock::NotAMessage
         );
-        assert!(Block::from_encoded(&[0x83, 0], 1, 9).is_err());
-        assert_eq!(Block::from_encoded(b"", 0, 9).unwrap().frames(), 0);
+        assert!(Block::from_encoded(&[0x83, 0], 1, 9, 1 << 20).is_err());
+        assert_eq!(
+            Block::from_encoded(b"", 0, 9, 1 << 20).unwrap_err(),
+            BadBlock::Empty
+        );
+        let bad_text = encode_frame(OpCode::Text, &[0xff, 0xfe], None);
+        assert_eq!(
+            Block::from_encoded(&bad_text, 1, 9, 1 << 20).unwrap_err(),
+            BadBlock::NotUtf8
+        );
+        assert_eq!(
+            Block::from_encoded(bytes, 2, 9, 299).unwrap_err(),
+            BadBlock::TooBig { len: 300 }
+        );
     }
 
     #[test]

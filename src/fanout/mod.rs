@@ -159,6 +159,12 @@ impl FanOut {
         0
     }
 
+    /// The largest message a publisher may send when it must cross the cluster's broker
+    /// (`None`: no cluster).
+    pub fn cluster_message_limit(&self) -> Option<usize> {
+        self.uplink.as_ref().map(Uplink::largest_message)
+    }
+
     /// Channels with subscribers on this thread.
     pub fn len(&self) -> usize {
         self.channels.borrow().len()

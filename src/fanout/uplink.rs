@@ -44,6 +44,14 @@ impl Uplink {
         false
     }
 
+    /// The largest message payload one broker message carries (the broker's `max_payload`,
+    /// less the envelope): a publisher's message over it is refused (close 1009) before
+    /// anyone gets it, so that local and remote subscribers see the same stream.
+    pub fn largest_message(&self) -> usize {
+        let n = self.metrics.cluster.largest_message.load(Ordering::Relaxed);
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
     /// Whether the node's own subscribers get what it publishes back from the broker.
     pub fn through_broker(&self) -> bool {
         self.through_broker

@@ -25,6 +25,9 @@ pub struct ClusterMetrics {
     pub reconnects: AtomicU64,
     /// Channels the node is subscribed to at the broker.
     pub subscribed_channels: AtomicU64,
+    /// The largest message payload one broker message can carry (the broker's `max_payload`
+    /// less the envelope and a frame header); 0 until the link has set it.
+    pub largest_message: AtomicU64,
 }
 
 impl ClusterMetrics {

@@ -18,6 +18,8 @@ pub struct Nats {
     pub port: u16,
     /// The monitoring port (`-m`).
     pub monitor: u16,
+    /// A configuration file (`-c`), kept as long as the server.
+    config: Option<tempfile::NamedTempFile>,
 }
 
 fn free_port() -> u16 {
@@ -44,13 +46,56 @@ fn binary() -> PathBuf {
 impl Nats {
     /// Starts nats-server on free loopback ports and waits until it accepts connections.
     pub fn start() -> Nats {
+        Nats::start_with_config("")
+    }
+
+    /// Starts nats-server with `config` as its configuration file (e.g. `max_payload: 65536`).
+    pub fn start_with_config(config: &str) -> Nats {
+        let file = (!config.is_empty()).then(|| {
+            use std::io::Write;
+            let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+            file.write_all(config.as_bytes()).expect("write the config");
+            file
+        });
         let mut nats = Nats {
             child: None,
             port: free_port(),
             monitor: free_port(),
+            config: file,
         };
         nats.restart();
         nats
+    }
+
+    /// Publishes `payload` on `subject` as a plain NATS client would (the text protocol over
+    /// TCP), for a test that plays a broken or hostile peer of the cluster.
+    pub fn publish_raw(&self, subject: &str, payload: &[u8]) {
+        use std::io::{Read, Write};
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = TcpStream::connect(addr).expect("connect to nats-server");
+        stream.set_read_timeout(Some(STEP)).expect("read timeout");
+        let mut info = [0u8; 4096];
+        let _ = stream.read(&mut info).expect("the server's INFO");
+        let mut out = format!(
+            "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\nPING\r\n");
+        stream.write_all(&out).expect("publish");
+        // The PONG says the server has processed the PUB before it.
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !answer.windows(4).any(|w| w == b"PONG") {
+            let n = stream.read(&mut chunk).expect("the server's PONG");
+            assert!(
+                n > 0,
+                "nats-server closed: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// The URL ringcast's `--cluster` takes.
@@ -64,6 +109,11 @@ impl Nats {
         let child = Command::new(binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor.to_string()])
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|f| ["-c".to_owned(), f.path().display().to_string()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -183,4 +183,12 @@ async fn chromium_tabs_receive_every_broadcast_compressed_and_the_page_moves() {
         ratio > 0.0 && ratio < 1.0,
         "the page shows no compression ratio below 1: {ratio}"
     );
+    // And the memory budget's share in use: a fraction, from the server's own gauges.
+    let share = watch_state(&mut browser, first).await["figures"]["memory"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    assert!(
+        (0.0..1.0).contains(&share),
+        "the page shows no share of the memory budget: {share}"
+    );
 }

@@ -175,6 +175,9 @@ pub fn handshake(data: &[u8]) {
         path: "/chat".into(),
         accept_key: accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
         deflate: None,
+        query: None,
+        origin: Some("http://example.com".into()),
+        authorization: None,
     };
     assert_eq!(
         parse_request(&stream, 8192),

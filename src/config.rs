@@ -135,6 +135,30 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub max_connections_per_ip: u32,
 
+    /// A file holding the shared secret of HS256 client tokens (JWT). With it (or
+    /// --token-public-key-file) every client needs a token (`?token=` or `Authorization:
+    /// Bearer`) whose `caps` allow the channel: 401 without a valid one, 403 for a channel it
+    /// does not allow. Without either, any client may subscribe and publish anywhere.
+    #[arg(long, value_name = "PATH")]
+    pub token_hmac_secret_file: Option<std::path::PathBuf>,
+
+    /// A PEM public key (RSA for RS256, EC P-256 for ES256) that client tokens are verified
+    /// with (see --token-hmac-secret-file).
+    #[arg(long, value_name = "PATH", conflicts_with = "token_hmac_secret_file")]
+    pub token_public_key_file: Option<std::path::PathBuf>,
+
+    /// An Origin a browser page may connect from, e.g. https://app.example.com (repeatable).
+    /// A handshake with another Origin gets 403; one without Origin (not a browser) is let
+    /// through. Default: any origin.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allowed_origin: Vec<String>,
+
+    /// Serve clients without tokens on a non-loopback --listen address. Without it ringcast
+    /// refuses to start there unless a token option is given: anyone who reached the port
+    /// could read and publish on every channel.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+
     /// Apply --max-connections-per-ip to loopback clients too.
     #[arg(long)]
     pub limit_loopback: bool,

@@ -24,6 +24,7 @@
 //!   connection and knows nothing of WebSockets; and the readiness polls of idle connections.
 //! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
 //! - [`telemetry`]: counters for `/metrics` and the `--stats-interval` line.
+//! - [`access`]: who may: the `Origin` check and client tokens (JWT) with channel capabilities.
 //! - [`config`]: every flag, its default and its trade-off.
 //! - [`budget`]: the bytes held for messages, counted against `--memory-limit`.
 //! - `maps`: hash maps that shrink back when their entries leave; `memory`: freed memory
@@ -31,6 +32,7 @@
 
 pub use ringcast_proto as proto;
 
+pub mod access;
 pub mod budget;
 pub mod cluster;
 pub mod config;

@@ -7,6 +7,8 @@
 //! `--shutdown-timeout` for them to finish the closing handshake, and returns.
 
 use crate::accept;
+use crate::access::token::KeyError;
+use crate::access::Access;
 use crate::admission::Admission;
 use crate::cluster::{ClusterConfig, ClusterError, ClusterLink};
 use crate::config::Config;
@@ -44,6 +46,14 @@ pub enum ServerError {
     Runtime(io::Error),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    #[error("client tokens: {0}")]
+    Key(#[from] KeyError),
+    #[error(
+        "refusing to listen on {0} without client tokens: anyone who reaches it could read and \
+         publish on every channel. Give --token-hmac-secret-file or --token-public-key-file, or \
+         --allow-anonymous to serve anyone"
+    )]
+    Unprotected(SocketAddr),
 }
 
 /// A bound, not yet running server.
@@ -53,6 +63,7 @@ pub struct Server {
     listeners: Vec<std::net::TcpListener>,
     local_addr: SocketAddr,
     cluster: Option<ClusterConfig>,
+    access: Arc<Access>,
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -84,6 +95,11 @@ impl Server {
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let threads = config.worker_threads();
         let cluster = ClusterConfig::from_config(&config)?;
+        let access = Access::from_config(&config)?;
+        if !config.listen.ip().is_loopback() && !access.requires_tokens() && !config.allow_anonymous
+        {
+            return Err(ServerError::Unprotected(config.listen));
+        }
         let bind_err = |addr, source| ServerError::Bind { addr, source };
         let addr = claim_port(config.listen).map_err(|e| bind_err(config.listen, e))?;
         let first = reuseport_listener(addr).map_err(|e| bind_err(config.listen, e))?;
@@ -97,6 +113,7 @@ impl Server {
             listeners,
             local_addr,
             cluster,
+            access: Arc::new(access),
         })
     }
 
@@ -164,6 +181,7 @@ impl Server {
                 metrics: metrics.clone(),
                 registry: registry.clone(),
                 admission: admission.clone(),
+                access: self.access.clone(),
                 uplink: cluster.as_ref().map(|link| link.uplink().clone()),
             };
             let stop = stop_rx.clone();
@@ -215,6 +233,8 @@ struct Shared {
     registry: Arc<Registry>,
     /// `--max-connections` and `--max-connections-per-ip`, across all threads.
     admission: Arc<Admission>,
+    /// Origins and client tokens.
+    access: Arc<Access>,
     /// The way to the cluster's broker, with `--cluster`.
     uplink: Option<Uplink>,
 }
@@ -259,16 +279,11 @@ fn worker_main(
             shared.config,
             shared.metrics,
             shared.admission,
+            shared.access,
             fanout,
             send_ring,
         );
-        if let Some(interval) = Config::enabled(worker.config.ping_interval) {
-            tokio_uring::spawn(
-                worker
-                    .clone()
-                    .run_keepalive(interval, worker.config.ping_timeout.0),
-            );
-        }
+        tokio_uring::spawn(worker.clone().run_sweep());
         let listener = TcpListener::from_std(listener);
         accept::run(&worker, &listener, stop).await;
         // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.

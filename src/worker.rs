@@ -6,6 +6,7 @@
 //! reader encodes messages into the worker's block encoder, then asks the worker to publish
 //! them (to the channel, or back to the sender on the echo path).
 
+use crate::access::Access;
 use crate::admission::Admission;
 use crate::budget::{BufferCharge, BUDGET};
 use crate::config::Config;
@@ -63,6 +64,8 @@ pub(crate) struct Worker {
     last_shed: Cell<Option<Instant>>,
     /// `--max-connections` and `--max-connections-per-ip`, across all threads.
     pub(crate) admission: Arc<Admission>,
+    /// Origins and client tokens.
+    pub(crate) access: Arc<Access>,
     next_id: Cell<u64>,
     /// Every open socket of this thread, upgraded or not.
     streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
@@ -79,6 +82,7 @@ impl Worker {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
+        access: Arc<Access>,
         fanout: Rc<FanOut>,
         send_ring: Rc<Ring>,
     ) -> Rc<Worker> {
@@ -91,6 +95,7 @@ impl Worker {
             block: RefCell::default(),
             inflater: RefCell::default(),
             admission,
+            access,
             // Ids are unique across threads: the thread index is in the top bits.
             next_id: Cell::new((index as u64) << 48),
             streams: RefCell::default(),
@@ -125,12 +130,17 @@ impl Worker {
         self.trimmer.tick(self.streams.borrow().len());
     }
 
-    /// Pings every upgraded connection each `--ping-interval` and closes those silent for
-    /// `--ping-timeout`: one sweep of this thread's connections every quarter interval (at
-    /// most a second apart), rather than a timer per connection, which would outlive a closed
-    /// connection by up to an interval and cost every idle one a task. Ends at shutdown.
-    pub(crate) async fn run_keepalive(self: Rc<Self>, interval: Duration, timeout: Duration) {
-        let sweep = (interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    /// The sweep of this thread's upgraded connections: pings each every `--ping-interval`
+    /// and closes those silent for `--ping-timeout`, and closes those whose token has expired.
+    /// One pass every quarter interval (at most a second apart) rather than a timer per
+    /// connection, which would outlive a closed connection by up to an interval and cost every
+    /// idle one a task. Ends at shutdown.
+    pub(crate) async fn run_sweep(self: Rc<Self>) {
+        let ping = Config::enabled(self.config.ping_interval);
+        let timeout = self.config.ping_timeout.0;
+        let sweep = ping.map_or(Duration::from_secs(1), |interval| {
+            (interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        });
         let mut ticks = tokio::time::interval(sweep);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut due = Vec::new();
@@ -139,7 +149,11 @@ impl Worker {
             let now = Instant::now();
             due.extend(self.subscribers.borrow().values().cloned());
             for subscriber in due.drain(..) {
-                subscriber.keep_alive(now, interval, timeout);
+                if subscriber.token_expired(now) {
+                    subscriber.close(CloseCode::POLICY_VIOLATION, "token expired", true);
+                } else if let Some(interval) = ping {
+                    subscriber.keep_alive(now, interval, timeout);
+                }
             }
         }
     }

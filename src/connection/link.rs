@@ -10,6 +10,7 @@
 //! read then carries hundreds of messages, and reads follow each other without a poll in
 //! between while they fill the buffer.
 
+use crate::access::Grant;
 use crate::budget::BufferCharge;
 use crate::fanout::channel::Channel;
 use crate::fanout::compressed::Encoding;
@@ -72,6 +73,8 @@ pub(super) struct Link {
     leftover: Vec<u8>,
     /// Bytes inflated since the reader last yielded (see [`INFLATE_BUDGET_BYTES`]).
     inflated: usize,
+    /// Its token allows it to publish on its channel (always, without tokens).
+    may_publish: bool,
 }
 
 impl Link {
@@ -83,6 +86,7 @@ impl Link {
         path: String,
         leftover: Vec<u8>,
         deflate: Option<Deflate>,
+        grant: Grant,
     ) -> Box<Link> {
         let config = &worker.config;
         let echo = config.echo_path.as_deref() == Some(path.as_str());
@@ -107,6 +111,7 @@ impl Link {
                 },
             },
         );
+        subscriber.set_expiry(grant.expires_at);
         channel.add(subscriber.clone());
         worker.add_subscriber(&subscriber);
         ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
@@ -128,6 +133,7 @@ impl Link {
             reader,
             leftover,
             inflated: 0,
+            may_publish: grant.may_publish,
         })
     }
 
@@ -269,6 +275,12 @@ impl Link {
                 None | Some(Event::Pong(_)) => {}
                 // Closing: only the peer's close frame matters now.
                 Some(Event::Message { .. }) if self.subscriber.is_closing() => {}
+                // Never relayed: the token does not allow publishing here.
+                Some(Event::Message { .. }) if !self.may_publish => {
+                    let forwarding = self.publish_block();
+                    self.refuse_publish();
+                    return (start, forwarding);
+                }
                 Some(Event::Message {
                     opcode,
                     payload,
@@ -363,6 +375,17 @@ impl Link {
         let reason = format!("message over {limit} bytes, the most the cluster's broker carries");
         self.subscriber
             .close(CloseCode::MESSAGE_TOO_BIG, &reason, false);
+    }
+
+    /// A data message from a connection whose token does not allow publishing: closed with
+    /// 1008 and the reason; the message goes nowhere.
+    fn refuse_publish(&mut self) {
+        self.failed = true;
+        self.subscriber.close(
+            CloseCode::POLICY_VIOLATION,
+            "the token does not allow publishing on this channel",
+            false,
+        );
     }
 
     fn fail(&mut self, err: ProtocolError) {

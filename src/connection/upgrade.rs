@@ -73,9 +73,33 @@ pub(super) async fn handshake(
                 path,
                 accept_key,
                 deflate,
+                query,
+                origin,
+                authorization,
             },
             leftover,
         ))) => {
+            let channel = path.strip_prefix('/').unwrap_or(&path);
+            let checked = worker.access.check(
+                channel,
+                query.as_deref(),
+                origin.as_deref(),
+                authorization.as_deref(),
+            );
+            let grant = match checked {
+                Ok(grant) => grant,
+                Err(refusal) => {
+                    let failure = match refusal.status {
+                        401 => HandshakeFailure::Unauthorized,
+                        _ => HandshakeFailure::Forbidden,
+                    };
+                    worker.thread_metrics.handshake_failed(failure);
+                    tracing::debug!(id, status = refusal.status, reason = %refusal.reason, "refused");
+                    let body = format!("{}\n", refusal.reason);
+                    reject(stream, handshake::plain_response(refusal.status, &body)).await;
+                    return None;
+                }
+            };
             if BUDGET.is_spent() {
                 BUDGET.refused.fetch_add(1, Ordering::Relaxed);
                 worker
@@ -94,7 +118,7 @@ pub(super) async fn handshake(
                 return None;
             }
             let deflate = deflate.filter(|_| worker.config.compression == Compression::On);
-            let link = Link::open(worker, stream, id, path, leftover, deflate);
+            let link = Link::open(worker, stream, id, path, leftover, deflate, grant);
             // Subscribed before the 101 goes out, so a client holding its 101 gets every
             // message published after it; what comes meanwhile waits in the channel's log,
             // from the cursor the subscriber took at its head, until writing starts.

@@ -148,6 +148,8 @@ pub struct Subscriber {
     last_heard: Cell<Instant>,
     /// When the keepalive sweep last pinged it (at first: when it connected).
     last_ping: Cell<Instant>,
+    /// When its token expires (`None`: no token).
+    expires_at: Cell<Option<Instant>>,
     /// When the subscriber last made progress: a write took bytes, or it caught up. A reader
     /// behind its channel's window that has made none for `--slow-timeout` is stalled.
     last_progress: Cell<Instant>,
@@ -206,6 +208,7 @@ impl Subscriber {
             settings,
             last_heard: Cell::new(Instant::now()),
             last_ping: Cell::new(Instant::now()),
+            expires_at: Cell::new(None),
             last_progress: Cell::new(Instant::now()),
             left_behind: Cell::new(false),
             bytes_written: Cell::new(0),
@@ -412,6 +415,16 @@ impl Subscriber {
     /// The peer sent something: it is alive.
     pub fn heard(&self) {
         self.last_heard.set(Instant::now());
+    }
+
+    /// Its token expires at `at`: the worker's sweep closes it then.
+    pub fn set_expiry(&self, at: Option<Instant>) {
+        self.expires_at.set(at);
+    }
+
+    /// Whether its token had expired at `now` (and it is not closing already).
+    pub fn token_expired(&self, now: Instant) -> bool {
+        self.expires_at.get().is_some_and(|at| now >= at) && !self.is_closing()
     }
 
     /// The worker's keepalive sweep at `now`: closes the peer (1001) when it has been silent

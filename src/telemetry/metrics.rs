@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Handshake failure labels, in the order of [`ThreadMetrics::handshake_failures`].
-pub const HANDSHAKE_FAILURE_LABELS: [&str; 10] = [
+pub const HANDSHAKE_FAILURE_LABELS: [&str; 12] = [
     "malformed",
     "bad_key",
     "version",
@@ -23,6 +23,8 @@ pub const HANDSHAKE_FAILURE_LABELS: [&str; 10] = [
     "out_of_descriptors",
     "per_address",
     "over_memory",
+    "unauthorized",
+    "forbidden",
 ];
 
 /// Why a connection did not become a WebSocket.
@@ -40,6 +42,10 @@ pub enum HandshakeFailure {
     PerAddress,
     /// The memory budget was spent (`--memory-limit`): answered 503.
     OverMemory,
+    /// No valid token: answered 401.
+    Unauthorized,
+    /// An origin not allowed, or a token that does not allow the channel: answered 403.
+    Forbidden,
 }
 
 impl HandshakeFailure {
@@ -52,6 +58,8 @@ impl HandshakeFailure {
             HandshakeFailure::OutOfDescriptors => "out_of_descriptors",
             HandshakeFailure::PerAddress => "per_address",
             HandshakeFailure::OverMemory => "over_memory",
+            HandshakeFailure::Unauthorized => "unauthorized",
+            HandshakeFailure::Forbidden => "forbidden",
         }
     }
 }
@@ -432,6 +440,8 @@ mod tests {
             HandshakeFailure::OutOfDescriptors,
             HandshakeFailure::PerAddress,
             HandshakeFailure::OverMemory,
+            HandshakeFailure::Unauthorized,
+            HandshakeFailure::Forbidden,
         ];
         let labels: Vec<&str> = failures.iter().map(|f| f.label()).collect();
         assert_eq!(labels, HANDSHAKE_FAILURE_LABELS);

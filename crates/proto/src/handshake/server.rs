@@ -15,7 +15,13 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 1024;
 
 /// Request headers RFC 6455 (§11.3.1, §11.3.5) and RFC 9110 (§7.2, Host) allow at most once.
-const SINGLE_HEADERS: [&str; 3] = ["Host", "Sec-WebSocket-Key", "Sec-WebSocket-Version"];
+const SINGLE_HEADERS: [&str; 5] = [
+    "Host",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Origin",
+    "Authorization",
+];
 
 /// A request the server cannot accept. Each cause has its HTTP status ([`Self::status`]) and
 /// its one-line reason (the `Display` text), which becomes the body of the error answer.
@@ -98,9 +104,22 @@ pub enum Request {
         path: String,
         accept_key: String,
         deflate: Option<Deflate>,
+        /// What follows the `?` of the request target, if anything (not decoded).
+        query: Option<String>,
+        /// The `Origin` header (RFC 6454), which browsers send and other clients may not.
+        origin: Option<String>,
+        /// The `Authorization` header's value.
+        authorization: Option<String>,
     },
     /// A `GET` without an upgrade (e.g. `/metrics`).
     Get { path: String },
+}
+
+/// A header value as text, trimmed; `None` if absent or not UTF-8.
+fn text(value: Option<&[u8]>) -> Option<String> {
+    std::str::from_utf8(value?.trim_ascii())
+        .ok()
+        .map(str::to_owned)
 }
 
 /// Whether a comma-separated header value holds `token`, ignoring case.
@@ -145,8 +164,11 @@ pub fn parse_request(
     if req.version != Some(1) {
         return Err(HandshakeError::NotHttp11);
     }
-    let path = req.path.ok_or(HandshakeError::Malformed)?;
-    let path = path.split('?').next().unwrap_or(path).to_owned();
+    let target = req.path.ok_or(HandshakeError::Malformed)?;
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+        None => (target.to_owned(), None),
+    };
     if !path.starts_with('/') {
         return Err(HandshakeError::PathNotAbsolute);
     }
@@ -189,6 +211,9 @@ pub fn parse_request(
             path,
             accept_key: accept_key(key),
             deflate: negotiate(all("Sec-WebSocket-Extensions")),
+            query,
+            origin: text(header("Origin")),
+            authorization: text(header("Authorization")),
         },
         consumed,
     )))
@@ -214,9 +239,12 @@ fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         414 => "URI Too Long",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -269,7 +297,10 @@ mod tests {
             Request::Upgrade {
                 deflate: None,
                 path: "/chat".into(),
-                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                query: None,
+                origin: Some("http://example.com".into()),
+                authorization: None,
             }
         );
         assert_eq!(
@@ -277,6 +308,39 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_query_and_the_credentials_are_handed_over() {
+        let request = "GET /news/eu?token=abc.def&x=1 HTTP/1.1\r\nHost: h\r\n\
+            Upgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+            Authorization:  Bearer xyz \r\n\r\n";
+        let Some((
+            Request::Upgrade {
+                path,
+                query,
+                origin,
+                authorization,
+                ..
+            },
+            _,
+        )) = parse_request(request.as_bytes(), 8192).unwrap()
+        else {
+            panic!("not an upgrade");
+        };
+        assert_eq!(path, "/news/eu");
+        assert_eq!(query.as_deref(), Some("token=abc.def&x=1"));
+        assert_eq!(origin, None);
+        assert_eq!(authorization.as_deref(), Some("Bearer xyz"));
+        let twice = request.replace("Host: h\r\n", "Host: h\r\nOrigin: a\r\nOrigin: b\r\n");
+        assert_eq!(
+            parse_request(twice.as_bytes(), 8192),
+            Err(HandshakeError::DuplicateHeader("Origin"))
+        );
+        assert_eq!(status_text(401), "Unauthorized");
+        assert_eq!(status_text(403), "Forbidden");
+        assert_eq!(status_text(429), "Too Many Requests");
     }
 
     #[test]

@@ -111,6 +111,12 @@ pub struct Config {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compress_level: u32,
 
+    /// Serve `GET /metrics` and the live page `GET /` on this address instead of the clients'
+    /// port (where they then answer 404). Default: on the clients' port, to anyone who can
+    /// reach it; give a loopback or private address here to keep the figures to operators.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Seconds a client has to complete its upgrade request.
     #[arg(long, default_value = "10.0", value_parser = parse_secs)]
     pub handshake_timeout: SecsArg,

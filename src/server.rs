@@ -44,6 +44,8 @@ pub enum ServerError {
     Panicked { index: usize },
     #[error("cannot start the signal runtime: {0}")]
     Runtime(io::Error),
+    #[error("cannot start the admin listener's thread: {0}")]
+    Admin(io::Error),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error("client tokens: {0}")]
@@ -64,6 +66,8 @@ pub struct Server {
     local_addr: SocketAddr,
     cluster: Option<ClusterConfig>,
     access: Arc<Access>,
+    /// `--admin-listen`, bound.
+    admin: Option<std::net::TcpListener>,
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -108,7 +112,12 @@ impl Server {
         for _ in 1..threads {
             listeners.push(reuseport_listener(local_addr).map_err(|e| bind_err(local_addr, e))?);
         }
+        let admin = match config.admin_listen {
+            Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| bind_err(addr, e))?),
+            None => None,
+        };
         Ok(Server {
+            admin,
             config: Arc::new(config),
             listeners,
             local_addr,
@@ -134,6 +143,14 @@ impl Server {
             level: self.config.compress_level,
         });
         let metrics = Arc::new(Metrics::new(threads));
+        if let Some(admin) = self.admin {
+            let addr = admin.local_addr().map_err(|e| ServerError::Bind {
+                addr: self.local_addr,
+                source: e,
+            })?;
+            crate::telemetry::admin::spawn(admin, metrics.clone()).map_err(ServerError::Admin)?;
+            tracing::info!(%addr, "metrics and the live page on the admin listener");
+        }
         let (inbox_senders, inboxes): (Vec<_>, Vec<_>) = (0..threads)
             .map(|_| inbox::inbox(inbox::INBOX_BYTES))
             .unzip();

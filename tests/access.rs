@@ -312,3 +312,40 @@ async fn public_key_tokens_are_verified_with_the_key_given() {
         assert_eq!(r.status, 401, "{public}: {}", r.body);
     }
 }
+
+/// `--admin-listen`: `/metrics` and the page answer there, and 404 (with the reason) on the
+/// clients' port; the admin listener serves no WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_the_page_move_to_the_admin_listener() {
+    let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let server = Server::start(&["--threads", "1", "--admin-listen", &admin_addr.to_string()]);
+    let mut a = ws(&server, "/adm").await;
+    let _b = ws(&server, "/adm").await;
+    send(&mut a, Message::text("x")).await;
+    let get = |addr: std::net::SocketAddr, path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        async move { http_raw(addr, request.as_bytes()).await }
+    };
+    let public = get(server.addr, "/metrics").await;
+    assert_eq!(public.status, 404, "{}", public.body);
+    assert!(public.body.contains("--admin-listen"), "{}", public.body);
+    assert_eq!(get(server.addr, "/").await.status, 404);
+    let within_admin = within(STEP, "two connections on the admin metrics", async {
+        loop {
+            let m = metrics_at(admin_addr).await;
+            if m["ringcast_connections"] == 2 {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(within_admin["ringcast_messages_in_total"], 1);
+    let page = get(admin_addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>"), "not the page: {}", page.body);
+    let upgrade = http_raw(admin_addr, &upgrade_request(admin_addr, "/adm")).await;
+    assert_eq!(upgrade.status, 404, "{}", upgrade.body);
+}

@@ -53,6 +53,12 @@ pub(super) async fn handshake(
             tracing::debug!(id, %err, "handshake rejected");
             reject(stream, handshake::error_response(&err)).await;
         }
+        Ok(Ok((Request::Get { path }, _)))
+            if worker.config.admin_listen.is_some() && (path == "/" || path == "/metrics") =>
+        {
+            let body = "served on the admin listener (--admin-listen)\n";
+            reject(stream, handshake::plain_response(404, body)).await;
+        }
         Ok(Ok((Request::Get { path }, _))) if path == "/" => {
             let page = handshake::response(200, "text/html; charset=utf-8", PAGE);
             reject(stream, page).await;

@@ -71,6 +71,8 @@ impl Browser {
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
                 "--window-size=1100,900",
+                // The TLS proxy test serves the page with a self-signed certificate.
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")

@@ -126,6 +126,15 @@ pub struct CommonArgs {
     /// Server threads when loadgen starts the server.
     #[arg(long, default_value_t = 1)]
     pub server_threads: usize,
+    /// A client token (JWT) every connection sends (`?token=`), for a server that requires
+    /// tokens.
+    #[arg(long, conflicts_with = "token_secret_file")]
+    pub token: Option<String>,
+    /// Mint the client token from this HS256 secret (a token allowing sub and pub on every
+    /// channel, valid for a day); a server loadgen starts is given it too
+    /// (--token-hmac-secret-file), so the run measures with token checks on.
+    #[arg(long, value_name = "PATH")]
+    pub token_secret_file: Option<PathBuf>,
     /// Extra argument for the started server (repeatable), e.g. --server-arg=--slow-policy=drop.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,

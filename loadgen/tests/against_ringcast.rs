@@ -370,3 +370,60 @@ fn a_server_out_of_descriptors_gives_a_prompt_report_with_causes() {
     // Well under one 10 s connect timeout: every refused client was answered.
     assert!(took < Duration::from_secs(9), "loadgen took {took:?}");
 }
+
+/// With `--token-secret-file` loadgen starts ringcast requiring tokens from that secret and
+/// sends a token it minted on every connection: every message arrives. Without a token the
+/// same server answers 401, which loadgen reports with the server's reason.
+#[test]
+fn a_run_with_tokens_minted_from_the_secret_delivers_everything() {
+    let mut secret = tempfile::NamedTempFile::new().unwrap();
+    secret.write_all(b"loadgen's test secret\n").unwrap();
+    let path = secret.path().display().to_string();
+    let (o, s) = run_json(
+        "run",
+        &[
+            "-c",
+            "20",
+            "-R",
+            "200",
+            "-d",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--fail-on-loss",
+            "--token-secret-file",
+            &path,
+        ],
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let st = &s.steps[0];
+    assert_eq!(st.received, st.expected_deliveries);
+    assert_eq!(st.lost, 0);
+    let command = s.server.command.as_deref().unwrap_or_default();
+    assert!(
+        command.contains("--token-hmac-secret-file"),
+        "the server was not started with tokens: {command}"
+    );
+
+    let refused = loadgen(
+        &[
+            "run",
+            "-c",
+            "2",
+            "-R",
+            "10",
+            "-d",
+            "1s",
+            "--no-files",
+            "--no-progress",
+            &format!("--server-arg=--token-hmac-secret-file={path}"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("401") && refused.stderr.contains("token is required"),
+        "stderr: {}",
+        refused.stderr
+    );
+}

@@ -225,6 +225,10 @@ pub(super) fn prepare(
             c.server_threads.max(1).to_string(),
         ];
         args.extend(c.server_args.iter().cloned());
+        if let Some(secret) = &c.token_secret_file {
+            args.push("--token-hmac-secret-file".to_owned());
+            args.push(secret.display().to_string());
+        }
         let nodes = cluster.map_or(1, |k| k.nodes.max(1));
         if let Some(setup) = cluster {
             let binary = broker::locate(setup.nats_server.as_deref())
@@ -281,6 +285,19 @@ pub(super) fn prepare(
             .iter()
             .map(|&pid| ringcast_os::procfs::rss_bytes(pid))
             .sum();
+    }
+    let token = match (&c.token, &c.token_secret_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(secret)) => Some(
+            crate::load::token::mint_from_file(secret)
+                .map_err(|e| AppError::Config(e.to_string()))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(token) = &token {
+        for target in &mut p.targets {
+            target.add_token(token);
+        }
     }
     if let Some(cpus) = &c.cpus {
         p.loadgen_cpus = Some(cpus.clone());

@@ -22,6 +22,8 @@ pub struct Target {
     pub host_header: String,
     /// Path of the URL, e.g. `/bench`.
     pub path: String,
+    /// What follows its `?` (e.g. `token=...`), sent with every connection's request.
+    pub query: Option<String>,
 }
 
 /// Why a URL or address list could not be used.
@@ -41,6 +43,10 @@ impl Target {
         let rest = url
             .strip_prefix("ws://")
             .ok_or_else(|| AddressError::Scheme(url.to_owned()))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query.to_owned())),
+            None => (rest, None),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -70,17 +76,33 @@ impl Target {
             addr,
             host_header: authority.to_owned(),
             path: path.to_owned(),
+            query,
         })
     }
 
-    /// The request path of channel `index` out of `channels`: the URL path itself for one
-    /// channel, `PATH-INDEX` for several.
+    /// The request target of channel `index` out of `channels`: the URL path itself for one
+    /// channel, `PATH-INDEX` for several, with the URL's query (a token) after it.
     pub fn channel_path(&self, index: u32, channels: u32) -> String {
-        if channels <= 1 {
+        let path = if channels <= 1 {
             self.path.clone()
         } else {
             format!("{}-{index}", self.path)
+        };
+        match &self.query {
+            Some(query) => format!("{path}?{query}"),
+            None => path,
         }
+    }
+
+    /// Adds `token=TOKEN` to the query every connection sends (and to the URL reports show).
+    pub fn add_token(&mut self, token: &str) {
+        let param = format!("token={token}");
+        self.query = Some(match self.query.take() {
+            Some(q) if !q.is_empty() => format!("{q}&{param}"),
+            _ => param,
+        });
+        let base = self.url.split('?').next().unwrap_or(&self.url).to_owned();
+        self.url = format!("{base}?{}", self.query.as_deref().unwrap_or_default());
     }
 }
 
@@ -215,6 +237,14 @@ mod tests {
         assert_eq!(t.host_header, "127.0.0.1:9001");
         assert_eq!(t.channel_path(3, 1), "/bench");
         assert_eq!(t.channel_path(3, 4), "/bench-3");
+        let mut q = Target::parse("ws://127.0.0.1:9001/bench?x=1").unwrap();
+        assert_eq!(
+            (q.path.as_str(), q.query.as_deref()),
+            ("/bench", Some("x=1"))
+        );
+        q.add_token("a.b.c");
+        assert_eq!(q.channel_path(2, 4), "/bench-2?x=1&token=a.b.c");
+        assert_eq!(q.url, "ws://127.0.0.1:9001/bench?x=1&token=a.b.c");
         let t = Target::parse("ws://127.0.0.1").unwrap();
         assert_eq!(t.addr.port(), 80);
         assert_eq!(t.path, "/");

@@ -7,7 +7,8 @@
 //! [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
-//! [`idle`] (idle connections held to measure memory); [`ceiling`] (loadgen's own receive
+//! [`idle`] (idle connections held to measure memory); [`token`] (client tokens for servers
+//! that require them); [`ceiling`] (loadgen's own receive
 //! ceiling against a minimal source). Nothing here knows about commands,
 //! reports or the servers being compared; below it is only [`crate::sys`].
 
@@ -26,4 +27,5 @@ pub mod recorder;
 pub mod schedule;
 pub mod session;
 pub mod step;
+pub mod token;
 pub mod topology;

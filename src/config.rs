@@ -203,11 +203,34 @@ pub struct Config {
     #[arg(long, default_value = "0.0", value_parser = parse_secs)]
     pub stats_interval: SecsArg,
 
-    /// A NATS server (nats://HOST:PORT) that links this node with others: a message from a
-    /// client on any node reaches the channel's subscribers on every node. Without it the node
-    /// stands alone, at no cost on the hot path.
+    /// A NATS server (nats://HOST:PORT, or tls://HOST:PORT to require TLS) that links this
+    /// node with others: a message from a client on any node reaches the channel's
+    /// subscribers on every node. Without it the node stands alone, at no cost on the hot
+    /// path.
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
+
+    /// A user at the broker (--cluster-password-file gives the password). A user and password
+    /// in the URL (nats://USER:PASS@HOST:PORT) work too, but show in `ps`.
+    #[arg(long, value_name = "USER", requires = "cluster_password_file")]
+    pub cluster_user: Option<String>,
+
+    /// A file holding the password of --cluster-user.
+    #[arg(long, value_name = "PATH", requires = "cluster_user")]
+    pub cluster_password_file: Option<std::path::PathBuf>,
+
+    /// A file holding the broker's authentication token.
+    #[arg(long, value_name = "PATH", conflicts_with = "cluster_user")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
+
+    /// A NATS credentials file (a user JWT and its NKey seed, as `nsc` writes them).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["cluster_user", "cluster_token_file"])]
+    pub cluster_creds_file: Option<std::path::PathBuf>,
+
+    /// A PEM file of the certificate authorities the broker's TLS certificate is checked
+    /// against (for a tls:// broker with a private CA; the system's roots otherwise).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_ca_file: Option<std::path::PathBuf>,
 
     /// This node's name at the broker and in logs. Default: ringcast-HOSTNAME-PID.
     #[arg(long)]

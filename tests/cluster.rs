@@ -367,3 +367,90 @@ async fn the_broker_carries_only_what_fits_and_only_valid_blocks() {
     let dropped = metric(&b, "cluster_dropped_in_messages_total").await - dropped_before;
     assert!(dropped >= 2, "the receiving node counted {dropped} dropped");
 }
+
+/// The node's password (or token) in a file of its own, kept as long as the returned handle.
+fn secret_file(secret: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(secret.as_bytes()).unwrap();
+    file
+}
+
+/// A broker that requires TLS and a user with a password: two nodes given `tls://`, the
+/// broker's CA and the password relay to each other; a node with a wrong password, and one
+/// that does not trust the broker's CA, never get a link, while serving their local channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_broker_that_requires_tls_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = tls::make(dir.path());
+    let nats = Nats::start_with_config(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n\
+         authorization {{\n  user: ringcast\n  password: \"correct horse\"\n}}\n",
+        pki.cert.display(),
+        pki.key.display()
+    ));
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let (good, bad) = (
+        secret_file("correct horse\n"),
+        secret_file("battery staple"),
+    );
+    let ca = pki.ca.display().to_string();
+    let start = |name: &str, ca: Option<&str>, password: &tempfile::NamedTempFile| {
+        let password = password.path().display().to_string();
+        let mut args = vec!["--threads", "1", "--cluster", &url, "--node-name", name];
+        args.extend([
+            "--cluster-user",
+            "ringcast",
+            "--cluster-password-file",
+            &password,
+        ]);
+        if let Some(ca) = ca {
+            args.extend(["--cluster-ca-file", ca]);
+        }
+        Server::start(&args)
+    };
+    let a = start("a", Some(&ca), &good);
+    let b = start("b", Some(&ca), &good);
+    let mut publisher = ws(&a, "/room").await;
+    let mut remote = ws(&b, "/room").await;
+    nats.wait_subjects("a", &[ROOM]);
+    nats.wait_subjects("b", &[ROOM]);
+    send(&mut publisher, Message::text("over tls")).await;
+    assert_eq!(
+        next_data(&mut remote, "across the TLS broker").await,
+        Message::text("over tls")
+    );
+    assert_eq!(metric(&a, "cluster_connected").await, 1);
+
+    let wrong = start("wrong", Some(&ca), &bad);
+    let untrusting = start("untrusting", None, &good);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (who, node) in [("wrong password", &wrong), ("CA not trusted", &untrusting)] {
+        assert_eq!(metric(node, "cluster_connected").await, 0, "{who}: linked");
+        let mut x = ws(node, "/local").await;
+        let mut y = ws(node, "/local").await;
+        wait_connections(node, 2).await;
+        send(&mut x, Message::text("local")).await;
+        assert_eq!(next_data(&mut y, who).await, Message::text("local"));
+    }
+    assert!(nats.subjects_of("wrong").is_empty());
+}
+
+/// A broker that requires a token: a node with `--cluster-token-file` links and relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_broker_that_requires_a_token() {
+    let nats = Nats::start_with_config("authorization {\n  token: \"t0ken-for-the-test\"\n}\n");
+    let token = secret_file("t0ken-for-the-test\n");
+    let path = token.path().display().to_string();
+    let a = node(&nats, "a", &["--cluster-token-file", &path]);
+    let b = node(&nats, "b", &["--cluster-token-file", &path]);
+    let mut publisher = ws(&a, "/room").await;
+    let mut remote = ws(&b, "/room").await;
+    nats.wait_subjects("a", &[ROOM]);
+    nats.wait_subjects("b", &[ROOM]);
+    send(&mut publisher, Message::text("with a token")).await;
+    assert_eq!(
+        next_data(&mut remote, "across the token broker").await,
+        Message::text("with a token")
+    );
+}

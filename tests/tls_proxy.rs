@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 struct Nginx {
     child: Child,
     port: u16,
+    /// The certificate authority clients trust.
     cert: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -41,26 +42,7 @@ impl Nginx {
     fn start(upstream: SocketAddr) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
-        let made = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .args([
-                "-keyout",
-                &format!("{d}/key.pem"),
-                "-out",
-                &format!("{d}/cert.pem"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run openssl");
-        assert!(made.success(), "openssl could not make a certificate");
+        let pki = tls::make(dir.path());
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -101,7 +83,7 @@ impl Nginx {
         Nginx {
             child,
             port,
-            cert: dir.path().join("cert.pem"),
+            cert: pki.ca,
             _dir: dir,
         }
     }

@@ -3,7 +3,7 @@
 //! comes from the broker to the worker threads.
 
 use super::envelope;
-use super::settings::ClusterConfig;
+use super::settings::{ClusterConfig, Credentials};
 use super::subject;
 use crate::budget::{RateLimited, BUDGET};
 use crate::fanout::block::{Block, NO_ORIGIN};
@@ -304,6 +304,26 @@ async fn connect(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Option<Clien
     if !config.through_broker {
         options = options.no_echo();
     }
+    if config.url.starts_with("tls://") {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    options = match &config.credentials {
+        Credentials::None => options,
+        Credentials::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        Credentials::Token(token) => options.token(token.clone()),
+        Credentials::CredsFile(path) => match options.credentials_file(path).await {
+            Ok(options) => options,
+            Err(err) => {
+                tracing::error!(path = %path.display(), "cluster: cannot read the credentials file: {err}; this node serves its local channels only");
+                return None;
+            }
+        },
+    };
     match options.connect(config.url.as_str()).await {
         Ok(client) => Some(client),
         Err(err) => {

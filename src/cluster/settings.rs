@@ -9,8 +9,13 @@ use thiserror::Error;
 /// Why the cluster link could not start.
 #[derive(Debug, Error)]
 pub enum ClusterError {
-    #[error("--cluster must be a nats://HOST:PORT URL, not {0:?}")]
+    #[error("--cluster must be a nats://HOST:PORT or tls://HOST:PORT URL, not {0:?}")]
     BadUrl(String),
+    #[error("cluster credentials: {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Subject(#[from] subject::SubjectError),
     #[error("cannot start the cluster link thread: {0}")]
@@ -30,6 +35,47 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// `--max-message`: a block from the broker with a larger message is refused.
     pub max_message: usize,
+    /// How the node proves who it is to the broker.
+    pub credentials: Credentials,
+    /// `--cluster-ca-file`.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// How a node authenticates to the broker (from `--cluster-user` and the other files).
+#[derive(Clone, Default)]
+pub enum Credentials {
+    /// None, or what the URL carries.
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    /// A NATS credentials file, read by the client.
+    CredsFile(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets themselves.
+        match self {
+            Credentials::None => write!(f, "None"),
+            Credentials::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            Credentials::Token(_) => write!(f, "Token(***)"),
+            Credentials::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+        }
+    }
+}
+
+/// A secret read from `path`, without its trailing newline.
+fn read_secret(path: &std::path::Path) -> Result<String, ClusterError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|source| ClusterError::Credentials {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 impl ClusterConfig {
@@ -38,9 +84,26 @@ impl ClusterConfig {
         let Some(url) = &config.cluster else {
             return Ok(None);
         };
-        if !url.starts_with("nats://") || url.len() <= "nats://".len() {
+        let scheme_ok = ["nats://", "tls://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+        if !scheme_ok {
             return Err(ClusterError::BadUrl(url.clone()));
         }
+        let credentials = match (
+            &config.cluster_user,
+            &config.cluster_password_file,
+            &config.cluster_token_file,
+            &config.cluster_creds_file,
+        ) {
+            (Some(user), Some(password), _, _) => Credentials::UserPassword {
+                user: user.clone(),
+                password: read_secret(password)?,
+            },
+            (_, _, Some(token), _) => Credentials::Token(read_secret(token)?),
+            (_, _, _, Some(creds)) => Credentials::CredsFile(creds.clone()),
+            _ => Credentials::None,
+        };
         subject::check_prefix(&config.cluster_prefix)?;
         let node_name = config.node_name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -56,6 +119,8 @@ impl ClusterConfig {
             queue_bytes: config.cluster_queue,
             prefix: config.cluster_prefix.clone(),
             max_message: config.max_message,
+            credentials,
+            ca_file: config.cluster_ca_file.clone(),
         }))
     }
 }

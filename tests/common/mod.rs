@@ -3,8 +3,8 @@
 //! tokio-tungstenite clients ([`ws`]), with raw WebSocket frames over plain TCP sockets, so that
 //! a test can misbehave in ways a WebSocket library would not ([`raw`]), and with plain HTTP
 //! ([`http`]), and read its `/metrics` ([`metrics`]); run a real nats-server for the cluster
-//! tests ([`nats`]); put a server under a memory limit ([`cgroup`]); and drive a headless
-//! Chromium ([`browser`]).
+//! tests ([`nats`]); put a server under a memory limit ([`cgroup`]); make a private CA and a
+//! server certificate ([`tls`]); and drive a headless Chromium ([`browser`]).
 //!
 //! Everything here is bounded in time: a helper that waits does so under [`STEP`] (or a bound
 //! it is given) and panics with a message saying what it was waiting for.
@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nats;
 pub mod raw;
 pub mod server;
+pub mod tls;
 pub mod ws;
 
 pub use cgroup::*;

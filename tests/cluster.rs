@@ -454,3 +454,74 @@ async fn nodes_reach_a_broker_that_requires_a_token() {
         Message::text("with a token")
     );
 }
+
+/// Blocks from the broker count against the memory budget: node b, with `--memory-limit 8MiB`
+/// and one reader that never reads (a long `--slow-timeout`, so the window policy does not
+/// step in first), receives 32 MiB published on node a. Once its budget is spent it drops what
+/// comes from the broker (counted) instead of growing: its budget count stays near the limit
+/// and its resident memory grows by far less than was sent, while node a's own subscriber gets
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_from_the_broker_stay_within_the_memory_budget() {
+    const COUNT: u64 = 512;
+    const SIZE: usize = 64 << 10;
+    let nats = Nats::start();
+    let a = node(&nats, "a", &[]);
+    let b = node(
+        &nats,
+        "b",
+        &["--memory-limit", "8MiB", "--slow-timeout", "60"],
+    );
+    let mut local = ws(&a, "/room").await;
+    let _stalled = Raw::connect_stalling(b.addr, "/room").await;
+    let mut publisher = ws(&a, "/room").await;
+    nats.wait_subjects("a", &[ROOM]);
+    nats.wait_subjects("b", &[ROOM]);
+    let rss_before = b.rss_kib();
+    let reading = tokio::spawn(async move {
+        for i in 0..COUNT {
+            match local.next().await {
+                Some(Ok(Message::Binary(m))) => assert_eq!(index_of(&m, SIZE), i),
+                other => panic!("local subscriber, message {i}: {other:?}"),
+            }
+        }
+    });
+    within(Duration::from_secs(60), "publishing 32 MiB", async {
+        for i in 0..COUNT {
+            publisher
+                .feed(Message::binary(numbered(i, SIZE)))
+                .await
+                .unwrap();
+        }
+        publisher.flush().await.unwrap();
+    })
+    .await;
+    within(Duration::from_secs(60), "the local subscriber", reading)
+        .await
+        .unwrap();
+    let dropped = within(STEP, "node b to drop blocks for memory", async {
+        loop {
+            let n = metric(&b, "memory_broker_blocks_dropped_total").await;
+            if n > 0 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let used = metric(&b, "memory_used_bytes").await;
+    let growth_mib = b.peak_rss_kib().saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "node b: {dropped} blocks from the broker dropped for memory, {used} bytes counted, peak \
+         RSS +{growth_mib} MiB of 32 MiB sent"
+    );
+    assert!(
+        used < 12 << 20,
+        "node b holds {used} bytes under an 8 MiB budget"
+    );
+    assert!(
+        growth_mib < 24,
+        "node b's resident memory grew {growth_mib} MiB under an 8 MiB budget"
+    );
+    assert!(metric(&b, "cluster_dropped_in_messages_total").await >= dropped);
+}

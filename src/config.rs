@@ -3,7 +3,6 @@
 //! The struct doubles as the command line (clap derive), so `ringcast --help` and this file
 //! cannot disagree. Tests build it with [`Config::default`] and change what they need.
 
-use crate::fanout::registry::MAX_THREADS;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -321,6 +320,10 @@ impl Default for Config {
         Config::parse_from(["ringcast"])
     }
 }
+
+/// The most worker threads (`--threads`): the node-wide registry keeps which threads have
+/// subscribers of a channel in a 64-bit set.
+pub const MAX_THREADS: usize = 64;
 
 /// Descriptors `--max-connections`'s default leaves to the process: stdio, the signal and
 /// cluster threads' files, the broker socket, and headroom for handshakes in flight.

@@ -7,26 +7,28 @@
 //! # Layout
 //!
 //! The protocol is its own crate, [`ringcast_proto`] (re-exported as [`proto`]): pure functions
-//! over bytes, no I/O. This crate is the runtime, in layers that depend downward only:
+//! over bytes, no I/O. This crate is the runtime, in layers listed top to bottom: a module uses
+//! only those below it (`scripts/check-layers`, run by CI, checks every `crate::` path against
+//! this list; modules in one item are one layer and do not use each other).
 //!
 //! - [`server`]: binds the listeners, starts one worker thread per core, runs until the
 //!   shutdown future it is given completes, then drains.
-//! - `accept`: each worker's accept loop, which answers 503 when descriptors run out;
-//!   `admission`: the node-wide counts under `--max-connections` and `--max-connections-per-ip`.
-//! - `worker`: one thread's state (channels, send ring, block encoder, connections) and the
-//!   publishing of what its clients send.
+//! - `accept`: each worker's accept loop, which answers 503 when descriptors run out.
 //! - `connection`: one client from its first byte to its close: `upgrade` (the HTTP request
 //!   and its answer), then `link` (the WebSocket's read loop).
+//! - `worker`: one thread's state (channels, send ring, block encoder, connections), the
+//!   publishing of what its clients send, the sweep of its connections.
+//! - [`access`]: who may: the `Origin` check and client tokens (JWT) with channel capabilities;
+//!   `admission`: the node-wide counts under `--max-connections` and `--max-connections-per-ip`.
+//! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
 //! - [`fanout`]: channels and the fan-out of a message to their subscribers, within a thread
 //!   and across threads; [`fanout::block`] (frames encoded once, shared) and
 //!   [`fanout::subscriber`] (one connection's outgoing side).
 //! - [`ring`]: the send ring, the one raw io_uring of each thread, which writes for every
 //!   connection and knows nothing of WebSockets; and the readiness polls of idle connections.
-//! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
-//! - [`telemetry`]: counters for `/metrics` and the `--stats-interval` line.
-//! - [`access`]: who may: the `Origin` check and client tokens (JWT) with channel capabilities.
-//! - [`config`]: every flag, its default and its trade-off.
+//! - [`telemetry`]: counters for `/metrics`, the `--stats-interval` line, the live page.
 //! - [`budget`]: the bytes held for messages, counted against `--memory-limit`.
+//! - [`config`]: every flag, its default and its trade-off.
 //! - `maps`: hash maps that shrink back when their entries leave; `memory`: freed memory
 //!   handed back to the OS after a spike of connections.
 

@@ -204,17 +204,7 @@ async fn only_a_token_with_pub_may_publish_and_the_rest_is_never_relayed() {
     );
     // A reader's data message closes it with 1008 and reaches nobody.
     send(&mut sneaky, Message::text("injected")).await;
-    let close = within(STEP, "the close", async {
-        use futures_util::StreamExt;
-        loop {
-            match sneaky.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = close_frame(&mut sneaky, "the close").await;
     assert_eq!(u16::from(close.code), 1008);
     assert!(
         close.reason.contains("does not allow publishing"),

@@ -327,16 +327,7 @@ async fn the_broker_carries_only_what_fits_and_only_valid_blocks() {
     let mut big_sender = ws(&a, "/big").await;
     wait_connections(&a, 3).await;
     send(&mut big_sender, Message::binary(vec![0u8; 100 << 10])).await;
-    let close = within(STEP, "the refusal", async {
-        loop {
-            match big_sender.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = close_frame(&mut big_sender, "the refusal").await;
     assert_eq!(u16::from(close.code), 1009);
     assert!(close.reason.contains("broker"), "reason: {}", close.reason);
 
@@ -366,6 +357,20 @@ async fn the_broker_carries_only_what_fits_and_only_valid_blocks() {
     }
     let dropped = metric(&b, "cluster_dropped_in_messages_total").await - dropped_before;
     assert!(dropped >= 2, "the receiving node counted {dropped} dropped");
+}
+
+/// A message published on node `a` (named "a" at the broker) reaches a subscriber on node `b`
+/// ("b"), once both are subscribed at the broker.
+async fn relays_from_a_to_b(nats: &Nats, a: &Server, b: &Server, text: &str) {
+    let mut publisher = ws(a, "/room").await;
+    let mut remote = ws(b, "/room").await;
+    nats.wait_subjects("a", &[ROOM]);
+    nats.wait_subjects("b", &[ROOM]);
+    send(&mut publisher, Message::text(text)).await;
+    assert_eq!(
+        next_data(&mut remote, "across the broker").await,
+        Message::text(text)
+    );
 }
 
 /// The node's password (or token) in a file of its own, kept as long as the returned handle.
@@ -411,15 +416,7 @@ async fn nodes_reach_a_broker_that_requires_tls_and_a_password() {
     };
     let a = start("a", Some(&ca), &good);
     let b = start("b", Some(&ca), &good);
-    let mut publisher = ws(&a, "/room").await;
-    let mut remote = ws(&b, "/room").await;
-    nats.wait_subjects("a", &[ROOM]);
-    nats.wait_subjects("b", &[ROOM]);
-    send(&mut publisher, Message::text("over tls")).await;
-    assert_eq!(
-        next_data(&mut remote, "across the TLS broker").await,
-        Message::text("over tls")
-    );
+    relays_from_a_to_b(&nats, &a, &b, "over tls").await;
     assert_eq!(metric(&a, "cluster_connected").await, 1);
 
     let wrong = start("wrong", Some(&ca), &bad);
@@ -444,15 +441,7 @@ async fn nodes_reach_a_broker_that_requires_a_token() {
     let path = token.path().display().to_string();
     let a = node(&nats, "a", &["--cluster-token-file", &path]);
     let b = node(&nats, "b", &["--cluster-token-file", &path]);
-    let mut publisher = ws(&a, "/room").await;
-    let mut remote = ws(&b, "/room").await;
-    nats.wait_subjects("a", &[ROOM]);
-    nats.wait_subjects("b", &[ROOM]);
-    send(&mut publisher, Message::text("with a token")).await;
-    assert_eq!(
-        next_data(&mut remote, "across the token broker").await,
-        Message::text("with a token")
-    );
+    relays_from_a_to_b(&nats, &a, &b, "with a token").await;
 }
 
 /// Blocks from the broker count against the memory budget: node b, with `--memory-limit 8MiB`

@@ -72,6 +72,12 @@ async fn read_until_closed(raw: &mut Raw) -> (Vec<(OpCode, Vec<u8>)>, bool) {
         }
     })
     .await;
+    frames_of(&bytes)
+}
+
+/// The whole frames a server sent in `bytes` (each final and unmasked), and whether the bytes
+/// end inside a frame.
+fn frames_of(bytes: &[u8]) -> (Vec<(OpCode, Vec<u8>)>, bool) {
     let mut frames = Vec::new();
     let mut pos = 0;
     while let Some((h, n)) = decode_header(&bytes[pos..]).expect("valid frame header") {
@@ -83,8 +89,7 @@ async fn read_until_closed(raw: &mut Raw) -> (Vec<(OpCode, Vec<u8>)>, bool) {
         frames.push((h.opcode, bytes[pos + n..end].to_vec()));
         pos = end;
     }
-    let truncated = pos != bytes.len();
-    (frames, truncated)
+    (frames, pos != bytes.len())
 }
 
 #[tokio::test]
@@ -449,16 +454,7 @@ async fn slow_reader_cannot_set_the_pace(policy: &str) {
     let (bytes, ended) = within(Duration::from_secs(60), "the slow reader", slow_task)
         .await
         .unwrap();
-    let mut frames = Vec::new();
-    let mut pos = 0;
-    while let Some((h, n)) = decode_header(&bytes[pos..]).expect("valid frame header") {
-        let end = pos + n + h.payload_len as usize;
-        if end > bytes.len() {
-            break;
-        }
-        frames.push((h.opcode, bytes[pos + n..end].to_vec()));
-        pos = end;
-    }
+    let (frames, _) = frames_of(&bytes);
     let got: Vec<u64> = frames
         .iter()
         .filter(|f| f.0 == OpCode::Binary)

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
-/// Most worker threads a node may have: threads are bits of a `u64`.
-pub const MAX_THREADS: usize = 64;
+/// Most worker threads a node may have: threads are bits of a `u64` (the flag's bound,
+/// [`crate::config::MAX_THREADS`], is this).
+pub use crate::config::MAX_THREADS;
 
 /// One channel's state shared by every worker thread of the node.
 #[derive(Debug)]

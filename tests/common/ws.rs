@@ -37,6 +37,24 @@ pub async fn next_data(ws: &mut Ws, what: &str) -> Message {
     .await
 }
 
+/// The close frame the server sends next (data before it is skipped; the stream ending, an
+/// error or a close without a code panics).
+pub async fn close_frame(
+    ws: &mut Ws,
+    what: &str,
+) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    within(STEP, what, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{what}: expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
 /// Asserts nothing arrives on `ws` for `quiet`.
 pub async fn assert_silent(ws: &mut Ws, quiet: Duration, what: &str) {
     if let Ok(m) = tokio::time::timeout(quiet, ws.next()).await {

@@ -3,7 +3,7 @@
 //! strace slows the server down, so only the counts mean anything; it runs apart from the
 //! measured cells, for ringcast and the best peer only.
 
-use std::os::unix::process::CommandExt;
+use crate::sys::child::{tie_to_loadgen, Pinning};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,14 +91,7 @@ pub fn measure_syscalls(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     f.command = format!("strace -c -f -q -p PID -o {}", out.display());
-    // SAFETY: only async-signal-safe calls run in the child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            let _ = ringcast_os::affinity::pin_current_thread(&[cpu]);
-            Ok(())
-        })
-    };
+    tie_to_loadgen(&mut cmd, Some(vec![cpu]), Pinning::BestEffort);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -4,9 +4,9 @@
 //! The monitoring endpoint says when every node's subscriptions have reached the broker, so
 //! that a run does not start before the cluster can deliver what it is sent.
 
+use super::child::Pinning;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,17 +90,7 @@ impl BrokerProcess {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity) run in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The broker must not outlive loadgen (Ctrl-C, crash).
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                match &cpus {
-                    Some(c) => ringcast_os::affinity::pin_current_thread(c),
-                    None => Ok(()),
-                }
-            })
-        };
+        super::child::tie_to_loadgen(&mut cmd, cpus, Pinning::Required);
         let command = format!("{cmd:?}");
         let child = cmd.spawn().map_err(|source| BrokerError::Spawn {
             path: binary.to_owned(),

@@ -4,6 +4,7 @@
 //! The bottom layer: it uses `ringcast-os` (CPU affinity, the open-file limit, `/proc` readers
 //! of a process) and nothing else of the crate.
 //!
+//! - [`child`]: what every process loadgen starts does before exec: die with loadgen, pin.
 //! - [`server_process`]: start the server under test, pinned, on a free port; stop it.
 //! - [`broker`]: start the nats-server of a ringcast cluster; see its subscriptions; stop it.
 //! - [`limits`]: fail early, naming the limit, when a run needs more descriptors than allowed.
@@ -11,6 +12,7 @@
 //!   reads `/proc` files of its own).
 
 pub mod broker;
+pub mod child;
 pub mod limits;
 pub mod machine;
 pub mod server_process;

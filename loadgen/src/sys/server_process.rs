@@ -5,9 +5,9 @@
 //! fight for one. Its CPU time and resident memory are read by PID with
 //! [`ringcast_os::procfs`], which serves a server started by someone else (`--server-pid`) too.
 
+use super::child::Pinning;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -110,17 +110,7 @@ impl ServerProcess {
             Some(f) => cmd.stderr(f),
             None => cmd.stderr(Stdio::null()),
         };
-        // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity) run in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The server must not outlive loadgen (Ctrl-C, crash).
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                match &cpus {
-                    Some(c) => ringcast_os::affinity::pin_current_thread(c),
-                    None => Ok(()),
-                }
-            })
-        };
+        super::child::tie_to_loadgen(&mut cmd, cpus, Pinning::Required);
         let command = format!("{} {}", program.display(), args.join(" "));
         let mut child = cmd.spawn().map_err(|source| ServerError::Spawn {
             path: program.to_owned(),

@@ -300,7 +300,11 @@ fn worker_main(
             fanout,
             send_ring,
         );
-        tokio_uring::spawn(worker.clone().run_sweep());
+        // The sweep has work only with pings or tokens (an idle server sweeps nothing).
+        if Config::enabled(worker.config.ping_interval).is_some() || worker.access.requires_tokens()
+        {
+            tokio_uring::spawn(worker.clone().run_sweep());
+        }
         let listener = TcpListener::from_std(listener);
         accept::run(&worker, &listener, stop).await;
         // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.

@@ -258,6 +258,16 @@ impl Link {
     /// together (see [`crate::fanout::block::BlockEncoder`]) before anything else is done:
     /// before a control frame is answered, and before returning.
     fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Pause>) {
+        // A message that must cross the cluster's broker is held to what one broker message
+        // carries (read once per batch of frames, not per message).
+        let cluster_limit = if self.echo {
+            None
+        } else {
+            self.worker.fanout.cluster_message_limit()
+        };
+        let max_len = cluster_limit.map_or(self.worker.config.max_message, |l| {
+            l.min(self.worker.config.max_message)
+        });
         loop {
             let event = match self.reader.next_event(&mut buf[start..]) {
                 Ok(None) => return (start, self.publish_block()),
@@ -286,16 +296,6 @@ impl Link {
                     payload,
                     compressed,
                 }) => {
-                    // A message that must cross the cluster's broker is held to what one
-                    // broker message carries.
-                    let cluster_limit = if self.echo {
-                        None
-                    } else {
-                        self.worker.fanout.cluster_message_limit()
-                    };
-                    let max_len = cluster_limit.map_or(self.worker.config.max_message, |l| {
-                        l.min(self.worker.config.max_message)
-                    });
                     let pushed = if compressed {
                         self.worker.push_inflated(opcode, payload, max_len)
                     } else if payload.len() > max_len {

@@ -162,17 +162,11 @@ impl Channel {
             .last_scan_at
             .replace(Some(now))
             .is_some_and(|then| now.duration_since(then) <= SCAN_GAP);
-        let due: Vec<Rc<Subscriber>> = self
-            .subscribers
-            .borrow()
-            .values()
-            .filter(|s| s.position().is_some_and(|p: Pos| p < start))
-            .filter(|s| {
-                let slow = Self::note_behind(s, scan, continuous, now, timeout, window);
-                all_due || slow || s.is_stalled(timeout)
-            })
-            .cloned()
-            .collect();
+        let mut due = self.readers_behind(start);
+        due.retain(|s| {
+            let slow = Self::note_behind(s, scan, continuous, now, timeout, window);
+            all_due || slow || s.is_stalled(timeout)
+        });
         for subscriber in due {
             subscriber.fall_behind(start, self.policy.policy);
         }
@@ -188,17 +182,21 @@ impl Channel {
             }
             log.start_keeping(log.bytes() / 2)
         };
-        let behind: Vec<Rc<Subscriber>> = self
-            .subscribers
-            .borrow()
-            .values()
-            .filter(|s| s.position().is_some_and(|p: Pos| p < start))
-            .cloned()
-            .collect();
+        let behind = self.readers_behind(start);
         for subscriber in &behind {
             subscriber.fall_behind(start, self.policy.policy);
         }
         behind.len()
+    }
+
+    /// This thread's subscribers whose cursor is before `start`.
+    fn readers_behind(&self, start: Pos) -> Vec<Rc<Subscriber>> {
+        self.subscribers
+            .borrow()
+            .values()
+            .filter(|s| s.position().is_some_and(|p| p < start))
+            .cloned()
+            .collect()
     }
 
     /// Bytes this thread's log holds.

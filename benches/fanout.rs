@@ -6,7 +6,8 @@
 //! are woken onto the send ring's ready list), then one write cycle: for each ready subscriber
 //! `begin_write` (the `iovec`s from its cursor to the head) and `complete_write` as if the whole
 //! write went out (the cursor moves, the subscriber parks again, the block is freed once every
-//! cursor passed it). Real `Subscriber`s, `Channel` and `SendRing`, inside a tokio-uring runtime,
+//! cursor passed it). Real connections' `Outbound`s with one `Subscription` each, `Channel` and
+//! `SendRing`, inside a tokio-uring runtime,
 //! sharing one loopback socket that is never written to: what is timed is everything between a
 //! publisher's read and the kernel's send, minus the send.
 //!
@@ -24,11 +25,12 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::config::SlowPolicy;
+use ringcast::connection::outbound::Outbound;
 use ringcast::fanout::block::BlockEncoder;
 use ringcast::fanout::channel::{Channel, WindowPolicy};
 use ringcast::fanout::compressed::Encoding;
 use ringcast::fanout::log::ChannelLog;
-use ringcast::fanout::subscriber::{Subscriber, SubscriberSettings};
+use ringcast::fanout::subscription::Subscription;
 use ringcast::ring::{ScratchIovecs, SendRing};
 use ringcast::telemetry::metrics::{Metrics, ThreadMetrics};
 use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
@@ -57,12 +59,12 @@ const DEPTHS: [u64; 2] = [1, 256];
 /// The channel log path: one channel, 1,000 real subscribers started and parked at the head.
 struct LogPath {
     channel: Rc<Channel>,
-    ring: Rc<SendRing<Subscriber>>,
-    subscribers: Vec<Rc<Subscriber>>,
+    ring: Rc<SendRing<Outbound>>,
+    subscribers: Vec<Rc<Outbound>>,
     metrics: Arc<ThreadMetrics>,
     encoder: BlockEncoder,
     scratch: ScratchIovecs,
-    ready: Vec<Rc<Subscriber>>,
+    ready: Vec<Rc<Outbound>>,
 }
 
 impl LogPath {
@@ -75,21 +77,25 @@ impl LogPath {
             policy: SlowPolicy::Drop,
         };
         let channel = Channel::new(ChannelLog::new(policy.window, None), None, policy);
-        let subscribers: Vec<Rc<Subscriber>> = (0..SUBSCRIBERS as u64)
+        let subscribers: Vec<Rc<Outbound>> = (0..SUBSCRIBERS as u64)
             .map(|id| {
-                let s = Subscriber::new(
+                let outbound = Outbound::new(
                     id,
                     stream.clone(),
                     ring.clone(),
-                    channel.log().clone(),
                     metrics.clone(),
-                    SubscriberSettings {
-                        close_timeout: Duration::from_secs(10),
-                        encoding: Encoding::Plain,
-                    },
+                    Duration::from_secs(10),
                 );
-                channel.add(s.clone());
-                s
+                let subscription = Subscription::new(
+                    id,
+                    channel.log().clone(),
+                    Encoding::Plain,
+                    metrics.clone(),
+                    outbound.as_owner(),
+                );
+                channel.add(subscription.clone());
+                outbound.subscribe(subscription);
+                outbound
             })
             .collect();
         let mut path = LogPath {

@@ -174,7 +174,7 @@ pub fn handshake(data: &[u8]) {
     let expected = Request::Upgrade {
         path: "/chat".into(),
         accept_key: accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-        deflate: None,
+        extensions: Vec::new(),
         query: None,
         origin: Some("http://example.com".into()),
         authorization: None,

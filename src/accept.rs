@@ -9,9 +9,8 @@
 //! and retries. Failures are logged once per [`LOG_INTERVAL`], with a count, never per client.
 //! The loop also runs the worker's once-a-second housekeeping.
 
-use crate::connection;
+use crate::connection::{self, Connections};
 use crate::telemetry::metrics::HandshakeFailure;
-use crate::worker::Worker;
 use ringcast_proto::handshake;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,15 +25,15 @@ const LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long accepting pauses after a failure that shedding could not resolve.
 const PAUSE: Duration = Duration::from_millis(20);
 
-/// How often the worker's housekeeping runs (see [`Worker::tick`]).
+/// How often the thread's housekeeping runs (see [`Connections::tick`]).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// The body of the answer to a connection shed for lack of descriptors.
 const SHED_REASON: &str = "server out of file descriptors; try again later\n";
 
-/// Accepts connections on `listener` and serves each on `worker` until `stop` changes.
+/// Accepts connections on `listener` and serves each in `connections` until `stop` changes.
 pub(crate) async fn run(
-    worker: &Rc<Worker>,
+    connections: &Rc<Connections>,
     listener: &TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -49,16 +48,17 @@ pub(crate) async fn run(
     tokio::pin!(accept);
     loop {
         tokio::select! {
-            _ = housekeeping.tick() => worker.tick(),
+            _ = housekeeping.tick() => connections.tick(),
             accepted = &mut accept => {
                 match accepted {
                     Ok((stream, peer)) => {
-                        tokio_uring::spawn(connection::serve(worker.clone(), stream, peer));
+                        tokio_uring::spawn(connection::serve(connections.clone(), stream, peer));
                     }
                     Err(err) if is_out_of_descriptors(&err) => {
                         let shed = spare.shed_one(listener.as_raw_fd(), &shed_response);
                         if shed {
-                            worker
+                            connections
+                                .worker
                                 .thread_metrics
                                 .handshake_failed(HandshakeFailure::OutOfDescriptors);
                         }

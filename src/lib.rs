@@ -14,16 +14,19 @@
 //! - [`server`]: binds the listeners, starts one worker thread per core, runs until the
 //!   shutdown future it is given completes, then drains.
 //! - `accept`: each worker's accept loop, which answers 503 when descriptors run out.
-//! - `connection`: one client from its first byte to its close: `upgrade` (the HTTP request
-//!   and its answer), then `link` (the WebSocket's read loop).
-//! - `worker`: one thread's state (channels, send ring, block encoder, connections), the
-//!   publishing of what its clients send, the sweep of its connections.
+//! - [`connection`]: one client from its first byte to its close: `upgrade` (the HTTP request
+//!   and its answer), `link` (the WebSocket's read loop), `protocol` (what its path and
+//!   messages mean: the seam for a second client protocol), [`connection::outbound`] (its
+//!   subscriptions' bytes, control frames, the close, the write in flight), and `table` (the
+//!   thread's connections, send ring, keepalive sweep and drain).
+//! - `worker`: one thread's state below its connections (channels, block encoder, memory
+//!   budget, admission and access), and the publishing of what its clients send.
 //! - [`access`]: who may: the `Origin` check and client tokens (JWT) with channel capabilities;
 //!   `admission`: the node-wide counts under `--max-connections` and `--max-connections-per-ip`.
 //! - [`cluster`]: nodes linked through a NATS server: the link's thread, subjects, envelopes.
 //! - [`fanout`]: channels and the fan-out of a message to their subscribers, within a thread
 //!   and across threads; [`fanout::block`] (frames encoded once, shared) and
-//!   [`fanout::subscriber`] (one connection's outgoing side).
+//!   [`fanout::subscription`] (a cursor into a channel's log, which wakes its connection).
 //! - [`ring`]: the send ring, the one raw io_uring of each thread, which writes for every
 //!   connection and knows nothing of WebSockets; and the readiness polls of idle connections.
 //! - [`telemetry`]: counters for `/metrics`, the `--stats-interval` line, the live page.
@@ -38,6 +41,7 @@ pub mod access;
 pub mod budget;
 pub mod cluster;
 pub mod config;
+pub mod connection;
 pub mod fanout;
 pub mod ring;
 pub mod server;
@@ -45,7 +49,6 @@ pub mod telemetry;
 
 mod accept;
 mod admission;
-mod connection;
 mod maps;
 mod memory;
 mod worker;

@@ -12,6 +12,8 @@ use crate::access::Access;
 use crate::admission::Admission;
 use crate::cluster::{ClusterConfig, ClusterError, ClusterLink};
 use crate::config::Config;
+use crate::connection::outbound::Ring;
+use crate::connection::Connections;
 use crate::fanout::channel::WindowPolicy;
 use crate::fanout::compressed::{self, DeflateSettings};
 use crate::fanout::inbox::{self, InboxReceiver, InboxSender};
@@ -19,7 +21,7 @@ use crate::fanout::registry::Registry;
 use crate::fanout::uplink::Uplink;
 use crate::fanout::FanOut;
 use crate::telemetry::metrics::Metrics;
-use crate::worker::{Ring, Worker};
+use crate::worker::Worker;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::future::Future;
 use std::io;
@@ -298,20 +300,20 @@ fn worker_main(
             shared.admission,
             shared.access,
             fanout,
-            send_ring,
         );
+        let connections = Connections::new(index, worker.clone(), send_ring);
         // The sweep has work only with pings or tokens (an idle server sweeps nothing).
         if Config::enabled(worker.config.ping_interval).is_some() || worker.access.requires_tokens()
         {
-            tokio_uring::spawn(worker.clone().run_sweep());
+            tokio_uring::spawn(connections.clone().run_sweep());
         }
         let listener = TcpListener::from_std(listener);
-        accept::run(&worker, &listener, stop).await;
+        accept::run(&connections, &listener, stop).await;
         // SAFETY: shutting down a listening socket we own, to cancel the accept in flight.
         unsafe {
             libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
         }
-        worker.drain().await;
+        connections.drain().await;
         Ok(())
     })
 }

@@ -1,10 +1,12 @@
-//! One worker thread's state, shared by its tasks: its channels, its send ring, its block
-//! encoder, its connections, and the publishing of what its clients send.
+//! One worker thread's state, shared by its tasks: its channels, its block encoder, the
+//! publishing of what its clients send, and the bounds that hold for the whole thread (the
+//! memory budget, the windows' housekeeping, admission, access).
 //!
 //! A worker is created by the server for each thread and handed to every connection that
-//! thread accepts; connections use it, never the reverse. It owns publishing: a connection's
-//! reader encodes messages into the worker's block encoder, then asks the worker to publish
-//! them (to the channel, or back to the sender on the echo path).
+//! thread accepts; connections use it, never the reverse (it knows nothing of sockets or
+//! WebSocket state: [`crate::connection`] keeps the thread's connections). It owns publishing:
+//! a connection's protocol encodes messages into the worker's block encoder, then asks the
+//! worker to publish them (to the channel, or back to the sender on the echo path).
 
 use crate::access::Access;
 use crate::admission::Admission;
@@ -12,24 +14,16 @@ use crate::budget::{BufferCharge, BUDGET};
 use crate::config::Config;
 use crate::fanout::block::{BlockEncoder, NO_ORIGIN};
 use crate::fanout::channel::Channel;
-use crate::fanout::subscriber::Subscriber;
 use crate::fanout::{FanOut, Forwarding};
-use crate::maps::remove_and_shrink;
-use crate::memory::Trimmer;
-use crate::ring::SendRing;
 use crate::telemetry::metrics::{Metrics, ThreadMetrics};
-use ringcast_proto::close::CloseCode;
 use ringcast_proto::deflate::{Decompressor, InflateError};
 use ringcast_proto::frame::OpCode;
 use ringcast_proto::message::ProtocolError;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_uring::net::TcpStream;
 
 /// An inflate buffer is given back to the allocator past this size (a 16 MiB message must not
 /// pin 16 MiB per thread for ever).
@@ -42,17 +36,12 @@ const MEMORY_LOOK_AGAIN: Duration = Duration::from_millis(10);
 /// reader closed with a write in flight frees its blocks only when the write completes).
 const SHED_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The send ring of a worker: it writes for subscribers.
-pub(crate) type Ring = SendRing<Subscriber>;
-
 /// One worker thread's state (see the module documentation).
 pub(crate) struct Worker {
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) thread_metrics: Arc<ThreadMetrics>,
     pub(crate) fanout: Rc<FanOut>,
-    /// Every subscriber's writes go through it.
-    pub(crate) send_ring: Rc<Ring>,
     /// Where a publisher's messages are encoded, one block per read (empty between reads).
     pub(crate) block: RefCell<BlockEncoder>,
     /// Inflates compressed messages from clients (one at a time; no context between them),
@@ -66,14 +55,7 @@ pub(crate) struct Worker {
     pub(crate) admission: Arc<Admission>,
     /// Origins and client tokens.
     pub(crate) access: Arc<Access>,
-    next_id: Cell<u64>,
-    /// Every open socket of this thread, upgraded or not.
-    streams: RefCell<HashMap<u64, Rc<TcpStream>>>,
-    /// The upgraded connections.
-    subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
     shutting_down: Cell<bool>,
-    /// Returns freed memory to the OS after a spike of connections.
-    trimmer: Trimmer,
 }
 
 impl Worker {
@@ -84,88 +66,32 @@ impl Worker {
         admission: Arc<Admission>,
         access: Arc<Access>,
         fanout: Rc<FanOut>,
-        send_ring: Rc<Ring>,
     ) -> Rc<Worker> {
         Rc::new(Worker {
             config,
             thread_metrics: metrics.threads[index].clone(),
             metrics,
             fanout,
-            send_ring,
             block: RefCell::default(),
             inflater: RefCell::default(),
             admission,
             access,
-            // Ids are unique across threads: the thread index is in the top bits.
-            next_id: Cell::new((index as u64) << 48),
-            streams: RefCell::default(),
-            subscribers: RefCell::default(),
             shutting_down: Cell::new(false),
             spent_since: Cell::new(None),
             last_shed: Cell::new(None),
-            trimmer: Trimmer::default(),
         })
     }
 
-    /// Records a new socket; returns its connection id (unique across threads).
-    pub(crate) fn register(&self, stream: &Rc<TcpStream>) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let mut streams = self.streams.borrow_mut();
-        streams.insert(id, stream.clone());
-        self.trimmer.note(streams.len());
-        id
-    }
-
-    pub(crate) fn unregister(&self, id: u64) {
-        let mut streams = self.streams.borrow_mut();
-        remove_and_shrink(&mut streams, &id);
-    }
-
     /// The once-a-second housekeeping: the slow policy for stalled readers of full channels,
-    /// memory back to the OS after a spike.
+    /// the memory budget's shedding.
     pub(crate) fn tick(&self) {
         self.fanout.keep_windows();
         self.keep_budget();
-        self.trimmer.tick(self.streams.borrow().len());
     }
 
-    /// The sweep of this thread's upgraded connections: pings each every `--ping-interval`
-    /// and closes those silent for `--ping-timeout`, and closes those whose token has expired.
-    /// One pass every quarter interval (at most a second apart) rather than a timer per
-    /// connection, which would outlive a closed connection by up to an interval and cost every
-    /// idle one a task. Ends at shutdown.
-    pub(crate) async fn run_sweep(self: Rc<Self>) {
-        let ping = Config::enabled(self.config.ping_interval);
-        let timeout = self.config.ping_timeout.0;
-        let sweep = ping.map_or(Duration::from_secs(1), |interval| {
-            (interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-        });
-        let mut ticks = tokio::time::interval(sweep);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut due = Vec::new();
-        while !self.is_shutting_down() {
-            ticks.tick().await;
-            let now = Instant::now();
-            due.extend(self.subscribers.borrow().values().cloned());
-            for subscriber in due.drain(..) {
-                if subscriber.token_expired(now) {
-                    subscriber.close(CloseCode::POLICY_VIOLATION, "token expired", true);
-                } else if let Some(interval) = ping {
-                    subscriber.keep_alive(now, interval, timeout);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn add_subscriber(&self, subscriber: &Rc<Subscriber>) {
-        self.subscribers
-            .borrow_mut()
-            .insert(subscriber.id, subscriber.clone());
-    }
-
-    pub(crate) fn remove_subscriber(&self, id: u64) {
-        remove_and_shrink(&mut self.subscribers.borrow_mut(), &id);
+    /// The server is shutting down: publishers stop waiting, new connections are closed.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -277,49 +203,5 @@ impl Worker {
         let origin = if echo { NO_ORIGIN } else { from };
         let block = self.block.borrow_mut().finish(origin)?;
         self.fanout.publish(channel, block)
-    }
-
-    /// Graceful shutdown: close 1001 to every client, wait for the closing handshakes up to
-    /// `--shutdown-timeout`, then shut down whatever is left.
-    pub(crate) async fn drain(&self) {
-        self.shutting_down.set(true);
-        let upgraded: Vec<Rc<Subscriber>> = self.subscribers.borrow().values().cloned().collect();
-        for subscriber in &upgraded {
-            subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
-        }
-        drop(upgraded);
-        // Connections still in their handshake are not waited for.
-        let handshaking: Vec<Rc<TcpStream>> = {
-            let subscribers = self.subscribers.borrow();
-            self.streams
-                .borrow()
-                .iter()
-                .filter(|(id, _)| !subscribers.contains_key(id))
-                .map(|(_, s)| s.clone())
-                .collect()
-        };
-        for stream in handshaking {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let deadline = Instant::now() + self.config.shutdown_timeout.0;
-        while !self.streams.borrow().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let remaining: Vec<Rc<TcpStream>> = self.streams.borrow().values().cloned().collect();
-        if !remaining.is_empty() {
-            tracing::warn!(
-                count = remaining.len(),
-                "closing connections that did not finish in time"
-            );
-        }
-        for stream in remaining {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while !self.streams.borrow().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The kernel may still be reading buffers of writes in flight: let them complete.
-        self.send_ring.wait_idle(Duration::from_secs(1)).await;
     }
 }

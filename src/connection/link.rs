@@ -1,5 +1,5 @@
-//! An upgraded connection: its subscriber, its channel, and the read loop that turns what the
-//! client sends into published messages, pongs and the closing handshake.
+//! An upgraded connection: its outgoing side, its protocol, and the read loop that turns what
+//! the client sends into the protocol's messages, pongs and the closing handshake.
 //!
 //! A drained connection waits for its next bytes on a readiness poll (see
 //! [`crate::ring::Readable`]), holding no read buffer: most subscribers never send. Once it has
@@ -10,21 +10,21 @@
 //! read then carries hundreds of messages, and reads follow each other without a poll in
 //! between while they fill the buffer.
 
+use super::outbound::Outbound;
+use super::protocol::{Protocol, Refusal};
+use super::table::Connections;
 use crate::access::Grant;
 use crate::budget::BufferCharge;
-use crate::fanout::channel::Channel;
 use crate::fanout::compressed::Encoding;
-use crate::fanout::subscriber::{Subscriber, SubscriberSettings};
 use crate::fanout::Forwarding;
 use crate::telemetry::metrics::ThreadMetrics;
 use crate::worker::Worker;
 use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::OpCode;
-use ringcast_proto::handshake::Deflate;
+use ringcast_proto::handshake::Extension;
 use ringcast_proto::message::{Event, MessageReader, ProtocolError, Role};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -57,13 +57,13 @@ enum Pause {
     Yield,
 }
 
-/// An upgraded connection: its subscriber, its channel, and what its reader needs.
+/// An upgraded connection: its outgoing side, its protocol, and what its reader needs.
 pub(super) struct Link {
+    connections: Rc<Connections>,
     worker: Rc<Worker>,
     stream: Rc<TcpStream>,
-    pub(super) subscriber: Rc<Subscriber>,
-    channel: Rc<Channel>,
-    echo: bool,
+    pub(super) outbound: Rc<Outbound>,
+    protocol: Protocol,
     /// A protocol violation was read: the rest of the peer's bytes cannot be parsed.
     failed: bool,
     /// It has published a message: it waits for the next one in a read, not a poll.
@@ -73,67 +73,52 @@ pub(super) struct Link {
     leftover: Vec<u8>,
     /// Bytes inflated since the reader last yielded (see [`INFLATE_BUDGET_BYTES`]).
     inflated: usize,
-    /// Its token allows it to publish on its channel (always, without tokens).
-    may_publish: bool,
 }
 
 impl Link {
-    /// Makes the connection a subscriber of the channel named by `path` (or the echo path).
+    /// Opens the connection's outgoing side and its protocol, which subscribes it to the
+    /// channel named by `path` (or the echo path).
     pub(super) fn open(
-        worker: &Rc<Worker>,
+        connections: &Rc<Connections>,
         stream: &Rc<TcpStream>,
         id: u64,
         path: String,
         leftover: Vec<u8>,
-        deflate: Option<Deflate>,
+        extensions: &[Extension],
         grant: Grant,
     ) -> Box<Link> {
+        let worker = &connections.worker;
         let config = &worker.config;
-        let echo = config.echo_path.as_deref() == Some(path.as_str());
-        let channel = if echo {
-            worker.fanout.private_channel()
-        } else {
-            worker.fanout.channel(&Arc::from(path))
-        };
-        let subscriber = Subscriber::new(
+        let outbound = Outbound::new(
             id,
             stream.clone(),
-            worker.send_ring.clone(),
-            channel.log().clone(),
+            connections.ring.clone(),
             worker.thread_metrics.clone(),
-            SubscriberSettings {
-                close_timeout: config.close_timeout.0,
-                encoding: match deflate {
-                    Some(d) => Encoding::Deflate {
-                        window_bits: d.server_max_window_bits,
-                    },
-                    None => Encoding::Plain,
-                },
-            },
+            config.close_timeout.0,
         );
-        subscriber.set_expiry(grant.expires_at);
-        channel.add(subscriber.clone());
-        worker.add_subscriber(&subscriber);
+        let encoding = Encoding::negotiated(extensions);
+        let protocol = Protocol::open(worker, &outbound, path, encoding, &grant);
+        outbound.set_expiry(grant.expires_at);
+        connections.add(&outbound);
         ThreadMetrics::add(&worker.thread_metrics.connections_open, 1);
         if worker.is_shutting_down() {
-            subscriber.close(CloseCode::GOING_AWAY, "server shutting down", false);
+            outbound.close(CloseCode::GOING_AWAY, "server shutting down", false);
         }
         let mut reader = MessageReader::new(Role::Server, config.max_message);
-        if deflate.is_some() {
+        if encoding != Encoding::Plain {
             reader.accept_compressed();
         }
         Box::new(Link {
+            connections: connections.clone(),
             worker: worker.clone(),
             stream: stream.clone(),
-            subscriber,
-            channel,
-            echo,
+            outbound,
+            protocol,
             failed: false,
             publisher: false,
             reader,
             leftover,
             inflated: 0,
-            may_publish: grant.may_publish,
         })
     }
 
@@ -147,12 +132,12 @@ impl Link {
 
     /// Unsubscribes and ends the connection.
     pub(super) fn close(&self) {
-        self.subscriber.finish();
-        self.worker.fanout.leave(&self.channel, self.subscriber.id);
-        self.worker.remove_subscriber(self.subscriber.id);
+        self.outbound.finish();
+        self.protocol.close(&self.worker);
+        self.connections.remove(self.outbound.id);
         ThreadMetrics::sub(&self.worker.thread_metrics.connections_open, 1);
         self.worker.release();
-        self.worker.unregister(self.subscriber.id);
+        self.connections.unregister(self.outbound.id);
     }
 
     /// Reads until the peer closes TCP, the socket fails, or the close timer shuts it down.
@@ -167,7 +152,7 @@ impl Link {
         }
         let mut charge = BufferCharge::default();
         loop {
-            if self.subscriber.is_closing() && self.failed {
+            if self.outbound.is_closing() && self.failed {
                 // Failed: the peer's remaining bytes are read only to see its TCP close.
                 buf.clear();
                 start = 0;
@@ -180,9 +165,7 @@ impl Link {
                         Some(Pause::Forward(forwarding)) => forwarding.await,
                         Some(Pause::Yield) => {
                             self.inflated = 0;
-                            self.channel
-                                .wait_for_room(&self.worker.thread_metrics)
-                                .await;
+                            self.protocol.wait_for_room(&self.worker).await;
                             tokio::task::yield_now().await;
                         }
                         None => break,
@@ -196,9 +179,7 @@ impl Link {
                 start = 0;
                 // The channel's log is full on some thread: read on once its slowest reader
                 // frees room, or after --slow-timeout (see crate::fanout::channel).
-                self.channel
-                    .wait_for_room(&self.worker.thread_metrics)
-                    .await;
+                self.protocol.wait_for_room(&self.worker).await;
                 // The memory budget is spent: read on once it is not (see crate::budget).
                 self.worker.wait_for_memory().await;
             }
@@ -208,8 +189,8 @@ impl Link {
                 if buf.is_empty() && buf.capacity() <= INITIAL_READ_BYTES {
                     buf = Vec::new();
                 }
-                self.worker
-                    .send_ring
+                self.connections
+                    .ring
                     .readable(self.stream.as_raw_fd())
                     .await;
                 // Whatever the poll saw (data, hang-up, error), the read reports it.
@@ -230,7 +211,7 @@ impl Link {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            self.subscriber.heard();
+            self.outbound.heard();
             // A read that filled its buffer likely left more to read: read again at once.
             wait_first = n < spare;
             if n == spare && buf.capacity() < MAX_READ_BYTES {
@@ -254,29 +235,20 @@ impl Link {
     /// and why it stopped short, if it did: the forwarding to wait for when another thread is
     /// behind, or the inflate budget spent.
     ///
-    /// The messages are encoded back to back into the thread's block encoder and published
-    /// together (see [`crate::fanout::block::BlockEncoder`]) before anything else is done:
-    /// before a control frame is answered, and before returning.
+    /// The protocol encodes the messages back to back into the thread's block encoder, and
+    /// they are published together (see [`crate::fanout::block::BlockEncoder`]) before anything
+    /// else is done: before a control frame is answered, and before returning.
     fn process(&mut self, buf: &mut [u8], mut start: usize) -> (usize, Option<Pause>) {
-        // A message that must cross the cluster's broker is held to what one broker message
-        // carries (read once per batch of frames, not per message).
-        let cluster_limit = if self.echo {
-            None
-        } else {
-            self.worker.fanout.cluster_message_limit()
-        };
-        let max_len = cluster_limit.map_or(self.worker.config.max_message, |l| {
-            l.min(self.worker.config.max_message)
-        });
+        let limits = self.protocol.limits(&self.worker);
         loop {
             let event = match self.reader.next_event(&mut buf[start..]) {
-                Ok(None) => return (start, self.publish_block()),
+                Ok(None) => return (start, self.flush()),
                 Ok(Some((consumed, event))) => {
                     start += consumed;
                     event
                 }
                 Err(err) => {
-                    let forwarding = self.publish_block();
+                    let forwarding = self.flush();
                     self.fail(err);
                     return (start, forwarding);
                 }
@@ -284,51 +256,32 @@ impl Link {
             match event {
                 None | Some(Event::Pong(_)) => {}
                 // Closing: only the peer's close frame matters now.
-                Some(Event::Message { .. }) if self.subscriber.is_closing() => {}
-                // Never relayed: the token does not allow publishing here.
-                Some(Event::Message { .. }) if !self.may_publish => {
-                    let forwarding = self.publish_block();
-                    self.refuse_publish();
-                    return (start, forwarding);
-                }
+                Some(Event::Message { .. }) if self.outbound.is_closing() => {}
                 Some(Event::Message {
                     opcode,
                     payload,
                     compressed,
                 }) => {
-                    let pushed = if compressed {
-                        self.worker.push_inflated(opcode, payload, max_len)
-                    } else if payload.len() > max_len {
-                        Err(ProtocolError::MessageTooBig)
-                    } else {
-                        self.worker.block.borrow_mut().push(opcode, payload);
-                        Ok(0)
-                    };
-                    let inflated = match pushed {
+                    let taken =
+                        self.protocol
+                            .message(&self.worker, opcode, payload, compressed, limits);
+                    let inflated = match taken {
                         Ok(n) => n,
-                        Err(err) => {
-                            let forwarding = self.publish_block();
-                            match cluster_limit {
-                                Some(limit)
-                                    if err == ProtocolError::MessageTooBig
-                                        && limit < self.worker.config.max_message =>
-                                {
-                                    self.refuse_over_broker(limit)
-                                }
-                                _ => self.fail(err),
-                            }
+                        Err(refusal) => {
+                            let forwarding = self.flush();
+                            self.refuse(refusal);
                             return (start, forwarding);
                         }
                     };
                     self.publisher = true;
                     self.inflated += inflated;
                     if self.inflated >= INFLATE_BUDGET_BYTES {
-                        let forwarding = self.publish_block();
+                        let forwarding = self.flush();
                         return (start, forwarding.or(Some(Pause::Yield)));
                     }
                     let full = self.worker.block.borrow().len() >= BLOCK_BYTES;
                     if full {
-                        if let Some(forwarding) = self.publish_block() {
+                        if let Some(forwarding) = self.flush() {
                             return (start, Some(forwarding));
                         }
                     }
@@ -336,62 +289,62 @@ impl Link {
                 Some(Event::Ping(payload)) => {
                     // (Fields named one by one: `payload` may borrow the reader.)
                     let forwarding = self
-                        .worker
-                        .publish(self.subscriber.id, &self.channel, self.echo)
+                        .protocol
+                        .flush(&self.worker, self.outbound.id)
                         .map(Pause::Forward);
-                    self.subscriber.send_control(OpCode::Pong, payload);
+                    self.outbound.send_control(OpCode::Pong, payload);
                     if forwarding.is_some() {
                         return (start, forwarding);
                     }
                 }
                 Some(Event::Close { code, .. }) => {
-                    let forwarding = self
-                        .worker
-                        .publish(self.subscriber.id, &self.channel, self.echo)
-                        .map(Pause::Forward);
+                    let forwarding = self.flush();
                     // Echo the peer's code (§5.5.1) unless our close went first; once our close
                     // is written, the handshake is over and TCP is closed.
                     let payload = code.map(|c| c.0.to_be_bytes().to_vec()).unwrap_or_default();
-                    self.subscriber.close_with_payload(&payload);
-                    self.subscriber.peer_closed();
+                    self.outbound.close_with_payload(&payload);
+                    self.outbound.peer_closed();
                     return (start, forwarding);
                 }
             }
         }
     }
 
-    /// Publishes the messages encoded so far (to the sender alone on the echo path).
-    fn publish_block(&self) -> Option<Pause> {
-        self.worker
-            .publish(self.subscriber.id, &self.channel, self.echo)
+    /// Publishes what the protocol encoded so far.
+    fn flush(&self) -> Option<Pause> {
+        self.protocol
+            .flush(&self.worker, self.outbound.id)
             .map(Pause::Forward)
     }
 
-    /// A message larger than one broker message carries: refused to its publisher before
-    /// anyone gets it (close 1009 with the reason).
-    fn refuse_over_broker(&mut self, limit: usize) {
+    /// A message the protocol did not take: the connection is closed with the reason, and
+    /// the message goes nowhere.
+    fn refuse(&mut self, refusal: Refusal) {
         self.failed = true;
-        ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
-        let reason = format!("message over {limit} bytes, the most the cluster's broker carries");
-        self.subscriber
-            .close(CloseCode::MESSAGE_TOO_BIG, &reason, false);
-    }
-
-    /// A data message from a connection whose token does not allow publishing: closed with
-    /// 1008 and the reason; the message goes nowhere.
-    fn refuse_publish(&mut self) {
-        self.failed = true;
-        self.subscriber.close(
-            CloseCode::POLICY_VIOLATION,
-            "the token does not allow publishing on this channel",
-            false,
-        );
+        match refusal {
+            Refusal::Violation(err) => self.fail(err),
+            Refusal::OverBroker(limit) => {
+                // Refused to its publisher before anyone gets it.
+                ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
+                let reason =
+                    format!("message over {limit} bytes, the most the cluster's broker carries");
+                self.outbound
+                    .close(CloseCode::MESSAGE_TOO_BIG, &reason, false);
+            }
+            Refusal::NotAllowed => {
+                self.outbound.close(
+                    CloseCode::POLICY_VIOLATION,
+                    "the token does not allow publishing on this channel",
+                    false,
+                );
+            }
+        }
     }
 
     fn fail(&mut self, err: ProtocolError) {
         self.failed = true;
         ThreadMetrics::add(&self.worker.thread_metrics.protocol_errors, 1);
-        tracing::debug!(id = self.subscriber.id, %err, "protocol violation");
-        self.subscriber.close(err.code(), &err.to_string(), false);
+        tracing::debug!(id = self.outbound.id, %err, "protocol violation");
+        self.outbound.close(err.code(), &err.to_string(), false);
     }
 }

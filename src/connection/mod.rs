@@ -1,18 +1,30 @@
-//! One client connection, from its first byte to its close.
+//! One client connection, from its first byte to its close: the handshake, the protocol it
+//! then speaks, its reading and writing, keepalive, and the closing handshake.
 //!
-//! Two phases, two modules: [`upgrade`] reads the upgrade request (in as many pieces as the
-//! client sends it, within `--handshake-timeout`) and answers it: `101` and a WebSocket, `200`
-//! with metrics for `GET /metrics`, or an HTTP error with its reason. A WebSocket then becomes a
-//! [`link`]: it subscribes to the channel named by its path, and its task reads: every message is
-//! encoded once and published; pings are answered; a close or a protocol violation starts the
-//! closing handshake. Writing is the subscriber's job (see [`crate::fanout::subscriber`]).
+//! - [`upgrade`] reads the upgrade request (in as many pieces as the client sends it, within
+//!   `--handshake-timeout`) and answers it: `101` and a WebSocket, `200` with metrics for
+//!   `GET /metrics`, or an HTTP error with its reason.
+//! - [`link`]: the WebSocket's life after its `101`: the read loop (frames, pings, the peer's
+//!   close) and the connection's end.
+//! - [`protocol`]: what the connection's path and messages mean (the seam for a second client
+//!   protocol; today the raw relay).
+//! - [`outbound`]: the sending half: the connection's subscriptions (cursors into channel logs,
+//!   see [`crate::fanout::subscription`]), control frames, the close, the write in flight.
+//! - [`table`]: the thread's connections, its send ring, the keepalive sweep and the drain.
+//!
+//! The fan-out core beneath knows nothing of this state: a subscription tells its connection
+//! when it has something to write, or that the slow policy cut it off.
 
 mod link;
+pub mod outbound;
+mod protocol;
+mod table;
 mod upgrade;
+
+pub(crate) use table::Connections;
 
 use crate::config::Config;
 use crate::telemetry::metrics::{HandshakeFailure, ThreadMetrics};
-use crate::worker::Worker;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
@@ -26,11 +38,12 @@ const KEEPALIVE_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 3;
 
 /// Serves one accepted connection, from `peer`, to its end.
-pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(connections: Rc<Connections>, stream: TcpStream, peer: SocketAddr) {
+    let worker = &connections.worker;
     let stream = Rc::new(stream);
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream, &worker.config);
-    let id = worker.register(&stream);
+    let id = connections.register(&stream);
     ThreadMetrics::add(&worker.thread_metrics.connections_total, 1);
     // The address's place is held from here, through the handshake, to the connection's end.
     let Some(place) = worker.admission.admit_address(peer.ip()) else {
@@ -38,10 +51,10 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
             .thread_metrics
             .handshake_failed(HandshakeFailure::PerAddress);
         upgrade::refuse_per_address(&stream, &worker.config).await;
-        worker.unregister(id);
+        connections.unregister(id);
         return;
     };
-    match upgrade::handshake(&worker, &stream, id).await {
+    match upgrade::handshake(&connections, &stream, id).await {
         // This task and its handshake state (timer, buffers, response) end here; the
         // WebSocket lives on in a task of its own whose only state is the boxed link, its
         // address's place and its read loop: that task is most of an idle connection's memory.
@@ -51,7 +64,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
                 drop(place);
             });
         }
-        None => worker.unregister(id),
+        None => connections.unregister(id),
     }
 }
 

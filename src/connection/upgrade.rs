@@ -3,6 +3,7 @@
 //! error that says why.
 
 use super::link::Link;
+use super::table::Connections;
 use crate::budget::BUDGET;
 use crate::config::{Compression, Config};
 use crate::telemetry::metrics::HandshakeFailure;
@@ -32,10 +33,11 @@ enum HandshakeEnd {
 /// Reads and answers the upgrade request. A WebSocket is subscribed, then gets its `101`, and
 /// is returned as a link; anything else is answered and closed.
 pub(super) async fn handshake(
-    worker: &Rc<Worker>,
+    connections: &Rc<Connections>,
     stream: &Rc<TcpStream>,
     id: u64,
 ) -> Option<Box<Link>> {
+    let worker = &connections.worker;
     let timeout = worker.config.handshake_timeout.0;
     let request = tokio::time::timeout(timeout, read_request(stream, worker)).await;
     match request {
@@ -78,7 +80,7 @@ pub(super) async fn handshake(
             Request::Upgrade {
                 path,
                 accept_key,
-                deflate,
+                extensions,
                 query,
                 origin,
                 authorization,
@@ -123,16 +125,18 @@ pub(super) async fn handshake(
                 reject(stream, handshake::plain_response(503, body)).await;
                 return None;
             }
-            let deflate = deflate.filter(|_| worker.config.compression == Compression::On);
-            let link = Link::open(worker, stream, id, path, leftover, deflate, grant);
+            let mut extensions = extensions;
+            if worker.config.compression != Compression::On {
+                extensions.clear();
+            }
+            let link = Link::open(connections, stream, id, path, leftover, &extensions, grant);
             // Subscribed before the 101 goes out, so a client holding its 101 gets every
             // message published after it; what comes meanwhile waits in the channel's log,
             // from the cursor the subscriber took at its head, until writing starts.
-            let response =
-                handshake::accept_response_with(&accept_key, deflate.as_ref()).into_bytes();
+            let response = handshake::accept_response_with(&accept_key, &extensions).into_bytes();
             let (written, _) = stream.write_all(response).await;
             if written.is_ok() {
-                link.subscriber.start_writing();
+                link.outbound.start_writing();
                 return Some(link);
             }
             link.close();

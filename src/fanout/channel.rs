@@ -20,7 +20,7 @@
 use super::block::Block;
 use super::log::Pos;
 use super::registry::ChannelShared;
-use super::subscriber::{Behind, Log, Subscriber};
+use super::subscription::{Behind, Log, Subscription};
 use crate::config::SlowPolicy;
 use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::ThreadMetrics;
@@ -44,9 +44,9 @@ pub struct WindowPolicy {
 /// One thread's side of a channel (see the module documentation).
 pub struct Channel {
     log: Rc<RefCell<Log>>,
-    subscribers: RefCell<HashMap<u64, Rc<Subscriber>>>,
+    subscribers: RefCell<HashMap<u64, Rc<Subscription>>>,
     /// The subscribers an append wakes (kept to reuse its buffer).
-    woken: RefCell<Vec<Rc<Subscriber>>>,
+    woken: RefCell<Vec<Rc<Subscription>>>,
     /// The channel's state shared by the node's threads; `None` for a private channel (the
     /// echo path).
     shared: Option<Arc<ChannelShared>>,
@@ -84,7 +84,8 @@ impl Channel {
         self.shared.as_ref()
     }
 
-    pub fn add(&self, subscriber: Rc<Subscriber>) {
+    /// A subscription joins (one per connection and channel: keyed by its connection's id).
+    pub fn add(&self, subscriber: Rc<Subscription>) {
         self.subscribers
             .borrow_mut()
             .insert(subscriber.id, subscriber);
@@ -190,7 +191,7 @@ impl Channel {
     }
 
     /// This thread's subscribers whose cursor is before `start`.
-    fn readers_behind(&self, start: Pos) -> Vec<Rc<Subscriber>> {
+    fn readers_behind(&self, start: Pos) -> Vec<Rc<Subscription>> {
         self.subscribers
             .borrow()
             .values()
@@ -209,7 +210,7 @@ impl Channel {
     /// for `timeout` while writing less than `window` bytes. One that wrote a window or more
     /// in that time starts a new measure.
     fn note_behind(
-        subscriber: &Subscriber,
+        subscriber: &Subscription,
         scan: u64,
         continuous: bool,
         now: Instant,

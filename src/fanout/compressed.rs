@@ -14,18 +14,33 @@
 use crate::telemetry::metrics::COMPRESSION;
 use ringcast_proto::deflate::Compressor;
 use ringcast_proto::frame::{decode_header, encode_header, MAX_HEADER_LEN};
+use ringcast_proto::handshake::Extension;
 use ringcast_proto::message::RSV1;
 use std::cell::RefCell;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::OnceLock;
 
-/// Which bytes of a block a subscriber is sent.
+/// Which bytes of a block a subscriber is sent: the wire form its negotiated extensions give
+/// the shared frames (a new extension that changes the bytes adds a variant here, and
+/// [`crate::fanout::block::Block::encoded`] makes and keeps that form once per block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     /// The frames as encoded.
     Plain,
     /// permessage-deflate, for a client that accepts a window of 2^`window_bits` bytes (8-15).
     Deflate { window_bits: u8 },
+}
+
+impl Encoding {
+    /// The form for a connection that agreed to `extensions` in its handshake.
+    pub fn negotiated(extensions: &[Extension]) -> Encoding {
+        match Extension::deflate(extensions) {
+            Some(deflate) => Encoding::Deflate {
+                window_bits: deflate.server_max_window_bits,
+            },
+            None => Encoding::Plain,
+        }
+    }
 }
 
 /// How broadcasts are compressed (from the command line, once per process).

@@ -13,7 +13,8 @@
 //!
 //! - [`block`]: encoded frames, shared by every thread.
 //! - [`log`]: one thread's log of a channel: blocks, cursors, the window.
-//! - [`subscriber`]: one connection's cursor, control frames and write in flight.
+//! - [`subscription`]: one connection's cursor into one channel's log; it tells its
+//!   connection (an [`subscription::Owner`]) when there is something to write.
 //! - [`channel`]: a log with its subscribers, and the window policy.
 //! - [`registry`]: which threads have subscribers of a channel, and which are full.
 //! - [`inbox`]: blocks on their way to another thread, bounded in bytes.
@@ -25,7 +26,7 @@ pub mod compressed;
 pub mod inbox;
 pub mod log;
 pub mod registry;
-pub mod subscriber;
+pub mod subscription;
 pub mod uplink;
 
 use crate::maps::remove_and_shrink;

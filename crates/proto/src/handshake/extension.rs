@@ -1,5 +1,12 @@
-//! permessage-deflate negotiation (RFC 7692 §5, §7.1): the offers in a client's
-//! `Sec-WebSocket-Extensions`, and the one answer a broadcast server can keep.
+//! Extension negotiation (RFC 6455 §9): the offers in a client's `Sec-WebSocket-Extensions`
+//! and the answer, as a list of [`Extension`]s agreed for the connection.
+//!
+//! [`Extension`] is the seam for a new extension: one variant per extension the server speaks,
+//! its offers parsed in [`negotiate`], its answer written by [`Extension::response`]. The
+//! server then maps the agreed list to the form its shared frames take on the wire for that
+//! connection (`Encoding` in the server's `fanout::compressed`). Today there is one:
+//!
+//! **permessage-deflate** (RFC 7692 §5, §7.1), with the one answer a broadcast server can keep.
 //!
 //! A broadcast is compressed once and the same bytes go to every subscriber, so no subscriber
 //! can have a compression context of its own: the server always answers
@@ -64,9 +71,43 @@ pub enum OfferError {
     BadValue(String),
 }
 
+/// An extension agreed for one connection (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    PermessageDeflate(Deflate),
+}
+
+impl Extension {
+    /// Its part of the answer's `Sec-WebSocket-Extensions` value.
+    pub fn response(&self) -> String {
+        match self {
+            Extension::PermessageDeflate(deflate) => deflate.response(),
+        }
+    }
+
+    /// The permessage-deflate agreement among `agreed`, if any.
+    pub fn deflate(agreed: &[Extension]) -> Option<&Deflate> {
+        agreed
+            .iter()
+            .map(|e| match e {
+                Extension::PermessageDeflate(d) => d,
+            })
+            .next()
+    }
+}
+
+/// The extensions the server takes from the values of every `Sec-WebSocket-Extensions`
+/// header of a request: for each extension it speaks, the first acceptable offer.
+pub fn negotiate<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Extension> {
+    negotiate_deflate(values)
+        .map(Extension::PermessageDeflate)
+        .into_iter()
+        .collect()
+}
+
 /// The first acceptable permessage-deflate offer among the values of every
 /// `Sec-WebSocket-Extensions` header of a request; `None` if there is none.
-pub fn negotiate<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<Deflate> {
+pub fn negotiate_deflate<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<Deflate> {
     values
         .into_iter()
         .flat_map(|v| split_outside_quotes(v, b','))
@@ -157,7 +198,7 @@ mod tests {
     use super::*;
 
     fn offer(v: &str) -> Option<Deflate> {
-        negotiate([v.as_bytes()])
+        negotiate_deflate([v.as_bytes()])
     }
 
     #[test]
@@ -204,16 +245,19 @@ mod tests {
             let second = format!("{bad}, permessage-deflate");
             assert!(offer(&second).is_some(), "{second}");
         }
-        assert_eq!(negotiate(std::iter::empty()), None);
+        assert_eq!(negotiate_deflate(std::iter::empty()), None);
+        assert_eq!(negotiate(std::iter::empty()), Vec::new());
     }
 
     #[test]
     fn offers_may_span_several_header_fields_and_any_case() {
-        let d = negotiate([
+        let agreed = negotiate([
             b"foo-ext".as_slice(),
             b"PerMessage-Deflate; Server_Max_Window_Bits=11".as_slice(),
-        ])
-        .unwrap();
+        ]);
+        assert_eq!(agreed.len(), 1, "{agreed:?}");
+        let d = Extension::deflate(&agreed).unwrap();
         assert_eq!(d.server_max_window_bits, 11);
+        assert_eq!(agreed[0].response(), d.response());
     }
 }

@@ -14,7 +14,7 @@ pub mod server;
 pub use client::{
     client_request, client_request_with, parse_response, response_extensions, ResponseError,
 };
-pub use extension::Deflate;
+pub use extension::{Deflate, Extension};
 pub use key::accept_key;
 pub use server::{
     accept_response, accept_response_with, error_response, parse_request, plain_response, response,
@@ -68,15 +68,19 @@ mod tests {
         let Some((
             Request::Upgrade {
                 accept_key,
-                deflate: Some(deflate),
+                extensions,
                 ..
             },
             _,
         )) = parse_request(req.as_bytes(), 8192).unwrap()
         else {
-            panic!("no deflate offer seen");
+            panic!("not an upgrade");
         };
-        let resp = accept_response_with(&accept_key, Some(&deflate));
+        assert!(
+            Extension::deflate(&extensions).is_some(),
+            "no deflate offer seen"
+        );
+        let resp = accept_response_with(&accept_key, &extensions);
         assert_eq!(parse_response(resp.as_bytes(), key), Ok(Some(resp.len())));
         let answer = response_extensions(resp.as_bytes()).expect("an extensions header");
         assert!(answer.starts_with("permessage-deflate"), "{answer}");

@@ -1,6 +1,6 @@
 //! The server's half of the upgrade: parse a request, accept it or say why not.
 
-use super::extension::{negotiate, Deflate};
+use super::extension::{negotiate, Extension};
 use super::key::accept_key;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -98,12 +98,13 @@ impl HandshakeError {
 /// A complete, valid request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// A WebSocket upgrade to `path`; answer with [`accept_response_with`]. `deflate`: the
-    /// client's first acceptable permessage-deflate offer, for the server to take or leave.
+    /// A WebSocket upgrade to `path`; answer with [`accept_response_with`]. `extensions`: the
+    /// client's first acceptable offer of each extension the server speaks, for the server to
+    /// take or leave.
     Upgrade {
         path: String,
         accept_key: String,
-        deflate: Option<Deflate>,
+        extensions: Vec<Extension>,
         /// What follows the `?` of the request target, if anything (not decoded).
         query: Option<String>,
         /// The `Origin` header (RFC 6454), which browsers send and other clients may not.
@@ -210,7 +211,7 @@ pub fn parse_request(
         Request::Upgrade {
             path,
             accept_key: accept_key(key),
-            deflate: negotiate(all("Sec-WebSocket-Extensions")),
+            extensions: negotiate(all("Sec-WebSocket-Extensions")),
             query,
             origin: text(header("Origin")),
             authorization: text(header("Authorization")),
@@ -221,14 +222,17 @@ pub fn parse_request(
 
 /// The `101 Switching Protocols` answer.
 pub fn accept_response(accept_key: &str) -> String {
-    accept_response_with(accept_key, None)
+    accept_response_with(accept_key, &[])
 }
 
-/// The `101 Switching Protocols` answer, agreeing to permessage-deflate as `deflate` says.
-pub fn accept_response_with(accept_key: &str, deflate: Option<&Deflate>) -> String {
-    let extension = deflate
-        .map(|d| format!("Sec-WebSocket-Extensions: {}\r\n", d.response()))
-        .unwrap_or_default();
+/// The `101 Switching Protocols` answer, agreeing to `extensions`.
+pub fn accept_response_with(accept_key: &str, extensions: &[Extension]) -> String {
+    let extension = if extensions.is_empty() {
+        String::new()
+    } else {
+        let values: Vec<String> = extensions.iter().map(Extension::response).collect();
+        format!("Sec-WebSocket-Extensions: {}\r\n", values.join(", "))
+    };
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept_key}\r\n{extension}\r\n"
@@ -295,7 +299,7 @@ mod tests {
         assert_eq!(
             req,
             Request::Upgrade {
-                deflate: None,
+                extensions: Vec::new(),
                 path: "/chat".into(),
                 accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
                 query: None,

@@ -1,0 +1,93 @@
+//! The broker seam: what the cluster link needs from a pub/sub broker, so that a second broker
+//! is one file, not a copy of the link.
+//!
+//! [`Broker`] is one connection (a session) to one broker. Everything around it is shared and
+//! stays in [`super::link`]: connecting again with backoff when a session ends, taking every
+//! channel's subscription again on the new session, the per-channel bookkeeping, cutting blocks
+//! to the broker's message size, checking what comes back and handing it to the worker
+//! threads, the memory-budget drops, the metrics and the warnings. An implementation only
+//! speaks its broker's protocol through its client library.
+//!
+//! Today: [`super::nats::Nats`] (NATS core pub/sub through async-nats).
+
+use super::settings::ClusterConfig;
+use futures_util::Stream;
+use std::future::Future;
+
+/// An error from a broker's client, for the log.
+pub(super) type BrokerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub(super) enum ConnectError {
+    /// Tried again with backoff (the broker is down or unreachable, refused us, ...).
+    Retry(BrokerError),
+    /// Not worth trying again (an unreadable credentials file): the node serves its local
+    /// channels only.
+    Fatal(String),
+}
+
+/// What a session reports about its connection, for the link's state, metrics and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum BrokerEvent {
+    /// The connection is up (again, if the client got it back itself after a
+    /// [`BrokerEvent::Disconnected`], its subscriptions included).
+    Connected,
+    /// The connection is down; the client may still get it back itself.
+    Disconnected,
+    /// The session is over: its subscriptions end and it carries nothing more. The link drops
+    /// it, connects again with backoff and subscribes every channel again.
+    Closed,
+    /// The client dropped messages from the broker because the link read them too slowly.
+    SlowConsumer,
+    /// Anything else worth a debug line.
+    Other(String),
+}
+
+/// One session with a broker. The link runs on a current-thread runtime (in a `LocalSet`):
+/// nothing here needs to be `Send`.
+///
+/// Dropping a [`Broker::Subscription`] unsubscribes; dropping the session closes it.
+pub(super) trait Broker: Sized + 'static {
+    /// The largest payload of one broker message, assumed until a session says otherwise
+    /// ([`Broker::max_payload`]): the largest message a publisher may send is derived from it.
+    const DEFAULT_MAX_PAYLOAD: usize;
+
+    /// A subject (channel, topic) in the client's own type, made once per channel.
+    type Subject: Clone + 'static;
+    /// The payloads published on one subject, in order, until the session ends.
+    type Subscription: Stream<Item: AsRef<[u8]>> + Unpin + 'static;
+
+    /// The subject named `name` (see [`super::subject`]).
+    fn subject(name: String) -> Self::Subject;
+
+    /// One attempt at a session with the broker at `config.url`, with `config`'s credentials,
+    /// TLS and echo settings. It should not retry by itself: the link does, with backoff, and
+    /// gives up on the attempt after a few seconds.
+    fn connect(config: &ClusterConfig) -> impl Future<Output = Result<Self, ConnectError>>;
+
+    /// Subscribes to `subject`.
+    fn subscribe(
+        &self,
+        subject: Self::Subject,
+    ) -> impl Future<Output = Result<Self::Subscription, BrokerError>>;
+
+    /// Publishes one message. It may be only queued in the client: [`Broker::flush`] sends
+    /// what is queued.
+    fn publish(
+        &self,
+        subject: Self::Subject,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BrokerError>>;
+
+    /// Sends what the client has queued (before the node stops).
+    fn flush(&self) -> impl Future<Output = Result<(), BrokerError>>;
+
+    /// The largest payload one message carries on this session (what the broker says, or
+    /// [`Broker::DEFAULT_MAX_PAYLOAD`]).
+    fn max_payload(&self) -> usize;
+
+    /// The next thing the session reports; must be cancel-safe (the link polls it in a
+    /// `select!`). After [`BrokerEvent::Closed`] it is not called again.
+    fn next_event(&mut self) -> impl Future<Output = BrokerEvent>;
+}

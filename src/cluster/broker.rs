@@ -8,8 +8,11 @@
 //! threads, the memory-budget drops, the metrics and the warnings. An implementation only
 //! speaks its broker's protocol through its client library.
 //!
-//! Today: [`super::nats::Nats`] (NATS core pub/sub through async-nats).
+//! Today: [`super::nats::Nats`] (NATS core pub/sub through async-nats). Adding one: a file
+//! with a type implementing [`Broker`] (its URL schemes included), and its line in [`BROKERS`].
 
+use super::link;
+use super::nats::Nats;
 use super::settings::ClusterConfig;
 use futures_util::Stream;
 use std::future::Future;
@@ -49,6 +52,8 @@ pub(super) enum BrokerEvent {
 ///
 /// Dropping a [`Broker::Subscription`] unsubscribes; dropping the session closes it.
 pub(super) trait Broker: Sized + 'static {
+    /// The `--cluster` URL schemes that choose this broker, with their `://`.
+    const SCHEMES: &'static [&'static str];
     /// The largest payload of one broker message, assumed until a session says otherwise
     /// ([`Broker::max_payload`]): the largest message a publisher may send is derived from it.
     const DEFAULT_MAX_PAYLOAD: usize;
@@ -90,4 +95,77 @@ pub(super) trait Broker: Sized + 'static {
     /// The next thing the session reports; must be cancel-safe (the link polls it in a
     /// `select!`). After [`BrokerEvent::Closed`] it is not called again.
     fn next_event(&mut self) -> impl Future<Output = BrokerEvent>;
+}
+/// A broker this build speaks: its URL schemes and the cluster link's thread running it.
+pub(super) struct BrokerKind {
+    pub(super) schemes: &'static [&'static str],
+    pub(super) default_max_payload: usize,
+    /// The link thread's body with this broker (see [`link::run`]).
+    pub(super) run: fn(link::LinkParts),
+}
+
+impl BrokerKind {
+    const fn of<B: Broker>() -> BrokerKind {
+        BrokerKind {
+            schemes: B::SCHEMES,
+            default_max_payload: B::DEFAULT_MAX_PAYLOAD,
+            run: link::run::<B>,
+        }
+    }
+
+    /// The broker that the scheme of `url` chooses (and something after the scheme).
+    pub(super) fn for_url(url: &str) -> Option<&'static BrokerKind> {
+        BROKERS.iter().find(|kind| {
+            kind.schemes
+                .iter()
+                .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len())
+        })
+    }
+
+    /// The URLs `--cluster` takes, for its error message: "nats://HOST:PORT or tls://HOST:PORT".
+    pub(super) fn accepted() -> String {
+        let all: Vec<String> = BROKERS
+            .iter()
+            .flat_map(|kind| kind.schemes)
+            .map(|scheme| format!("{scheme}HOST:PORT"))
+            .collect();
+        match all.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BrokerKind({})", self.schemes.join(" "))
+    }
+}
+
+/// Every broker this build speaks, chosen by the `--cluster` URL's scheme: one line each.
+pub(super) const BROKERS: &[BrokerKind] = &[BrokerKind::of::<Nats>()];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_scheme_chooses_the_broker() {
+        for url in ["nats://127.0.0.1:4222", "tls://nats.example:4222"] {
+            let kind = BrokerKind::for_url(url).map(|k| k.schemes);
+            assert_eq!(kind, Some(Nats::SCHEMES), "{url}");
+        }
+        for url in ["nats://", "redis://127.0.0.1:6379", "127.0.0.1:4222", ""] {
+            assert!(BrokerKind::for_url(url).is_none(), "{url}");
+        }
+        let bad = super::super::ClusterError::BadUrl {
+            url: "redis://127.0.0.1:6379".into(),
+            schemes: BrokerKind::accepted(),
+        };
+        assert_eq!(
+            bad.to_string(),
+            "--cluster must be a nats://HOST:PORT or tls://HOST:PORT URL, not \"redis://127.0.0.1:6379\""
+        );
+    }
 }

@@ -47,7 +47,6 @@ use crate::fanout::inbox::{self, InboxSender};
 use crate::fanout::registry::ChannelEvent;
 use crate::fanout::uplink::Uplink;
 use crate::telemetry::metrics::Metrics;
-use broker::Broker;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -71,7 +70,7 @@ impl ClusterLink {
     ) -> Result<ClusterLink, ClusterError> {
         metrics.cluster.enabled.store(true, Ordering::Relaxed);
         metrics.cluster.largest_message.store(
-            link::largest_message(nats::Nats::DEFAULT_MAX_PAYLOAD),
+            link::largest_message(config.broker.default_max_payload),
             Ordering::Relaxed,
         );
         let (queue, outgoing) = inbox::inbox(config.queue_bytes);
@@ -80,7 +79,7 @@ impl ClusterLink {
         let thread = std::thread::Builder::new()
             .name("ringcast-cluster".into())
             .spawn(move || {
-                link::run::<nats::Nats>(link::LinkParts {
+                (config.broker.run)(link::LinkParts {
                     config,
                     events,
                     outgoing,

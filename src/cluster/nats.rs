@@ -45,6 +45,7 @@ impl Stream for Payloads {
 }
 
 impl Broker for Nats {
+    const SCHEMES: &'static [&'static str] = &["nats://", "tls://"];
     /// NATS servers carry at most this many bytes per message unless configured otherwise.
     const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 

@@ -36,6 +36,8 @@
 
 mod broker;
 pub mod envelope;
+#[cfg(test)]
+mod fake;
 mod link;
 mod nats;
 mod settings;

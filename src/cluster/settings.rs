@@ -10,7 +10,7 @@ use thiserror::Error;
 /// Why the cluster link could not start.
 #[derive(Debug, Error)]
 pub enum ClusterError {
-    /// `schemes`: "nats://HOST:PORT or tls://HOST:PORT" (see [`BrokerKind::accepted`]).
+    /// `schemes`: "nats://HOST:PORT or tls://HOST:PORT" (from `BrokerKind::accepted`).
     #[error("--cluster must be a {schemes} URL, not {url:?}")]
     BadUrl { url: String, schemes: String },
     #[error("cluster credentials: {path}: {source}")]

@@ -8,6 +8,12 @@
 //! threads, the memory-budget drops, the metrics and the warnings. An implementation only
 //! speaks its broker's protocol through its client library.
 //!
+//! A session may also learn where the broker can be reached besides the `--cluster` URL (a
+//! NATS server advertises the other servers of its cluster): the link asks it when the session
+//! closes ([`Broker::failover`]) and hands that to the next connection attempt, so that failing
+//! over to another server of the broker stays the broker's business while the reconnecting
+//! stays the link's.
+//!
 //! Today: [`super::nats::Nats`] (NATS core pub/sub through async-nats). Adding one: a file
 //! with a type implementing [`Broker`] (its URL schemes included), and its line in [`BROKERS`].
 
@@ -62,14 +68,27 @@ pub(super) trait Broker: Sized + 'static {
     type Subject: Clone + 'static;
     /// The payloads published on one subject, in order, until the session ends.
     type Subscription: Stream<Item: AsRef<[u8]>> + Unpin + 'static;
+    /// What a session learned about where the broker can be reached next (for NATS, the
+    /// servers of its cluster), kept by the link from the session that closed for the next
+    /// connection attempts; `Default` (nothing learned) before the first session. A broker
+    /// with one address only uses `()`.
+    type Failover: Default + Clone + 'static;
 
     /// The subject named `name` (see [`super::subject`]).
     fn subject(name: String) -> Self::Subject;
 
-    /// One attempt at a session with the broker at `config.url`, with `config`'s credentials,
-    /// TLS and echo settings. It should not retry by itself: the link does, with backoff, and
-    /// gives up on the attempt after a few seconds.
-    fn connect(config: &ClusterConfig) -> impl Future<Output = Result<Self, ConnectError>>;
+    /// One attempt at a session with the broker at `config.url` or where `failover` (what the
+    /// last session learned, see [`Broker::failover`]) says it also is, with `config`'s
+    /// credentials, TLS and echo settings. It should not retry by itself: the link does, with
+    /// backoff, and gives up on the attempt after a few seconds.
+    fn connect(
+        config: &ClusterConfig,
+        failover: &Self::Failover,
+    ) -> impl Future<Output = Result<Self, ConnectError>>;
+
+    /// Where the broker can be reached, as far as this session knows; the link asks when the
+    /// session closes and passes it to the next [`Broker::connect`].
+    fn failover(&self) -> Self::Failover;
 
     /// Subscribes to `subject`.
     fn subscribe(

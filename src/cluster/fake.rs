@@ -1,6 +1,6 @@
 //! A broker in memory, for the tests of what the link does whatever the broker: reconnecting
-//! with backoff, resubscribing every channel on a new session, delivering what a subscription
-//! brings to the worker threads. It is also the smallest [`Broker`]: a new one starts like
+//! with backoff (where the closed session said the broker also is), resubscribing every
+//! channel on a new session, delivering what a subscription brings to the worker threads. It is also the smallest [`Broker`]: a new one starts like
 //! this.
 
 use super::broker::{Broker, BrokerError, BrokerEvent, ConnectError, BROKERS};
@@ -27,6 +27,8 @@ struct World {
     refuse: usize,
     /// Attempts made, refused ones included.
     attempts: usize,
+    /// What each attempt was told about where the broker also is (see [`Broker::failover`]).
+    failovers: Vec<Vec<String>>,
     /// Per session: its events' sender, and its subscriptions.
     sessions: Vec<(mpsc::UnboundedSender<BrokerEvent>, Vec<Subscribed>)>,
     /// What was published: (session, subject, payload).
@@ -69,14 +71,17 @@ impl Broker for Fake {
     const DEFAULT_MAX_PAYLOAD: usize = 1 << 16;
     type Subject = String;
     type Subscription = Payloads;
+    /// Where the broker also is: a session says `fake://elsewhere-N`, N its number.
+    type Failover = Vec<String>;
 
     fn subject(name: String) -> String {
         name
     }
 
-    async fn connect(_: &ClusterConfig) -> Result<Fake, ConnectError> {
+    async fn connect(_: &ClusterConfig, failover: &Vec<String>) -> Result<Fake, ConnectError> {
         with_world(|world| {
             world.attempts += 1;
+            world.failovers.push(failover.clone());
             if world.refuse > 0 {
                 world.refuse -= 1;
                 return Err(ConnectError::Retry("refused".into()));
@@ -103,6 +108,10 @@ impl Broker for Fake {
 
     async fn flush(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    fn failover(&self) -> Vec<String> {
+        vec![format!("fake://elsewhere-{}", self.session)]
     }
 
     fn max_payload(&self) -> usize {
@@ -189,11 +198,14 @@ fn the_link_reconnects_with_backoff_resubscribes_and_delivers_whatever_the_broke
     assert_eq!(forward.block.bytes(), block.bytes());
     assert_eq!(forward.channel.name(), &name);
 
-    // The session ends: the link connects again and subscribes the channel again.
+    // The session ends: the link connects again, where the session said the broker also is,
+    // and subscribes the channel again.
     with_world(|w| w.sessions[0].0.send(BrokerEvent::Closed)).expect("a session");
     wait_for("the subscription on the new session", |w| {
         subjects(w, 1) == ["ringcast.ch.%2Fa"]
     });
+    let told: Vec<Vec<String>> = vec![vec![], vec![], vec![], vec!["fake://elsewhere-0".into()]];
+    assert_eq!(with_world(|w| w.failovers.clone()), told);
     assert_eq!(metrics.cluster.reconnects.load(Ordering::Relaxed), 1);
     assert_eq!(
         metrics.cluster.subscribed_channels.load(Ordering::Relaxed),

@@ -1,7 +1,7 @@
 //! The cluster link's thread, whatever the broker: the session with it (connected again with
-//! backoff when it ends), the node's subscriptions (taken again on every new session), the
-//! publishing of the workers' blocks, and the delivery of what comes from the broker to the
-//! worker threads. What is particular to a broker is behind [`Broker`] (see [`super::broker`]).
+//! backoff when it ends, at the `--cluster` URL or wherever the ended session said the broker
+//! also is), the node's subscriptions (taken again on every new session), the publishing of
+//! the workers' blocks, and the delivery of what comes from the broker to the worker threads. What is particular to a broker is behind [`Broker`] (see [`super::broker`]).
 
 use super::broker::{Broker, BrokerEvent, ConnectError};
 use super::envelope;
@@ -106,6 +106,9 @@ struct Link<B: Broker> {
     session: Option<B>,
     /// The connection attempt under way, while there is no session.
     connecting: Option<Attempt<B>>,
+    /// Where the last session said the broker can be reached (see [`Broker::failover`]), for
+    /// the connection attempts after it.
+    failover: B::Failover,
     /// Failed connection attempts since the last session.
     attempts: usize,
     /// Whether a session was ever up (the next one is a reconnect).
@@ -134,6 +137,7 @@ impl<B: Broker> Link<B> {
             metrics,
             session: None,
             connecting: None,
+            failover: B::Failover::default(),
             attempts: 0,
             ever_connected: false,
             channels: HashMap::new(),
@@ -194,9 +198,10 @@ impl<B: Broker> Link<B> {
     /// Starts a connection attempt after `delay`.
     fn connect_after(&mut self, delay: Duration) {
         let config = self.config.clone();
+        let failover = self.failover.clone();
         self.connecting = Some(Box::pin(async move {
             tokio::time::sleep(delay).await;
-            match tokio::time::timeout(CONNECT_WITHIN, B::connect(&config)).await {
+            match tokio::time::timeout(CONNECT_WITHIN, B::connect(&config, &failover)).await {
                 Ok(result) => result,
                 Err(_) => Err(ConnectError::Retry(
                     format!("no connection within {CONNECT_WITHIN:?}").into(),
@@ -242,7 +247,9 @@ impl<B: Broker> Link<B> {
             BrokerEvent::Disconnected => self.down(),
             BrokerEvent::Closed => {
                 self.down();
-                self.session = None;
+                if let Some(session) = self.session.take() {
+                    self.failover = session.failover();
+                }
                 self.drop_subscriptions();
                 self.count_subscriptions();
                 self.connect_after(backoff(0));

@@ -28,22 +28,23 @@
 //!
 //! Faults: a broker unreachable at start is retried with backoff while the node serves its
 //! local channels (a warning says so); after a restart of the broker the link reconnects with
-//! backoff and resubscribes; publishes that find the link down or its queue full
-//! (`--cluster-queue`) are counted as dropped, never waited for; and the link reads from the
-//! broker promptly whatever the WebSocket subscribers do (a worker thread that cannot take a
-//! block within a second loses it, counted), since NATS closes a consumer that falls 64 MiB
-//! behind.
+//! backoff and resubscribes, to any server of a NATS cluster that the last one advertised as
+//! well as to the `--cluster` URL (see `nats.rs`); publishes that find the link down or its
+//! queue full (`--cluster-queue`) are counted as dropped, never waited for; and the link reads
+//! from the broker promptly whatever the WebSocket subscribers do (a worker thread that cannot
+//! take a block within a second loses it, counted), since NATS closes a consumer that falls
+//! 64 MiB behind.
 //!
 //! Brokers: the seam is the `Broker` trait of `broker.rs`, one session with a broker: connect
 //! once, subscribe (a stream of payloads; dropping it unsubscribes), publish, flush, its
-//! largest message (`max_payload`), and its connection events (connected, disconnected,
-//! closed). NATS (`nats.rs`) is the one implementation. Everything else is shared, in
-//! `link.rs`: reconnecting with backoff when a session closes, resubscribing every channel on
-//! the new session, the per-channel bookkeeping, the pieces, the delivery to the worker
-//! threads, the memory-budget drops, the metrics and the warnings. A second broker (Redis
-//! pub/sub, say) is one new file implementing `Broker`, with its URL schemes, plus its line in
-//! `BROKERS` in `broker.rs`; `fake.rs`, the in-memory broker of the link's tests, is the
-//! smallest one to start from.
+//! largest message (`max_payload`), its connection events (connected, disconnected, closed),
+//! and where else the broker can be reached (`failover`, for the next attempt). NATS
+//! (`nats.rs`) is the one implementation. Everything else is shared, in `link.rs`: reconnecting
+//! with backoff when a session closes, resubscribing every channel on the new session, the
+//! per-channel bookkeeping, the pieces, the delivery to the worker threads, the memory-budget
+//! drops, the metrics and the warnings. A second broker (Redis pub/sub, say) is one new file
+//! implementing `Broker`, with its URL schemes, plus its line in `BROKERS` in `broker.rs`;
+//! `fake.rs`, the in-memory broker of the link's tests, is the smallest one to start from.
 
 mod broker;
 pub mod envelope;

@@ -1,9 +1,11 @@
-//! The cluster link's thread: one NATS connection (async-nats on a current-thread runtime),
-//! the node's subscriptions, the publishing of the workers' blocks, and the delivery of what
-//! comes from the broker to the worker threads.
+//! The cluster link's thread, whatever the broker: the session with it (connected again with
+//! backoff when it ends, at the `--cluster` URL or wherever the ended session said the broker
+//! also is), the node's subscriptions (taken again on every new session), the publishing of
+//! the workers' blocks, and the delivery of what comes from the broker to the worker threads. What is particular to a broker is behind [`Broker`] (see [`super::broker`]).
 
+use super::broker::{Broker, BrokerEvent, ConnectError};
 use super::envelope;
-use super::settings::{ClusterConfig, Credentials};
+use super::settings::ClusterConfig;
 use super::subject;
 use crate::budget::{RateLimited, BUDGET};
 use crate::fanout::block::{Block, NO_ORIGIN};
@@ -11,10 +13,11 @@ use crate::fanout::inbox::{Forward, InboxReceiver, InboxSender};
 use crate::fanout::registry::{ChannelEvent, ChannelShared};
 use crate::telemetry::cluster::ClusterMetrics;
 use crate::telemetry::metrics::Metrics;
-use async_nats::{Client, ConnectOptions, Event, Subject};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use ringcast_proto::frame::{decode_header, MAX_HEADER_LEN};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +41,11 @@ const INBOX_WAIT: Duration = Duration::from_secs(1);
 /// channels meanwhile and keeps trying).
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(2);
 
-/// The wait before reconnect attempt `attempts`: 50 ms, doubling, at most 2 s.
+/// A connection attempt not done within this long has failed.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// The wait before connection attempt `attempts` + 1 (after `attempts` failed ones): 50 ms,
+/// doubling, at most 2 s.
 fn backoff(attempts: usize) -> Duration {
     let shift = attempts.min(6) as u32;
     Duration::from_millis(50 << shift).min(Duration::from_secs(2))
@@ -50,15 +57,22 @@ pub(super) fn largest_message(max_payload: usize) -> u64 {
     max_payload.saturating_sub(envelope::HEADER_LEN + MAX_HEADER_LEN) as u64
 }
 
-/// The thread's body: runs until `stop` says so.
-pub(super) fn run(
-    config: ClusterConfig,
-    events: mpsc::UnboundedReceiver<ChannelEvent>,
-    outgoing: InboxReceiver,
-    inboxes: Vec<InboxSender>,
-    metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
-) {
+/// What the link's thread is given.
+pub(super) struct LinkParts {
+    pub(super) config: ClusterConfig,
+    /// The node's channels coming and going.
+    pub(super) events: mpsc::UnboundedReceiver<ChannelEvent>,
+    /// The blocks the worker threads publish.
+    pub(super) outgoing: InboxReceiver,
+    /// The worker threads' inboxes, by thread index.
+    pub(super) inboxes: Vec<InboxSender>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Says when to stop.
+    pub(super) stop: watch::Receiver<bool>,
+}
+
+/// The thread's body with broker `B`: runs until `stop` says so.
+pub(super) fn run<B: Broker>(parts: LinkParts) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,49 +83,91 @@ pub(super) fn run(
             return;
         }
     };
-    runtime.block_on(Link::run(config, events, outgoing, inboxes, metrics, stop));
+    // A `LocalSet`, so that a broker's subscriptions need not be `Send`.
+    tokio::task::LocalSet::new().block_on(&runtime, Link::<B>::run(parts));
 }
 
-struct Link {
+/// A connection attempt under way.
+type Attempt<B> = Pin<Box<dyn Future<Output = Result<B, ConnectError>>>>;
+
+/// A channel with subscribers on this node.
+struct Channel<B: Broker> {
+    shared: Arc<ChannelShared>,
+    subject: B::Subject,
+    /// The task reading the channel's subscription, while the session has one.
+    reader: Option<JoinHandle<()>>,
+}
+
+struct Link<B: Broker> {
     config: ClusterConfig,
-    client: Client,
     inboxes: Arc<Vec<InboxSender>>,
     metrics: Arc<Metrics>,
-    /// The node's subscriptions: channel name -> its subject and the task reading it.
-    subscriptions: HashMap<Arc<str>, (Subject, JoinHandle<()>)>,
+    /// The session with the broker, while there is one.
+    session: Option<B>,
+    /// The connection attempt under way, while there is no session.
+    connecting: Option<Attempt<B>>,
+    /// Where the last session said the broker can be reached (see [`Broker::failover`]), for
+    /// the connection attempts after it.
+    failover: B::Failover,
+    /// Failed connection attempts since the last session.
+    attempts: usize,
+    /// Whether a session was ever up (the next one is a reconnect).
+    ever_connected: bool,
+    /// The node's channels, by name.
+    channels: HashMap<Arc<str>, Channel<B>>,
     /// Channels whose subscription failed, tried again every [`SUBSCRIBE_RETRY`].
-    pending: Vec<Arc<ChannelShared>>,
+    pending: Vec<Arc<str>>,
     /// The most block bytes one broker message carries (its `max_payload` less the envelope).
     max_body: usize,
 }
 
-impl Link {
-    async fn run(
-        config: ClusterConfig,
-        mut events: mpsc::UnboundedReceiver<ChannelEvent>,
-        mut outgoing: InboxReceiver,
-        inboxes: Vec<InboxSender>,
-        metrics: Arc<Metrics>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let Some(client) = connect(&config, &metrics).await else {
-            return;
-        };
-        tokio::spawn(warn_if_unreachable(client.clone(), config.url.clone()));
-        let mut link = Link {
+impl<B: Broker> Link<B> {
+    async fn run(parts: LinkParts) {
+        let LinkParts {
             config,
-            client,
+            mut events,
+            mut outgoing,
+            inboxes,
+            metrics,
+            mut stop,
+        } = parts;
+        let mut link = Link::<B> {
+            config,
             inboxes: Arc::new(inboxes),
             metrics,
-            subscriptions: HashMap::new(),
+            session: None,
+            connecting: None,
+            failover: B::Failover::default(),
+            attempts: 0,
+            ever_connected: false,
+            channels: HashMap::new(),
             pending: Vec::new(),
-            max_body: super::DEFAULT_MAX_PAYLOAD - envelope::HEADER_LEN,
+            max_body: B::DEFAULT_MAX_PAYLOAD - envelope::HEADER_LEN,
         };
+        link.connect_after(Duration::ZERO);
+        let unreachable = tokio::time::sleep(UNREACHABLE_AFTER);
+        tokio::pin!(unreachable);
+        let mut warned = false;
         let mut batch = Vec::with_capacity(256);
         let mut retry = tokio::time::interval(SUBSCRIBE_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                result = attempt(&mut link.connecting) => {
+                    link.connecting = None;
+                    if !link.on_attempt(result).await {
+                        return;
+                    }
+                }
+                event = next_event(&mut link.session) => link.on_broker(event),
+                _ = &mut unreachable, if !warned && !link.ever_connected => {
+                    warned = true;
+                    tracing::warn!(
+                        url = %link.config.url,
+                        "cluster: cannot reach the broker; serving local channels only, retrying \
+                         with backoff (up to every 2 s)"
+                    );
+                }
                 _ = retry.tick(), if !link.pending.is_empty() => link.retry_subscriptions().await,
                 event = events.recv() => match event {
                     Some(event) => link.on_channel(event).await,
@@ -133,10 +189,116 @@ impl Link {
         while let Ok(forward) = outgoing.try_recv() {
             link.publish(forward).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), link.client.flush()).await;
-        for (_, (_, task)) in link.subscriptions.drain() {
-            task.abort();
+        if let Some(session) = &link.session {
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.flush()).await;
         }
+        link.drop_subscriptions();
+    }
+
+    /// Starts a connection attempt after `delay`.
+    fn connect_after(&mut self, delay: Duration) {
+        let config = self.config.clone();
+        let failover = self.failover.clone();
+        self.connecting = Some(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            match tokio::time::timeout(CONNECT_WITHIN, B::connect(&config, &failover)).await {
+                Ok(result) => result,
+                Err(_) => Err(ConnectError::Retry(
+                    format!("no connection within {CONNECT_WITHIN:?}").into(),
+                )),
+            }
+        }));
+    }
+
+    /// A connection attempt's outcome: a new session subscribes every channel; a failure is
+    /// tried again with backoff. `false` if it is not worth trying again.
+    async fn on_attempt(&mut self, result: Result<B, ConnectError>) -> bool {
+        match result {
+            Ok(session) => {
+                self.session = Some(session);
+                self.attempts = 0;
+                self.note_max_payload();
+                self.up();
+                let names: Vec<Arc<str>> = self.channels.keys().cloned().collect();
+                for name in names {
+                    if !self.subscribe(&name).await {
+                        self.pending.push(name);
+                    }
+                }
+                self.count_subscriptions();
+            }
+            Err(ConnectError::Retry(err)) => {
+                self.attempts += 1;
+                tracing::debug!(url = %self.config.url, attempts = self.attempts, "cluster: cannot connect: {err}");
+                self.connect_after(backoff(self.attempts));
+            }
+            Err(ConnectError::Fatal(err)) => {
+                tracing::error!(url = %self.config.url, "cluster: {err}; this node serves its local channels only");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// What the session reports: the link's state, what to log, and a new session when it ends.
+    fn on_broker(&mut self, event: BrokerEvent) {
+        match event {
+            BrokerEvent::Connected => self.up(),
+            BrokerEvent::Disconnected => self.down(),
+            BrokerEvent::Closed => {
+                self.down();
+                if let Some(session) = self.session.take() {
+                    self.failover = session.failover();
+                }
+                self.drop_subscriptions();
+                self.count_subscriptions();
+                self.connect_after(backoff(0));
+            }
+            BrokerEvent::SlowConsumer => {
+                tracing::warn!("cluster: the client dropped broker messages (slow consumer)")
+            }
+            BrokerEvent::Other(what) => tracing::debug!(url = %self.config.url, "cluster: {what}"),
+        }
+    }
+
+    /// The link is up: publishes cross (see [`crate::fanout::uplink::Uplink::send`]).
+    fn up(&mut self) {
+        let cluster = &self.metrics.cluster;
+        if cluster.connected.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.ever_connected {
+            ClusterMetrics::add(&cluster.reconnects, 1);
+        }
+        self.ever_connected = true;
+        tracing::info!(url = %self.config.url, "cluster: connected to the broker");
+    }
+
+    /// The link is down: publishes are counted as dropped until it is up again.
+    fn down(&mut self) {
+        if self
+            .metrics
+            .cluster
+            .connected
+            .swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                url = %self.config.url,
+                "cluster: lost the broker; serving local channels, reconnecting (messages that \
+                 cannot cross meanwhile are counted as dropped)"
+            );
+        }
+    }
+
+    /// Ends every subscription's reader (the subscription is dropped with it); the channels
+    /// stay, to be subscribed on the next session.
+    fn drop_subscriptions(&mut self) {
+        for channel in self.channels.values_mut() {
+            if let Some(reader) = channel.reader.take() {
+                reader.abort();
+            }
+        }
+        self.pending.clear();
     }
 
     /// Subscribes to a channel's subject when the node gets its first subscriber; drops the
@@ -144,47 +306,60 @@ impl Link {
     async fn on_channel(&mut self, event: ChannelEvent) {
         match event {
             ChannelEvent::Joined(shared) => {
-                if !self.subscribe(&shared).await {
-                    self.pending.retain(|p| p.name() != shared.name());
-                    self.pending.push(shared);
+                let name = shared.name().clone();
+                let subject = B::subject(subject::subject(&self.config.prefix, &name));
+                let channel = Channel {
+                    shared,
+                    subject,
+                    reader: None,
+                };
+                if let Some(old) = self.channels.insert(name.clone(), channel) {
+                    if let Some(reader) = old.reader {
+                        reader.abort();
+                    }
+                }
+                if self.session.is_some() && !self.subscribe(&name).await {
+                    self.pending.push(name);
                 }
             }
             ChannelEvent::Left(shared) => {
-                self.pending.retain(|p| p.name() != shared.name());
-                if let Some((_, task)) = self.subscriptions.remove(shared.name()) {
-                    // The subscription is dropped with its task: the client unsubscribes.
-                    task.abort();
+                if let Some(channel) = self.channels.remove(shared.name()) {
+                    if let Some(reader) = channel.reader {
+                        // The subscription is dropped with its reader: the client unsubscribes.
+                        reader.abort();
+                    }
                 }
             }
         }
         self.count_subscriptions();
     }
 
-    /// Subscribes to `shared`'s subject and starts the task that delivers what comes from it;
-    /// `false` if the client could not subscribe (it is tried again, see [`SUBSCRIBE_RETRY`]).
-    async fn subscribe(&mut self, shared: &Arc<ChannelShared>) -> bool {
-        let subject = Subject::from(subject::subject(&self.config.prefix, shared.name()));
-        match self.client.subscribe(subject.clone()).await {
+    /// Subscribes to channel `name`'s subject on the session and starts the task that delivers
+    /// what comes from it; `false` if the session could not subscribe (it is tried again, see
+    /// [`SUBSCRIBE_RETRY`]). `true` with nothing to do: no session, the channel gone or
+    /// already subscribed.
+    async fn subscribe(&mut self, name: &Arc<str>) -> bool {
+        let (Some(session), Some(channel)) = (&self.session, self.channels.get_mut(name)) else {
+            return true;
+        };
+        if channel.reader.is_some() {
+            return true;
+        }
+        match session.subscribe(channel.subject.clone()).await {
             Ok(subscription) => {
-                let task = tokio::spawn(deliver(
+                channel.reader = Some(tokio::task::spawn_local(deliver(
                     subscription,
-                    shared.clone(),
+                    channel.shared.clone(),
                     self.inboxes.clone(),
-                    self.config.clone(),
+                    (self.config.node_id, self.config.max_message),
                     self.metrics.clone(),
-                ));
-                if let Some((_, old)) = self
-                    .subscriptions
-                    .insert(shared.name().clone(), (subject, task))
-                {
-                    old.abort();
-                }
+                )));
                 true
             }
             Err(err) => {
                 if SUBSCRIBE_WARNING.due() {
                     tracing::warn!(
-                        channel = %shared.name(),
+                        channel = %name,
                         "cluster: cannot subscribe (tried again every {:?}): {err}",
                         SUBSCRIBE_RETRY
                     );
@@ -197,26 +372,37 @@ impl Link {
     /// Tries again the subscriptions that failed, for the channels that still have subscribers.
     async fn retry_subscriptions(&mut self) {
         let pending = std::mem::take(&mut self.pending);
-        for shared in pending {
-            if shared.threads() != 0 && !self.subscribe(&shared).await {
-                self.pending.push(shared);
+        for name in pending {
+            let wanted = self
+                .channels
+                .get(&name)
+                .is_some_and(|c| c.shared.threads() != 0);
+            if wanted && !self.subscribe(&name).await {
+                self.pending.push(name);
             }
         }
         self.count_subscriptions();
     }
 
     fn count_subscriptions(&self) {
-        let n = self.subscriptions.len() as u64;
+        let n = self
+            .channels
+            .values()
+            .filter(|c| c.reader.is_some())
+            .count() as u64;
         self.metrics
             .cluster
             .subscribed_channels
             .store(n, Ordering::Relaxed);
     }
 
-    /// Reads the broker's `max_payload` (from its INFO, which the client keeps up to date
-    /// across reconnects) into the metrics the worker threads check messages against.
+    /// Reads the session's `max_payload` (which may change across reconnects) into the metrics
+    /// the worker threads check messages against.
     fn note_max_payload(&mut self) {
-        let max_payload = self.client.server_info().max_payload;
+        let Some(session) = &self.session else {
+            return;
+        };
+        let max_payload = session.max_payload();
         if max_payload > 0 {
             self.max_body = max_payload.saturating_sub(envelope::HEADER_LEN).max(1);
             self.metrics
@@ -230,32 +416,48 @@ impl Link {
     /// split between frames when it is larger than the broker's `max_payload`.
     async fn publish(&mut self, forward: Forward) {
         let block = &forward.block;
-        let subject = match self.subscriptions.get(forward.channel.name()) {
-            Some((subject, _)) => subject.clone(),
-            None => Subject::from(subject::subject(
+        let Some(session) = &self.session else {
+            ClusterMetrics::add(&self.metrics.cluster.dropped_out, u64::from(block.frames()));
+            return;
+        };
+        let subject = match self.channels.get(forward.channel.name()) {
+            Some(channel) => channel.subject.clone(),
+            None => B::subject(subject::subject(
                 &self.config.prefix,
                 forward.channel.name(),
             )),
         };
+        let cluster = &self.metrics.cluster;
         for (frames, body) in pieces(block.bytes(), block.frames(), self.max_body) {
             let payload = envelope::encode(self.config.node_id, block.origin(), frames, body);
-            self.publish_piece(subject.clone(), payload, frames).await;
+            let frames = u64::from(frames);
+            match session.publish(subject.clone(), payload).await {
+                Ok(()) => {
+                    ClusterMetrics::add(&cluster.published_blocks, 1);
+                    ClusterMetrics::add(&cluster.published_messages, frames);
+                }
+                Err(err) => {
+                    ClusterMetrics::add(&cluster.dropped_out, frames);
+                    tracing::debug!("cluster: publish failed: {err}");
+                }
+            }
         }
     }
+}
 
-    async fn publish_piece(&mut self, subject: Subject, payload: Vec<u8>, frames: u32) {
-        let cluster = &self.metrics.cluster;
-        let frames = u64::from(frames);
-        match self.client.publish(subject, payload.into()).await {
-            Ok(()) => {
-                ClusterMetrics::add(&cluster.published_blocks, 1);
-                ClusterMetrics::add(&cluster.published_messages, frames);
-            }
-            Err(err) => {
-                ClusterMetrics::add(&cluster.dropped_out, frames);
-                tracing::debug!("cluster: publish failed: {err}");
-            }
-        }
+/// The outcome of the connection attempt under way (never, without one).
+async fn attempt<B>(connecting: &mut Option<Attempt<B>>) -> Result<B, ConnectError> {
+    match connecting {
+        Some(attempt) => attempt.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The session's next event (never, without a session).
+async fn next_event<B: Broker>(session: &mut Option<B>) -> BrokerEvent {
+    match session {
+        Some(session) => session.next_event().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -286,113 +488,20 @@ fn pieces(bytes: &[u8], frames: u32, max_body: usize) -> Vec<(u32, &[u8])> {
     out
 }
 
-/// Connects (in the background: the client keeps trying while the broker is unreachable).
-async fn connect(config: &ClusterConfig, metrics: &Arc<Metrics>) -> Option<Client> {
-    let events = metrics.clone();
-    let url = config.url.clone();
-    let mut options = ConnectOptions::new()
-        .name(&config.node_name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(backoff)
-        .event_callback(move |event| {
-            let metrics = events.clone();
-            let url = url.clone();
-            async move { on_event(&metrics, &url, event) }
-        });
-    if !config.through_broker {
-        options = options.no_echo();
-    }
-    if config.url.starts_with("tls://") {
-        options = options.require_tls(true);
-    }
-    if let Some(ca) = &config.ca_file {
-        options = options.add_root_certificates(ca.clone());
-    }
-    options = match &config.credentials {
-        Credentials::None => options,
-        Credentials::UserPassword { user, password } => {
-            options.user_and_password(user.clone(), password.clone())
-        }
-        Credentials::Token(token) => options.token(token.clone()),
-        Credentials::CredsFile(path) => match options.credentials_file(path).await {
-            Ok(options) => options,
-            Err(err) => {
-                tracing::error!(path = %path.display(), "cluster: cannot read the credentials file: {err}; this node serves its local channels only");
-                return None;
-            }
-        },
-    };
-    match options.connect(config.url.as_str()).await {
-        Ok(client) => Some(client),
-        Err(err) => {
-            tracing::error!(url = %config.url, "cluster: cannot use the broker: {err}; this node serves its local channels only");
-            None
-        }
-    }
-}
-
-/// The client's connection events: the link's state, its reconnects, and what to log.
-fn on_event(metrics: &Metrics, url: &str, event: Event) {
-    let cluster = &metrics.cluster;
-    match event {
-        Event::Connected => {
-            if cluster.connected.swap(true, Ordering::Relaxed) {
-                return;
-            }
-            let first = cluster.published_blocks.load(Ordering::Relaxed) == 0
-                && cluster.received_blocks.load(Ordering::Relaxed) == 0
-                && cluster.dropped_out.load(Ordering::Relaxed) == 0;
-            if !first {
-                ClusterMetrics::add(&cluster.reconnects, 1);
-            }
-            tracing::info!(url, "cluster: connected to the broker");
-        }
-        Event::Disconnected | Event::Closed => {
-            if cluster.connected.swap(false, Ordering::Relaxed) {
-                tracing::warn!(
-                    url,
-                    "cluster: lost the broker; serving local channels, reconnecting (messages \
-                     that cannot cross meanwhile are counted as dropped)"
-                );
-            }
-        }
-        Event::SlowConsumer(sid) => {
-            tracing::warn!(
-                sid,
-                "cluster: the client dropped broker messages (slow consumer)"
-            )
-        }
-        other => tracing::debug!(url, "cluster: {other}"),
-    }
-}
-
-/// Warns clearly when the broker cannot be reached at start.
-async fn warn_if_unreachable(client: Client, url: String) {
-    tokio::time::sleep(UNREACHABLE_AFTER).await;
-    if client.connection_state() != async_nats::connection::State::Connected {
-        tracing::warn!(
-            url,
-            "cluster: cannot reach the broker; serving local channels only, retrying with \
-             backoff (up to every 2 s)"
-        );
-    }
-}
-
 /// Reads one channel's subscription and hands each block to the worker threads with
 /// subscribers of the channel, until the subscription ends.
-async fn deliver(
-    mut subscription: async_nats::Subscriber,
+async fn deliver<S>(
+    mut subscription: S,
     shared: Arc<ChannelShared>,
     inboxes: Arc<Vec<InboxSender>>,
-    config: ClusterConfig,
+    (node_id, max_message): (u64, usize),
     metrics: Arc<Metrics>,
-) {
-    let (node_id, max_message) = (config.node_id, config.max_message);
+) where
+    S: Stream<Item: AsRef<[u8]>> + Unpin,
+{
     let cluster = &metrics.cluster;
-    while let Some(message) = subscription.next().await {
-        let block = match envelope::decode(&message.payload) {
+    while let Some(payload) = subscription.next().await {
+        let block = match envelope::decode(payload.as_ref()) {
             Ok(env) => {
                 // With delivery through the broker a node gets its own blocks back: its
                 // publisher must not.

@@ -1,10 +1,10 @@
 //! Scale-out: ringcast nodes linked through a NATS server (core pub/sub).
 //!
 //! With `--cluster nats://HOST:PORT` a node runs one more thread, the cluster link, with its own
-//! current-thread tokio runtime and an `async-nats` client. Every channel with at least one
-//! subscriber on the node is one subscription at the broker (subject `PREFIX.ch.TOKEN`, see
-//! [`subject`]), taken when the node gets the channel's first subscriber and dropped when its
-//! last one leaves; the client takes them again itself after a reconnect.
+//! current-thread tokio runtime and a session with the broker (an `async-nats` client). Every
+//! channel with at least one subscriber on the node is one subscription at the broker (subject
+//! `PREFIX.ch.TOKEN`, see [`subject`]), taken when the node gets the channel's first subscriber
+//! and dropped when its last one leaves; the link takes them all again on each new session.
 //!
 //! A publish on a node goes to the broker once, as one broker message per block (see
 //! [`envelope`]): the frames as the publishing node encoded them. A receiving node checks them
@@ -27,22 +27,35 @@
 //! [`crate::fanout::uplink::Uplink::largest_message`]).
 //!
 //! Faults: a broker unreachable at start is retried with backoff while the node serves its
-//! local channels (a warning says so); after a restart of the broker the client reconnects and
-//! resubscribes; publishes that find the link down or its queue full (`--cluster-queue`) are
-//! counted as dropped, never waited for; and the link reads from the broker promptly whatever
-//! the WebSocket subscribers do (a worker thread that cannot take a block within a second loses
-//! it, counted), since NATS closes a consumer that falls 64 MiB behind.
+//! local channels (a warning says so); after a restart of the broker the link reconnects with
+//! backoff and resubscribes, to any server of a NATS cluster that the last one advertised as
+//! well as to the `--cluster` URL (see `nats.rs`); publishes that find the link down or its
+//! queue full (`--cluster-queue`) are counted as dropped, never waited for; and the link reads
+//! from the broker promptly whatever the WebSocket subscribers do (a worker thread that cannot
+//! take a block within a second loses it, counted), since NATS closes a consumer that falls
+//! 64 MiB behind.
+//!
+//! Brokers: the seam is the `Broker` trait of `broker.rs`, one session with a broker: connect
+//! once, subscribe (a stream of payloads; dropping it unsubscribes), publish, flush, its
+//! largest message (`max_payload`), its connection events (connected, disconnected, closed),
+//! and where else the broker can be reached (`failover`, for the next attempt). NATS
+//! (`nats.rs`) is the one implementation. Everything else is shared, in `link.rs`: reconnecting
+//! with backoff when a session closes, resubscribing every channel on the new session, the
+//! per-channel bookkeeping, the pieces, the delivery to the worker threads, the memory-budget
+//! drops, the metrics and the warnings. A second broker (Redis pub/sub, say) is one new file
+//! implementing `Broker`, with its URL schemes, plus its line in `BROKERS` in `broker.rs`;
+//! `fake.rs`, the in-memory broker of the link's tests, is the smallest one to start from.
 
+mod broker;
 pub mod envelope;
+#[cfg(test)]
+mod fake;
 mod link;
+mod nats;
 mod settings;
 pub mod subject;
 
 pub use settings::{ClusterConfig, ClusterError};
-
-/// NATS servers carry at most this many bytes per message unless configured otherwise
-/// (`max_payload`); assumed until the broker says what it takes.
-const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
 use crate::fanout::inbox::{self, InboxSender};
 use crate::fanout::registry::ChannelEvent;
@@ -71,7 +84,7 @@ impl ClusterLink {
     ) -> Result<ClusterLink, ClusterError> {
         metrics.cluster.enabled.store(true, Ordering::Relaxed);
         metrics.cluster.largest_message.store(
-            link::largest_message(DEFAULT_MAX_PAYLOAD),
+            link::largest_message(config.broker.default_max_payload),
             Ordering::Relaxed,
         );
         let (queue, outgoing) = inbox::inbox(config.queue_bytes);
@@ -79,7 +92,16 @@ impl ClusterLink {
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("ringcast-cluster".into())
-            .spawn(move || link::run(config, events, outgoing, inboxes, metrics, stopped))
+            .spawn(move || {
+                (config.broker.run)(link::LinkParts {
+                    config,
+                    events,
+                    outgoing,
+                    inboxes,
+                    metrics,
+                    stop: stopped,
+                })
+            })
             .map_err(ClusterError::Spawn)?;
         Ok(ClusterLink {
             stop,

@@ -1,5 +1,6 @@
 //! The cluster's settings, taken from the command line and checked before any thread starts.
 
+use super::broker::BrokerKind;
 use super::subject;
 use crate::config::{ClusterDelivery, Config};
 use std::hash::{BuildHasher, Hasher};
@@ -9,8 +10,9 @@ use thiserror::Error;
 /// Why the cluster link could not start.
 #[derive(Debug, Error)]
 pub enum ClusterError {
-    #[error("--cluster must be a nats://HOST:PORT or tls://HOST:PORT URL, not {0:?}")]
-    BadUrl(String),
+    /// `schemes`: "nats://HOST:PORT or tls://HOST:PORT" (from `BrokerKind::accepted`).
+    #[error("--cluster must be a {schemes} URL, not {url:?}")]
+    BadUrl { url: String, schemes: String },
     #[error("cluster credentials: {path}: {source}")]
     Credentials {
         path: String,
@@ -26,6 +28,8 @@ pub enum ClusterError {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub url: String,
+    /// The broker the URL's scheme chooses.
+    pub(super) broker: &'static BrokerKind,
     /// The node's name at the broker (its connection name) and in logs.
     pub node_name: String,
     /// A random number naming this node in every envelope it publishes.
@@ -84,12 +88,10 @@ impl ClusterConfig {
         let Some(url) = &config.cluster else {
             return Ok(None);
         };
-        let scheme_ok = ["nats://", "tls://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
-        if !scheme_ok {
-            return Err(ClusterError::BadUrl(url.clone()));
-        }
+        let broker = BrokerKind::for_url(url).ok_or_else(|| ClusterError::BadUrl {
+            url: url.clone(),
+            schemes: BrokerKind::accepted(),
+        })?;
         let credentials = match (
             &config.cluster_user,
             &config.cluster_password_file,
@@ -111,6 +113,7 @@ impl ClusterConfig {
         });
         Ok(Some(ClusterConfig {
             url: url.clone(),
+            broker,
             node_name,
             node_id: std::collections::hash_map::RandomState::new()
                 .build_hasher()

@@ -28,6 +28,9 @@ pub struct Block {
     origin: u64,
     /// The permessage-deflate encodings, by window bits 8-15, made on first use.
     deflated: [OnceLock<Box<[u8]>>; 8],
+    /// For numbered publications (see [`super::history`]): the first frame's offset; the
+    /// others follow one by one.
+    first_offset: Option<u64>,
 }
 
 /// Why bytes from elsewhere (another node, through the broker) are not a block of frames as
@@ -106,6 +109,7 @@ impl Block {
             frames,
             origin,
             deflated: Default::default(),
+            first_offset: None,
         }
     }
 
@@ -150,6 +154,11 @@ impl Block {
 
     pub fn origin(&self) -> u64 {
         self.origin
+    }
+
+    /// The offset of its first publication, if its publications are numbered.
+    pub fn first_offset(&self) -> Option<u64> {
+        self.first_offset
     }
 }
 
@@ -198,14 +207,24 @@ impl BlockEncoder {
     /// The frames pushed since the last call, as one block published by `origin`; `None` if
     /// there were none.
     pub fn finish(&mut self, origin: u64) -> Option<Arc<Block>> {
+        self.seal(origin, None)
+    }
+
+    /// Like [`BlockEncoder::finish`], for numbered publications whose first has offset `first`.
+    pub fn finish_numbered(&mut self, origin: u64, first: u64) -> Option<Arc<Block>> {
+        self.seal(origin, Some(first))
+    }
+
+    fn seal(&mut self, origin: u64, first_offset: Option<u64>) -> Option<Arc<Block>> {
         if self.frames == 0 {
             return None;
         }
-        let block = Block::new(
+        let mut block = Block::new(
             Box::from(&self.buf[..]),
             std::mem::take(&mut self.frames),
             origin,
         );
+        block.first_offset = first_offset;
         self.buf.clear();
         if self.buf.capacity() > BLOCK_KEEP_BYTES {
             self.buf = Vec::new();

@@ -16,6 +16,11 @@
 //! timeout on the publisher's thread, a second on the others), and a log holds at most twice
 //! its window plus one block. A reader that drains at loopback speed takes a window in far
 //! less than the timeout: a burst of any size costs it nothing.
+//!
+//! A channel of numbered publications (see [`super::history`]) appends its blocks in offset
+//! order: a block that arrives ahead of one still on its way from another thread waits for it
+//! (publishers on two threads number under one lock but forward on their own), one already
+//! appended or numbered before this thread joined is dropped.
 
 use super::block::Block;
 use super::log::Pos;
@@ -25,7 +30,7 @@ use crate::config::SlowPolicy;
 use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::ThreadMetrics;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +59,15 @@ pub struct Channel {
     /// Scans of the readers behind the window so far, and when the last was.
     scans: Cell<u64>,
     last_scan_at: Cell<Option<Instant>>,
+    /// For numbered publications: the offset this thread appends next, and the blocks that
+    /// came ahead of it, by first offset.
+    order: RefCell<Option<Order>>,
+}
+
+#[derive(Debug, Default)]
+struct Order {
+    next: u64,
+    waiting: BTreeMap<u64, Arc<Block>>,
 }
 
 /// Two scans of a full log's readers at most this far apart are consecutive: a reader both
@@ -72,7 +86,21 @@ impl Channel {
             policy,
             scans: Cell::new(0),
             last_scan_at: Cell::new(None),
+            order: RefCell::new(None),
         })
+    }
+
+    /// From now on the channel takes numbered publications, from offset `next` on.
+    pub fn number_from(&self, next: u64) {
+        self.order.replace(Some(Order {
+            next,
+            waiting: BTreeMap::new(),
+        }));
+    }
+
+    /// The offset of the last numbered publication appended here (`None`: not numbered).
+    pub fn last_offset(&self) -> Option<u64> {
+        self.order.borrow().as_ref().map(|o| o.next - 1)
     }
 
     /// The log, for a new subscriber to read from.
@@ -107,8 +135,37 @@ impl Channel {
         self.len() == 0
     }
 
-    /// Appends a block and wakes the subscribers waiting for it; then keeps the window.
+    /// Appends a block and wakes the subscribers waiting for it; then keeps the window. A block
+    /// of numbered publications goes in offset order (see the module documentation).
     pub fn append(&self, block: Arc<Block>) {
+        let ready = {
+            let mut order = self.order.borrow_mut();
+            match (order.as_mut(), block.first_offset()) {
+                (Some(order), Some(first)) => {
+                    if first < order.next {
+                        return;
+                    }
+                    order.waiting.insert(first, block);
+                    let mut ready = Vec::new();
+                    while let Some(entry) = order.waiting.first_entry() {
+                        if *entry.key() != order.next {
+                            break;
+                        }
+                        let block = entry.remove();
+                        order.next += u64::from(block.frames());
+                        ready.push(block);
+                    }
+                    ready
+                }
+                _ => return self.append_now(block),
+            }
+        };
+        for block in ready {
+            self.append_now(block);
+        }
+    }
+
+    fn append_now(&self, block: Arc<Block>) {
         let mut woken = self.woken.borrow_mut();
         {
             let mut log = self.log.borrow_mut();
@@ -284,5 +341,44 @@ impl Channel {
         ThreadMetrics::add(&metrics.publisher_pauses, 1);
         ThreadMetrics::add(&metrics.publisher_paused_ns, waited.as_nanos() as u64);
         waited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::block::BlockEncoder;
+    use crate::fanout::log::ChannelLog;
+    use ringcast_proto::frame::OpCode;
+
+    fn numbered(first: u64, count: u64) -> Arc<Block> {
+        let mut encoder = BlockEncoder::default();
+        for offset in first..first + count {
+            encoder.push(OpCode::Text, offset.to_string().as_bytes());
+        }
+        encoder.finish_numbered(u64::MAX, first).unwrap()
+    }
+
+    #[test]
+    fn numbered_blocks_are_appended_in_offset_order_once() {
+        let policy = WindowPolicy {
+            window: 1 << 20,
+            slow_timeout: Duration::from_secs(10),
+            policy: SlowPolicy::Drop,
+        };
+        let channel = Channel::new(ChannelLog::new(policy.window, None), None, policy);
+        channel.number_from(3);
+        assert_eq!(channel.last_offset(), Some(2));
+        // A cursor at the head keeps what is appended.
+        let _reader = channel.log().borrow_mut().join();
+        channel.append(numbered(1, 2)); // numbered before this thread joined: dropped
+        channel.append(numbered(5, 1)); // ahead of 3-4: waits
+        assert_eq!(channel.log_bytes(), 0);
+        channel.append(numbered(3, 2));
+        assert_eq!(channel.last_offset(), Some(5));
+        channel.append(numbered(5, 1)); // again: dropped
+        let log = channel.log().borrow();
+        let firsts: Vec<u64> = log.blocks_from(0).map(|b| b.frames_before() + 3).collect();
+        assert_eq!(firsts, [3, 5], "3-4 then 5, each once");
     }
 }

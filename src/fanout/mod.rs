@@ -16,6 +16,7 @@
 //! - [`subscription`]: one connection's cursor into one channel's log; it tells its
 //!   connection (an [`subscription::Owner`]) when there is something to write.
 //! - [`channel`]: a log with its subscribers, and the window policy.
+//! - [`history`]: numbered publications kept for recovery (a client protocol with positions).
 //! - [`registry`]: which threads have subscribers of a channel, and which are full.
 //! - [`inbox`]: blocks on their way to another thread, bounded in bytes.
 //! - [`uplink`]: blocks on their way to the cluster's broker.
@@ -23,6 +24,7 @@
 pub mod block;
 pub mod channel;
 pub mod compressed;
+pub mod history;
 pub mod inbox;
 pub mod log;
 pub mod registry;

@@ -5,6 +5,7 @@
 //! it, so they cannot disagree. Its schema is documented in `results/README.md`; bump
 //! [`SCHEMA_VERSION`] on any incompatible change.
 
+pub mod canvas;
 pub mod ceiling;
 pub mod hgrm;
 pub mod plots;

@@ -18,8 +18,9 @@ use crate::load::session::{
     ConnectReport, LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec,
 };
 use crate::load::topology::{Placement, Share};
+use crate::report::model::{BrokerInfo, ConfigEcho, ServerInfo, Summary};
 use crate::report::timeline::StepTimeline;
-use crate::report::{self, BrokerInfo, ConfigEcho, ReportError, ServerInfo, Summary};
+use crate::report::{self, ReportError};
 use crate::sys::broker::{self, BrokerProcess};
 use crate::sys::machine;
 use crate::sys::server_process::{self, ServerError, ServerProcess};
@@ -397,7 +398,7 @@ pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summa
     let machine = machine::collect();
     let loadgen_ceiling = report::ceiling::StoredCeiling::for_machine(&machine);
     Summary {
-        schema_version: report::SCHEMA_VERSION,
+        schema_version: report::model::SCHEMA_VERSION,
         scenario: scenario.into(),
         command: command_line(),
         started_utc: machine::rfc3339(p.started_unix_s),
@@ -526,7 +527,7 @@ pub(super) fn finish(
     }
     match format {
         Format::Text => {
-            print!("{}", report::render_text(&summary));
+            print!("{}", report::text::render_text(&summary));
             if let Some(d) = &prepared.dir {
                 println!("  files: {}", d.display());
             }

@@ -7,8 +7,8 @@ use super::common::{
 };
 use crate::cli::SweepArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
+use crate::report::model::Capacity;
 use crate::report::timeline::StepTimeline;
-use crate::report::Capacity;
 use crate::search::{capacity_step, step_passes, Rates, Search};
 use crate::units::{fmt_ns, fmt_rate};
 

@@ -11,13 +11,13 @@ use thiserror::Error;
 
 use crate::cli::{CommonArgs, Format};
 use crate::distributed::{Coordinator, WorkerInfo, WorkerPlan};
-use crate::load::client::{parse_source_ips, AddressError, Target};
+use crate::load::client::{AddressError, Target};
 use crate::load::payload::STAMP_LEN;
 use crate::load::ramp::RampProgress;
 use crate::load::session::{
-    ConnectReport, LiveStatus, LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec,
+    ConnectReport, LiveStatus, Session, SessionError, StepOutcome, StepResult, StepSpec,
 };
-use crate::load::topology::{Placement, Share};
+use crate::load::spec::{LoadConfig, RunSpec};
 use crate::report::model::{BrokerInfo, ConfigEcho, ServerInfo, Summary};
 use crate::report::timeline::StepTimeline;
 use crate::report::{self, ReportError};
@@ -328,67 +328,25 @@ fn run_fds(c: &CommonArgs) -> u64 {
     u64::from(c.subscribers) + 2 * u64::from(c.publishers) + 64
 }
 
+/// The run spec of `c` on the servers and CPUs of `p`.
+fn run_spec(c: &CommonArgs, p: &Prepared) -> RunSpec {
+    let urls = p.targets.iter().map(|t| t.url.clone()).collect();
+    c.run_spec(urls, p.threads, p.loadgen_cpus.clone())
+}
+
 fn load_config(c: &CommonArgs, p: &Prepared) -> Result<LoadConfig, AppError> {
-    let topology = crate::load::topology::Topology {
-        channels: c.channels.max(1),
-        publishers: c.publishers,
-        subscribers: c.subscribers,
-    };
-    Ok(LoadConfig {
-        targets: p.targets.clone(),
-        placement: Placement {
-            targets: p.targets.len() as u32,
-            publish_on: c.publish_on.clone(),
-        },
-        share: Share::all(&topology),
-        subscribers: c.subscribers,
-        publishers: c.publishers,
-        channels: c.channels,
-        size: c.size,
-        payload: c.payload,
-        compress: c.compress,
-        threads: p.threads,
-        cpus: p.loadgen_cpus.clone(),
-        connect_rate_per_s: c.connect_rate,
-        source_ips: match &c.source_ips {
-            Some(s) => parse_source_ips(s)?,
-            None => Vec::new(),
-        },
-        connect_timeout: c.connect_timeout,
-        recv_buf_bytes: c.recv_buf_kib.clamp(1, 1024) * 1024,
-        spin_ns: c.spin_us * 1000,
-        pacer_realtime: !c.no_realtime_pacer,
-        stall_subscribers: c.stall_subscribers,
-        stall_ns: c.stall_time.as_nanos() as u64,
-        server_pids: p.server_pids.clone(),
-        broker_pid: p.broker.as_ref().map(|b| b.pid),
-        run_tag: None,
-        timed: Vec::new(),
-    })
+    let spec = run_spec(c, p);
+    let source_ips = spec.source_addrs()?;
+    let mut cfg = LoadConfig::whole(spec, p.targets.clone(), source_ips);
+    cfg.server_pids = p.server_pids.clone();
+    cfg.broker_pid = p.broker.as_ref().map(|b| b.pid);
+    Ok(cfg)
 }
 
 fn config_echo(c: &CommonArgs, p: &Prepared) -> ConfigEcho {
     ConfigEcho {
-        url: p.targets.first().map(|t| t.url.clone()).unwrap_or_default(),
-        urls: if p.targets.len() > 1 {
-            p.targets.iter().map(|t| t.url.clone()).collect()
-        } else {
-            Vec::new()
-        },
-        publish_on: if p.targets.len() > 1 {
-            c.publish_on.clone()
-        } else {
-            Vec::new()
-        },
+        spec: run_spec(c, p),
         workers: c.workers + c.remote_workers.len() as u32,
-        subscribers: c.subscribers,
-        publishers: c.publishers,
-        channels: c.channels,
-        size_bytes: c.size,
-        threads: p.threads,
-        pinned_cpus: p.loadgen_cpus.clone(),
-        connect_rate_per_s: c.connect_rate,
-        source_ips: c.source_ips.iter().cloned().collect(),
         drain_s: c.drain.as_secs_f64(),
         ..Default::default()
     }
@@ -604,13 +562,14 @@ impl Load {
 /// the broker: what its subscriptions there must cover before a run can start.
 fn channels_per_node(c: &CommonArgs, cfg: &LoadConfig) -> Vec<(String, usize)> {
     let topology = cfg.topology();
+    let placement = cfg.spec.placement();
     let mut per: Vec<std::collections::BTreeSet<u32>> = vec![Default::default(); cfg.targets.len()];
     for s in 0..c.subscribers {
-        let t = cfg.placement.subscriber_target(s, &topology) as usize;
+        let t = placement.subscriber_target(s, &topology) as usize;
         per[t].insert(topology.channel_of_subscriber(s));
     }
     for q in 0..c.publishers {
-        let t = cfg.placement.publisher_target(q) as usize;
+        let t = placement.publisher_target(q) as usize;
         per[t].insert(topology.channel_of_publisher(q));
     }
     per.iter()

@@ -31,7 +31,7 @@ pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
     progress.finish();
     let (connect, held) = stop_servers_on_error(&mut p, r.map_err(AppError::from))?;
     let mut summary = new_summary("connections", c, &p);
-    summary.config.publishers = 0;
+    summary.config.spec.publishers = 0;
     summary.verdict = if connect.failed + connect.skipped > 0 {
         "connect-failures".into()
     } else if held.still_open < held.held {

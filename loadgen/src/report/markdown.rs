@@ -48,16 +48,16 @@ pub fn render_markdown(s: &Summary) -> String {
         "| server | {} |",
         s.server.command.as_deref().unwrap_or("(external)")
     );
-    let c = &s.config;
+    let c = &s.config.spec;
     let _ = writeln!(
         out,
         "| load | {} subscribers, {} publishers, {} channel(s), {}-byte messages, {} reader thread(s), loadgen CPUs {}; server CPUs {} |",
         c.subscribers,
         c.publishers,
         c.channels,
-        c.size_bytes,
+        c.size,
         c.threads,
-        cpu_list(&c.pinned_cpus),
+        cpu_list(&c.cpus),
         cpu_list(&s.server.pinned_cpus)
     );
     let _ = writeln!(out, "| verdict | **{}** |\n", s.verdict);
@@ -106,7 +106,7 @@ pub fn render_markdown(s: &Summary) -> String {
             fmt_rate(cap.deliveries_per_s),
             fmt_rate(cap.rate_per_s),
             fmt_ns(cap.p99_ns),
-            c.slo_p99_ms.unwrap_or(0.0),
+            s.config.slo_p99_ms.unwrap_or(0.0),
             if cap.limited_by_loadgen {
                 " — limited by the load generator, not the server"
             } else {

@@ -83,8 +83,8 @@ pub fn write_files(
                 .and_then(|i| summary.steps.get(i))
                 .map(|s| format!("{} msg/s", fmt_rate(s.requested_rate_per_s)))
                 .unwrap_or_default(),
-            summary.config.size_bytes,
-            summary.config.subscribers
+            summary.config.spec.size,
+            summary.config.spec.subscribers
         );
         plots::latency_curve(h, &title, &p)?;
         written.push(p);
@@ -102,11 +102,11 @@ pub fn write_files(
         write(&p, &text)?;
         written.push(p);
         let p = dir.join("latency-over-time.svg");
-        let fanout =
-            f64::from(summary.config.subscribers) / f64::from(summary.config.channels.max(1));
+        let fanout = f64::from(summary.config.spec.subscribers)
+            / f64::from(summary.config.spec.channels.max(1));
         let title = format!(
             "latency per second: {} subscribers, {} B messages",
-            summary.config.subscribers, summary.config.size_bytes
+            summary.config.spec.subscribers, summary.config.spec.size
         );
         timeline::over_time_chart(timeline, fanout, &title, &p)?;
         written.push(p);
@@ -115,7 +115,7 @@ pub fn write_files(
         let p = dir.join("sweep.svg");
         let title = format!(
             "sweep: {} subscribers, {} B messages",
-            summary.config.subscribers, summary.config.size_bytes
+            summary.config.spec.subscribers, summary.config.spec.size
         );
         plots::sweep_chart(
             &summary.steps,

@@ -11,33 +11,22 @@ use serde::{Deserialize, Serialize};
 use crate::distributed::WorkerInfo;
 use crate::load::idle::ConnectionsReport;
 use crate::load::session::{ConnectReport, StepResult};
+use crate::load::spec::RunSpec;
 use crate::report::ceiling;
 use crate::sys::machine::MachineInfo;
 
 /// Version of the summary.json schema.
 pub const SCHEMA_VERSION: u32 = 2;
 
-/// The run's configuration, echoed.
+/// The run's configuration, echoed: its spec whole (`url`, `subscribers`, `size_bytes`, ...:
+/// the names of [`RunSpec`]), and what the command added around it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConfigEcho {
-    pub url: String,
-    /// Every server, when there are several (the nodes of a cluster).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub urls: Vec<String>,
-    /// The servers publishers connected to (indices of `urls`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish_on: Vec<u32>,
+    #[serde(flatten)]
+    pub spec: RunSpec,
     /// Worker processes (0: loadgen ran alone).
     #[serde(default)]
     pub workers: u32,
-    pub subscribers: u32,
-    pub publishers: u32,
-    pub channels: u32,
-    pub size_bytes: usize,
-    pub threads: usize,
-    pub pinned_cpus: Option<Vec<usize>>,
-    pub connect_rate_per_s: f64,
-    pub source_ips: Vec<String>,
     pub warmup_s: f64,
     pub duration_s: f64,
     pub drain_s: f64,
@@ -166,5 +155,60 @@ mod tests {
         assert_eq!(v["steps"][0]["lost"], 1);
         assert_eq!(v["capacity"]["deliveries_per_s"], 1e6);
         assert!(v["steps"][0]["latency"]["p99_ns"].is_u64());
+    }
+
+    /// Summaries written before the spec was echoed whole still parse, their configuration
+    /// into the spec's fields (the others at their defaults).
+    #[test]
+    fn old_summaries_still_parse() {
+        let sweep: Summary = serde_json::from_str(include_str!(
+            "../../../results/reference/2026-11-24T02-14-23Z-sweep/summary.json"
+        ))
+        .unwrap();
+        let c = &sweep.config;
+        assert_eq!(c.spec.url, "ws://127.0.0.1:39967/bench");
+        assert!(c.spec.urls.is_empty());
+        assert_eq!((c.spec.subscribers, c.spec.publishers), (1000, 1));
+        assert_eq!((c.spec.size, c.spec.threads), (64, 1));
+        assert_eq!(c.spec.cpus, Some(vec![1]));
+        assert_eq!(c.spec.connect_rate_per_s, 5000.0);
+        assert_eq!(c.spec.stall_subscribers, 0);
+        assert_eq!((c.workers, c.drain_s, c.slo_p99_ms), (0, 2.0, Some(100.0)));
+        assert_eq!(c.rates_per_s.len(), 9);
+        assert_eq!(sweep.steps.len(), 9);
+
+        let cluster: Summary = serde_json::from_str(include_str!(
+            "../../../results/reference/cluster/two-nodes/two-nodes-3/summary.json"
+        ))
+        .unwrap();
+        let c = &cluster.config;
+        assert_eq!(c.spec.server_urls().len(), 2);
+        assert_eq!(c.spec.placement().publish_on, vec![0]);
+        assert_eq!(c.slo_p99_ms, None);
+        // Written again, the old names are all there.
+        let v = serde_json::to_value(&cluster).unwrap();
+        for name in [
+            "url",
+            "urls",
+            "publish_on",
+            "workers",
+            "subscribers",
+            "publishers",
+            "channels",
+            "size_bytes",
+            "threads",
+            "pinned_cpus",
+            "connect_rate_per_s",
+            "source_ips",
+            "warmup_s",
+            "duration_s",
+            "drain_s",
+            "rates_per_s",
+            "slo_p99_ms",
+        ] {
+            assert!(v["config"].get(name).is_some(), "config.{name} missing");
+        }
+        let back: Summary = serde_json::from_value(v).unwrap();
+        assert_eq!(back, cluster);
     }
 }

@@ -158,7 +158,7 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_
 /// The wrk2-style terminal summary.
 pub fn render_text(s: &Summary) -> String {
     let mut out = String::new();
-    let c = &s.config;
+    let c = &s.config.spec;
     let _ = writeln!(
         out,
         "loadgen {} @ {}  ({})",
@@ -170,9 +170,9 @@ pub fn render_text(s: &Summary) -> String {
         c.subscribers,
         c.publishers,
         c.channels,
-        c.size_bytes,
+        c.size,
         c.threads,
-        c.pinned_cpus
+        c.cpus
             .as_ref()
             .map(|p| format!(" pinned to CPU {p:?}"))
             .unwrap_or_default()
@@ -268,7 +268,7 @@ pub fn render_text(s: &Summary) -> String {
                     fmt_rate(cap.deliveries_per_s),
                     fmt_rate(cap.rate_per_s),
                     fmt_ns(cap.p99_ns),
-                    c.slo_p99_ms.unwrap_or(0.0),
+                    s.config.slo_p99_ms.unwrap_or(0.0),
                     if cap.limited_by_loadgen {
                         "  -- LOADGEN-BOUND: the load generator was saturated"
                     } else {

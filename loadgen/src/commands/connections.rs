@@ -1,9 +1,10 @@
 //! `loadgen connections`: hold idle subscribers; report the connect rate and the server's
 //! memory per connection.
 
-use super::common::{
-    finish, new_summary, prepare, stop_servers_on_error, AppError, Outcome, Progress,
-};
+use super::common::{AppError, Outcome};
+use super::prepare::{prepare, stop_servers_on_error};
+use super::progress::Progress;
+use super::summary::{finish, new_summary};
 use crate::cli::ConnectionsArgs;
 use crate::load::client::parse_source_ips;
 use crate::load::idle::{hold_idle, HoldConfig};

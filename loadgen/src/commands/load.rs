@@ -12,11 +12,12 @@ use super::prepare::{prepare, stop_servers_on_error, Prepared};
 use super::progress::Progress;
 use super::servers::NodeSetup;
 use crate::cli::CommonArgs;
-use crate::distributed::{Coordinator, WorkerInfo, WorkerPlan};
+use crate::distributed::{Coordinator, WorkerPlan};
 use crate::load::session::{
     ConnectReport, LiveStatus, Session, SessionError, StepOutcome, StepSpec,
 };
 use crate::load::spec::LoadConfig;
+use crate::report::model::WorkerInfo;
 
 /// Descriptors a run or sweep needs: subscribers, publishers twice (socket + reader's dup).
 fn run_fds(c: &CommonArgs) -> u64 {

@@ -22,7 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 
 use crate::load::clock;
 use crate::load::session::{
@@ -31,6 +30,7 @@ use crate::load::session::{
 use crate::load::spec::{LoadConfig, Part};
 use crate::load::step::{merge, StepPart};
 use crate::load::topology::{Share, Topology};
+use crate::report::model::WorkerInfo;
 use protocol::{FromWorker, Line, Open, ToWorker};
 
 /// Where the workers come from.
@@ -46,21 +46,6 @@ impl WorkerPlan {
     pub fn count(&self) -> u32 {
         self.local + self.remote.len() as u32
     }
-}
-
-/// One worker, as the report shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct WorkerInfo {
-    pub index: u32,
-    pub addr: String,
-    pub pid: u32,
-    pub boot_id: String,
-    /// Started by this coordinator (on this machine).
-    pub local: bool,
-    pub subscribers: std::ops::Range<u32>,
-    pub publishers: std::ops::Range<u32>,
-    pub cpus: Option<Vec<usize>>,
-    pub fd_limit: u64,
 }
 
 struct WorkerConn {

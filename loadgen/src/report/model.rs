@@ -8,7 +8,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::distributed::WorkerInfo;
 use crate::load::idle::ConnectionsReport;
 use crate::load::session::{ConnectReport, StepResult};
 use crate::load::spec::RunSpec;
@@ -32,6 +31,22 @@ pub struct ConfigEcho {
     pub drain_s: f64,
     pub rates_per_s: Vec<f64>,
     pub slo_p99_ms: Option<f64>,
+}
+
+/// One loadgen worker process of a distributed run, as the report shows it (the coordinator
+/// fills it in, [`crate::distributed`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerInfo {
+    pub index: u32,
+    pub addr: String,
+    pub pid: u32,
+    pub boot_id: String,
+    /// Started by this coordinator (on this machine).
+    pub local: bool,
+    pub subscribers: std::ops::Range<u32>,
+    pub publishers: std::ops::Range<u32>,
+    pub cpus: Option<Vec<usize>>,
+    pub fd_limit: u64,
 }
 
 /// The server under test.

@@ -1,7 +1,8 @@
 //! The command line: `loadgen [run|sweep|connections|compare] ...`, parsed with clap.
 //!
-//! Plain data only; [`crate::commands`] turns it into sessions, and `compare`'s arguments
-//! live with the comparison ([`crate::compare::args`]). Durations accept `30s`, `500ms`, `2m`,
+//! Plain data, and the one mapping of the shared flags onto a run's settings
+//! ([`CommonArgs::run_spec`]); [`crate::commands`] turns them into sessions, and `compare`'s
+//! arguments live with the comparison ([`crate::compare::args`]). Durations accept `30s`, `500ms`, `2m`,
 //! `150us` or a bare number of seconds ([`crate::units`]).
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::load::payload::Payload;
+use crate::load::spec::RunSpec;
 use crate::units::{parse_duration, parse_rates, RateList};
 
 /// Output format on stdout.
@@ -183,6 +185,34 @@ pub struct CommonArgs {
     /// Exit with status 2 when any delivery was lost.
     #[arg(long)]
     pub fail_on_loss: bool,
+}
+
+impl CommonArgs {
+    /// The run spec these flags ask for, on the servers at `urls` with `threads` reader
+    /// threads pinned to `cpus` (what the command resolved: the servers it was given or
+    /// started, the CPUs it left loadgen).
+    pub fn run_spec(&self, urls: Vec<String>, threads: usize, cpus: Option<Vec<usize>>) -> RunSpec {
+        RunSpec {
+            subscribers: self.subscribers,
+            publishers: self.publishers,
+            channels: self.channels,
+            size: self.size,
+            threads,
+            cpus,
+            connect_rate_per_s: self.connect_rate,
+            source_ips: self.source_ips.iter().cloned().collect(),
+            payload: self.payload,
+            compress: self.compress,
+            connect_timeout: self.connect_timeout,
+            recv_buf_bytes: self.recv_buf_kib.clamp(1, 1024) * 1024,
+            spin_ns: self.spin_us * 1000,
+            pacer_realtime: !self.no_realtime_pacer,
+            stall_subscribers: self.stall_subscribers,
+            stall_ns: self.stall_time.as_nanos() as u64,
+            ..RunSpec::default()
+        }
+        .on_servers(urls, self.publish_on.clone())
+    }
 }
 
 /// `loadgen run`.

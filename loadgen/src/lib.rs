@@ -17,7 +17,7 @@
 //!   charts.
 //! - [`distributed`]: loadgen as a coordinator of worker processes (`--workers`), and the
 //!   worker (`loadgen worker`): shares of the run, a common start, exact merged results.
-//! - [`report`]: what a run leaves behind: `summary.json` ([`report::Summary`]), `report.md`,
+//! - [`report`]: what a run leaves behind: `summary.json` ([`report::model::Summary`]), `report.md`,
 //!   the terminal text, `latency.hgrm` ([`report::hgrm`]) and the charts ([`report::plots`]).
 //! - [`search`]: the capacity search: what counts as a step that held and which rate to try
 //!   next (the sweep's rates, compare's grid).

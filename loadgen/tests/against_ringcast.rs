@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use loadgen::report::Summary;
+use loadgen::report::model::Summary;
 
 #[test]
 fn low_rate_run_delivers_exactly_messages_times_subscribers() {

@@ -90,7 +90,7 @@ fn the_stored_ceiling_is_shown_beside_a_runs_figures() {
             .output()
             .expect("run loadgen run");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let s: loadgen::report::Summary = serde_json::from_slice(&o.stdout).unwrap();
+        let s: loadgen::report::model::Summary = serde_json::from_slice(&o.stdout).unwrap();
         (s, std::fs::read_to_string(res.join("report.md")).unwrap())
     };
     let (s, md) = run(&file, "with");

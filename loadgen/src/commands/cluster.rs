@@ -4,8 +4,9 @@
 //! (`--rate`) or a sweep, and stops everything by PID. The report splits latency into same-node
 //! and cross-node deliveries and gives each node's CPU.
 
-use super::common::{AppError, NodeSetup, Outcome};
+use super::common::{AppError, Outcome};
 use super::run::run_as;
+use super::servers::NodeSetup;
 use super::sweep::sweep_as;
 use crate::cli::{ClusterArgs, RunArgs};
 

@@ -1,9 +1,10 @@
 //! `loadgen connections`: hold idle subscribers; report the connect rate and the server's
 //! memory per connection.
 
-use super::common::{
-    finish, new_summary, prepare, stop_servers_on_error, AppError, Outcome, Progress,
-};
+use super::common::{AppError, Outcome};
+use super::prepare::{prepare, stop_servers_on_error};
+use super::progress::Progress;
+use super::summary::{finish, new_summary};
 use crate::cli::ConnectionsArgs;
 use crate::load::client::parse_source_ips;
 use crate::load::idle::{hold_idle, HoldConfig};
@@ -31,7 +32,7 @@ pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
     progress.finish();
     let (connect, held) = stop_servers_on_error(&mut p, r.map_err(AppError::from))?;
     let mut summary = new_summary("connections", c, &p);
-    summary.config.publishers = 0;
+    summary.config.spec.publishers = 0;
     summary.verdict = if connect.failed + connect.skipped > 0 {
         "connect-failures".into()
     } else if held.still_open < held.held {

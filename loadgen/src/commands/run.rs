@@ -1,9 +1,10 @@
 //! `loadgen run`: one constant-rate step on one set of connections.
 
-use super::common::{
-    busy_detail, finish, machine_busy, new_summary, saturated_resource, start_load,
-    stop_servers_on_error, AppError, NodeSetup, Outcome,
-};
+use super::common::{AppError, Outcome};
+use super::load::start_load;
+use super::prepare::stop_servers_on_error;
+use super::servers::NodeSetup;
+use super::summary::{busy_detail, finish, machine_busy, new_summary, saturated_resource};
 use crate::cli::RunArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
 use crate::report::timeline::StepTimeline;

@@ -1,14 +1,15 @@
 //! `loadgen sweep`: rate steps on one set of connections, chosen by the capacity search of
 //! [`crate::search`], up to capacity.
 
-use super::common::{
-    finish, machine_busy, new_summary, open_load, saturated_resource, start_load,
-    stop_servers_on_error, AppError, NodeSetup, Outcome,
-};
+use super::common::{AppError, Outcome};
+use super::load::{open_load, start_load};
+use super::prepare::stop_servers_on_error;
+use super::servers::NodeSetup;
+use super::summary::{finish, machine_busy, new_summary, saturated_resource};
 use crate::cli::SweepArgs;
 use crate::load::session::{StepOutcome, StepResult, StepSpec};
+use crate::report::model::Capacity;
 use crate::report::timeline::StepTimeline;
-use crate::report::Capacity;
 use crate::search::{capacity_step, step_passes, Rates, Search};
 use crate::units::{fmt_ns, fmt_rate};
 

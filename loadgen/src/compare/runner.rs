@@ -18,8 +18,8 @@ use super::peers::{ServerDef, StartError};
 use super::plan::Plan;
 use crate::load::client::{AddressError, Target};
 use crate::load::idle::{hold_idle, HoldConfig};
-use crate::load::session::{LoadConfig, Session, SessionError, StepOutcome, StepResult, StepSpec};
-use crate::load::topology::{Placement, Share, Topology};
+use crate::load::session::{Session, SessionError, StepOutcome, StepResult, StepSpec};
+use crate::load::spec::{LoadConfig, RunSpec};
 use crate::search::{grid_index, grid_rate, step_passes, Grid, Search};
 use crate::sys::machine;
 use crate::sys::server_process::ServerProcess;
@@ -119,15 +119,7 @@ pub fn open_live(
             return Err(e.into());
         }
     };
-    let topology = Topology {
-        channels: sc.channels.max(1),
-        publishers: sc.publishers,
-        subscribers: sc.subscribers,
-    };
-    let cfg = LoadConfig {
-        targets: vec![target],
-        placement: Placement::single(),
-        share: Share::all(&topology),
+    let spec = RunSpec {
         subscribers: sc.subscribers,
         publishers: sc.publishers,
         channels: sc.channels,
@@ -137,18 +129,15 @@ pub fn open_live(
         threads: 1,
         cpus: Some(vec![plan.loadgen_cpu]),
         connect_rate_per_s: 0.0,
-        source_ips: Vec::new(),
         connect_timeout: Duration::from_secs(10),
         recv_buf_bytes: 256 * 1024,
         spin_ns: 0,
         pacer_realtime: true,
-        stall_subscribers: 0,
-        stall_ns: 0,
-        server_pids: vec![server.pid],
-        broker_pid: None,
-        run_tag: None,
-        timed: Vec::new(),
-    };
+        ..RunSpec::default()
+    }
+    .on_servers(vec![target.url.clone()], Vec::new());
+    let mut cfg = LoadConfig::whole(spec, vec![target], Vec::new());
+    cfg.server_pids = vec![server.pid];
     match Session::open(cfg, &|_| {}) {
         Ok(session) => Ok(Live { server, session }),
         Err(e) => {

@@ -22,15 +22,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 
 use crate::load::clock;
 use crate::load::session::{
-    merge_connect, ConnectReport, LiveStatus, LoadConfig, ServerReading, SessionError, StepOutcome,
-    StepSpec,
+    merge_connect, ConnectReport, LiveStatus, ServerReading, SessionError, StepOutcome, StepSpec,
 };
+use crate::load::spec::{LoadConfig, Part};
 use crate::load::step::{merge, StepPart};
 use crate::load::topology::{Share, Topology};
+use crate::report::model::WorkerInfo;
 use protocol::{FromWorker, Line, Open, ToWorker};
 
 /// Where the workers come from.
@@ -46,21 +46,6 @@ impl WorkerPlan {
     pub fn count(&self) -> u32 {
         self.local + self.remote.len() as u32
     }
-}
-
-/// One worker, as the report shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct WorkerInfo {
-    pub index: u32,
-    pub addr: String,
-    pub pid: u32,
-    pub boot_id: String,
-    /// Started by this coordinator (on this machine).
-    pub local: bool,
-    pub subscribers: std::ops::Range<u32>,
-    pub publishers: std::ops::Range<u32>,
-    pub cpus: Option<Vec<usize>>,
-    pub fd_limit: u64,
 }
 
 struct WorkerConn {
@@ -194,7 +179,7 @@ impl Coordinator {
                 workers[w].boot_id.as_str()
             })
             .collect();
-        let cpus = cfg.cpus.clone().filter(|c| !c.is_empty());
+        let cpus = cfg.part.cpus.clone().filter(|c| !c.is_empty());
         let mut opens = Vec::new();
         for (k, share) in shares.iter().enumerate() {
             let timed = owner_boot
@@ -206,27 +191,14 @@ impl Coordinator {
             info[k].publishers = share.publishers.clone();
             info[k].cpus = worker_cpus.clone();
             opens.push(Open {
-                urls: cfg.targets.iter().map(|t| t.url.clone()).collect(),
-                placement: cfg.placement.clone(),
-                share: share.clone(),
-                subscribers: cfg.subscribers,
-                publishers: cfg.publishers,
-                channels: cfg.channels,
-                size: cfg.size,
-                payload: cfg.payload,
-                compress: cfg.compress,
-                threads: cfg.threads.max(1),
-                cpus: worker_cpus,
-                connect_rate_per_s: cfg.connect_rate_per_s / f64::from(n),
-                source_ips: cfg.source_ips.iter().map(|ip| ip.to_string()).collect(),
-                connect_timeout_ns: cfg.connect_timeout.as_nanos() as u64,
-                recv_buf_bytes: cfg.recv_buf_bytes,
-                spin_ns: cfg.spin_ns,
-                pacer_realtime: cfg.pacer_realtime,
-                stall_subscribers: cfg.stall_subscribers,
-                stall_ns: cfg.stall_ns,
-                run_tag,
-                timed,
+                spec: cfg.spec.clone(),
+                part: Part {
+                    share: share.clone(),
+                    timed,
+                    cpus: worker_cpus,
+                    connect_rate_per_s: cfg.part.connect_rate_per_s / f64::from(n),
+                    run_tag: Some(run_tag),
+                },
             });
         }
         for (w, open) in workers.iter_mut().zip(opens) {

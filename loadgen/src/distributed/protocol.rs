@@ -16,36 +16,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::recorder::hist_serde;
 use crate::load::session::ConnectReport;
+use crate::load::spec::{Part, RunSpec};
 use crate::load::step::{StepPart, StepSpec};
-use crate::load::topology::{Placement, Share};
 
-/// A worker's share of a run and how to run it.
+/// A worker's part of a run and how to run it: the run's spec, whole, and what differs from
+/// one worker to the next.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Open {
-    pub urls: Vec<String>,
-    pub placement: Placement,
-    pub share: Share,
-    pub subscribers: u32,
-    pub publishers: u32,
-    pub channels: u32,
-    pub size: usize,
-    #[serde(default)]
-    pub payload: crate::load::payload::Payload,
-    #[serde(default)]
-    pub compress: bool,
-    pub threads: usize,
-    pub cpus: Option<Vec<usize>>,
-    pub connect_rate_per_s: f64,
-    pub source_ips: Vec<String>,
-    pub connect_timeout_ns: u64,
-    pub recv_buf_bytes: usize,
-    pub spin_ns: u64,
-    pub pacer_realtime: bool,
-    pub stall_subscribers: u32,
-    pub stall_ns: u64,
-    pub run_tag: u32,
-    /// Publishers whose messages this worker times (those on its machine).
-    pub timed: Vec<bool>,
+    pub spec: RunSpec,
+    pub part: Part,
 }
 
 /// From the coordinator to a worker.

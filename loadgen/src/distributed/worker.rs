@@ -6,12 +6,11 @@
 //! exact counts and histograms), and exits when told to close or when the coordinator goes.
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
 
 use crate::distributed::protocol::{FromWorker, Line, LineError, Open, ToWorker};
-use crate::load::client::{parse_source_ips, Target};
 use crate::load::clock;
-use crate::load::session::{LoadConfig, Session};
+use crate::load::session::Session;
+use crate::load::spec::LoadConfig;
 
 /// Why a worker stopped before its coordinator closed it.
 #[derive(Debug, thiserror::Error)]
@@ -63,50 +62,13 @@ pub fn serve(listen: SocketAddr) -> Result<(), WorkerError> {
     result
 }
 
-fn config(open: Open) -> Result<LoadConfig, String> {
-    let targets = open
-        .urls
-        .iter()
-        .map(|u| Target::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let source_ips = if open.source_ips.is_empty() {
-        Vec::new()
-    } else {
-        parse_source_ips(&open.source_ips.join(",")).map_err(|e| e.to_string())?
-    };
-    Ok(LoadConfig {
-        targets,
-        placement: open.placement,
-        share: open.share,
-        subscribers: open.subscribers,
-        publishers: open.publishers,
-        channels: open.channels,
-        size: open.size,
-        payload: open.payload,
-        compress: open.compress,
-        threads: open.threads,
-        cpus: open.cpus,
-        connect_rate_per_s: open.connect_rate_per_s,
-        source_ips,
-        connect_timeout: Duration::from_nanos(open.connect_timeout_ns),
-        recv_buf_bytes: open.recv_buf_bytes,
-        spin_ns: open.spin_ns,
-        pacer_realtime: open.pacer_realtime,
-        stall_subscribers: open.stall_subscribers,
-        stall_ns: open.stall_ns,
-        server_pids: Vec::new(),
-        broker_pid: None,
-        run_tag: Some(open.run_tag),
-        timed: open.timed,
-    })
-}
-
 fn run(line: &mut Line, session: &mut Option<Session>) -> Result<(), WorkerError> {
     loop {
         match line.receive::<ToWorker>(None)? {
             ToWorker::Open(open) => {
-                let opened = config(*open)
+                let Open { spec, part } = *open;
+                let opened = LoadConfig::part(spec, part)
+                    .map_err(|e| e.to_string())
                     .and_then(|cfg| Session::open(cfg, &|_| {}).map_err(|e| e.to_string()));
                 match opened {
                     Ok(s) => {

@@ -5,7 +5,8 @@
 //! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
 //! connect failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
 //! [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
-//! counts and histograms); [`session`] (a set of connections and the rate steps run on it),
+//! counts and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a
+//! set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
 //! [`idle`] (idle connections held to measure memory); [`token`] (client tokens for servers
 //! that require them); [`ceiling`] (loadgen's own receive
@@ -26,6 +27,7 @@ pub mod reader;
 pub mod recorder;
 pub mod schedule;
 pub mod session;
+pub mod spec;
 pub mod step;
 pub mod token;
 pub mod topology;

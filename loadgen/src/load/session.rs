@@ -8,10 +8,9 @@
 //! measured, with the CPU that loadgen itself used. [`Session::step`] runs them all and merges
 //! the result ([`crate::load::step::merge`]).
 //!
-//! A session runs its [`Share`] of the run's clients (all of them, for one process) against
-//! one or several servers ([`Placement`]).
+//! A session runs its part of the run's clients (all of them, for one process) against one or
+//! several servers, as its [`LoadConfig`] says.
 
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -27,67 +26,14 @@ use crate::load::contention::MachineReading;
 use crate::load::pacer::{
     self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket,
 };
-use crate::load::payload::Payload;
 use crate::load::ramp::{connect_many, RampProgress};
 use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
 use crate::load::recorder::{new_histogram, LatencySummary, Topology};
 use crate::load::schedule::Schedule;
+use crate::load::spec::LoadConfig;
 use crate::load::step::{expected_deliveries, merge, Sent, ServerUse};
 pub use crate::load::step::{CpuReport, LiveStatus, StepOutcome, StepPart, StepResult, StepSpec};
-use crate::load::topology::{Placement, Share};
 use crate::sys::limits;
-
-/// Everything needed to open a session.
-#[derive(Debug, Clone)]
-pub struct LoadConfig {
-    /// The servers (one, or the nodes of a cluster).
-    pub targets: Vec<Target>,
-    pub placement: Placement,
-    /// The clients this process runs (of the whole run's).
-    pub share: Share,
-    pub subscribers: u32,
-    pub publishers: u32,
-    pub channels: u32,
-    /// Message size in bytes (payload), >= 24.
-    pub size: usize,
-    /// What pads each message after its stamp.
-    pub payload: Payload,
-    /// Offer permessage-deflate on every connection (subscribers then read compressed
-    /// broadcasts; publishers send plain, which the extension allows per message).
-    pub compress: bool,
-    /// Reader threads.
-    pub threads: usize,
-    /// CPUs to pin loadgen's threads to.
-    pub cpus: Option<Vec<usize>>,
-    pub connect_rate_per_s: f64,
-    pub source_ips: Vec<IpAddr>,
-    pub connect_timeout: Duration,
-    pub recv_buf_bytes: usize,
-    pub spin_ns: u64,
-    /// Run the pacer under SCHED_FIFO when allowed.
-    pub pacer_realtime: bool,
-    /// The first N subscribers stop reading for `stall_ns` from the first step's start.
-    pub stall_subscribers: u32,
-    pub stall_ns: u64,
-    /// The servers' PIDs, to read their CPU and memory from /proc.
-    pub server_pids: Vec<u32>,
-    /// The cluster broker's PID, when loadgen started it (its CPU is reported too).
-    pub broker_pid: Option<u32>,
-    /// The run's tag, shared by all its processes; `None`: this process picks one.
-    pub run_tag: Option<u32>,
-    /// Publishers whose messages this process times (those on its machine); empty: all.
-    pub timed: Vec<bool>,
-}
-
-impl LoadConfig {
-    pub fn topology(&self) -> Topology {
-        Topology {
-            channels: self.channels.max(1),
-            publishers: self.publishers,
-            subscribers: self.subscribers,
-        }
-    }
-}
 
 /// One failed connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -378,7 +324,8 @@ impl Session {
         on_progress: &(dyn Fn(RampProgress) + Sync),
     ) -> Result<Session, SessionError> {
         let topology = cfg.topology();
-        let share = cfg.share.clone();
+        let placement = cfg.spec.placement();
+        let share = cfg.part.share.clone();
         let my_subscribers = share.subscribers.len() as u64;
         let my_publishers = share.publishers.len() as u64;
         // Each publisher holds its socket and a dup for the reader.
@@ -403,30 +350,30 @@ impl Session {
         };
         for s in share.subscribers.clone() {
             let ch = topology.channel_of_subscriber(s);
-            let target = cfg.placement.subscriber_target(s, &topology);
+            let target = placement.subscriber_target(s, &topology);
             jobs.push(ConnectJob {
                 target: target as usize,
                 path: path(target, ch),
                 opts: ConnectOptions {
                     source_ip: source(jobs.len()),
-                    rcvbuf_bytes: (s < cfg.stall_subscribers).then_some(4096),
-                    timeout: cfg.connect_timeout,
-                    compress: cfg.compress,
+                    rcvbuf_bytes: (s < cfg.spec.stall_subscribers).then_some(4096),
+                    timeout: cfg.spec.connect_timeout,
+                    compress: cfg.spec.compress,
                 },
             });
             roles.push(format!("subscriber {s}"));
         }
         for p in share.publishers.clone() {
             let ch = topology.channel_of_publisher(p);
-            let target = cfg.placement.publisher_target(p);
+            let target = placement.publisher_target(p);
             jobs.push(ConnectJob {
                 target: target as usize,
                 path: path(target, ch),
                 opts: ConnectOptions {
                     source_ip: source(jobs.len()),
                     rcvbuf_bytes: None,
-                    timeout: cfg.connect_timeout,
-                    compress: cfg.compress,
+                    timeout: cfg.spec.connect_timeout,
+                    compress: cfg.spec.compress,
                 },
             });
             roles.push(format!("publisher {p}"));
@@ -435,7 +382,7 @@ impl Session {
             &cfg.targets,
             &jobs,
             &roles,
-            cfg.connect_rate_per_s,
+            cfg.part.connect_rate_per_s,
             // A run needs every connection: stop the ramp at the first failures.
             8,
             on_progress,
@@ -454,7 +401,7 @@ impl Session {
                 report: Box::new(report),
             });
         }
-        let threads = cfg.threads.max(1);
+        let threads = cfg.spec.threads.max(1);
         let mut per_reader: Vec<Vec<ReaderConn>> = (0..threads).map(|_| Vec::new()).collect();
         let mut pub_sockets = Vec::new();
         let n_subscribers = share.subscribers.len();
@@ -466,8 +413,8 @@ impl Session {
                     stream: c.stream,
                     role: Role::Subscriber {
                         channel: topology.channel_of_subscriber(s),
-                        target: cfg.placement.subscriber_target(s, &topology),
-                        stalled: s < cfg.stall_subscribers,
+                        target: placement.subscriber_target(s, &topology),
+                        stalled: s < cfg.spec.stall_subscribers,
                     },
                     leftover: c.leftover,
                     deflate: c.deflate,
@@ -488,7 +435,7 @@ impl Session {
                 });
             }
         }
-        let run_tag = cfg.run_tag.unwrap_or_else(|| {
+        let run_tag = cfg.part.run_tag.unwrap_or_else(|| {
             (clock::now_ns() as u32) ^ std::process::id().rotate_left(16) ^ 0x5bd1_e995
         });
         let clock_shared = Arc::new(StepClock::default());
@@ -498,17 +445,18 @@ impl Session {
                 ReaderConfig {
                     id,
                     conns,
-                    read_buf_bytes: cfg.recv_buf_bytes,
+                    read_buf_bytes: cfg.spec.recv_buf_bytes,
                     // One core per reader (round-robin over loadgen's CPUs).
                     cpus: cfg
+                        .part
                         .cpus
                         .as_ref()
                         .filter(|c| !c.is_empty())
                         .map(|c| vec![c[id % c.len()]]),
                     run_tag,
                     topology: topology.clone(),
-                    placement: cfg.placement.clone(),
-                    timed: cfg.timed.clone(),
+                    placement: placement.clone(),
+                    timed: cfg.part.timed.clone(),
                 },
                 clock_shared.clone(),
             )?);
@@ -516,12 +464,12 @@ impl Session {
         let pacer = pacer::spawn(PacerConfig {
             publishers: pub_sockets,
             channels: topology.channels,
-            body: cfg.payload.body(cfg.size),
+            body: cfg.spec.payload.body(cfg.spec.size),
             run_tag,
-            spin_ns: cfg.spin_ns,
-            cpus: cfg.cpus.clone(),
+            spin_ns: cfg.spec.spin_ns,
+            cpus: cfg.part.cpus.clone(),
             send_timeout: Duration::from_secs(5),
-            realtime: cfg.pacer_realtime,
+            realtime: cfg.spec.pacer_realtime,
         })?;
         Ok(Session {
             prev_reader_cpu_ns: vec![0; readers.len()],
@@ -583,10 +531,10 @@ impl Session {
             .window_end_ns
             .store(window_end_ns, Ordering::Relaxed);
         self.clock.step_start_ns.store(start_ns, Ordering::Relaxed);
-        if self.steps_run == 0 && self.cfg.stall_subscribers > 0 {
+        if self.steps_run == 0 && self.cfg.spec.stall_subscribers > 0 {
             self.clock
                 .stall_release_ns
-                .store(start_ns + self.cfg.stall_ns, Ordering::Relaxed);
+                .store(start_ns + self.cfg.spec.stall_ns, Ordering::Relaxed);
         } else if self.steps_run == 0 {
             self.clock.stall_release_ns.store(0, Ordering::Relaxed);
         }
@@ -596,8 +544,8 @@ impl Session {
             start_ns,
             end_ns: window_end_ns,
             rate_per_s: spec.rate_per_s,
-            publishers: self.cfg.publishers,
-            own: self.cfg.share.publishers.clone(),
+            publishers: self.cfg.spec.publishers,
+            own: self.cfg.part.share.publishers.clone(),
         };
         let (reply_tx, reply) = mpsc::channel();
         self.pacer
@@ -665,7 +613,7 @@ impl Session {
     /// to each channel (by every process of the run).
     pub fn expected_for(&self, sent_per_channel: &[u64]) -> u64 {
         let topology = &self.topology;
-        let share = &self.cfg.share;
+        let share = &self.cfg.part.share;
         expected_deliveries(sent_per_channel, |ch| {
             share.subscribers_in_channel(topology, ch)
         })
@@ -764,6 +712,7 @@ impl Session {
         self.prev_pacer_cpu_ns = paced.thread_cpu_ns;
         let cores = self
             .cfg
+            .part
             .cpus
             .as_ref()
             .map(|c| c.len())
@@ -797,9 +746,9 @@ impl Session {
             busiest_reader_util: busiest,
             reads,
             runqueue_wait_share: wait_share,
-            subscribers: self.cfg.share.subscribers.len() as u32,
-            publishers: self.cfg.share.publishers.len() as u32,
-            cpus: self.cfg.cpus.clone(),
+            subscribers: self.cfg.part.share.subscribers.len() as u32,
+            publishers: self.cfg.part.share.publishers.len() as u32,
+            cpus: self.cfg.part.cpus.clone(),
         })
     }
 
@@ -816,7 +765,7 @@ impl Session {
             .copied()
             .chain(self.cfg.broker_pid)
             .collect();
-        let machine = MachineReading::now(self.cfg.cpus.as_deref(), &watched);
+        let machine = MachineReading::now(self.cfg.part.cpus.as_deref(), &watched);
         let servers = ServerReading::now(&self.cfg.server_pids, self.cfg.broker_pid);
         let pacing = self.begin(spec, clock::now_ns() + 50_000_000)?;
         let paced = self.wait_paced(&pacing, on_live)?;

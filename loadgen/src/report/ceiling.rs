@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::load::ceiling::{limit, CeilingReport};
-use crate::report::Summary;
+use crate::load::session::StepResult;
 use crate::sys::machine::MachineInfo;
 use crate::units::fmt_rate;
 
@@ -91,8 +91,8 @@ fn source(c: &StoredCeiling) -> String {
 }
 
 /// Each step's deliveries per read, `rate: n` joined.
-fn steps_per_read(s: &Summary) -> String {
-    s.steps
+fn steps_per_read(steps: &[StepResult]) -> String {
+    steps
         .iter()
         .filter_map(|st| {
             let d = st.cpu.deliveries_per_read?;
@@ -106,11 +106,11 @@ fn steps_per_read(s: &Summary) -> String {
 }
 
 /// The terminal summary's lines: the stored ceiling and the steps' deliveries per read.
-pub fn text(out: &mut String, s: &Summary) {
-    if s.steps.is_empty() {
+pub fn text(out: &mut String, steps: &[StepResult], stored: Option<&StoredCeiling>) {
+    if steps.is_empty() {
         return;
     }
-    let Some(c) = &s.loadgen_ceiling else {
+    let Some(c) = stored else {
         let _ = writeln!(out, "  {NOT_MEASURED}");
         return;
     };
@@ -135,17 +135,17 @@ pub fn text(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "  This run's deliveries per read: {}",
-        steps_per_read(s)
+        steps_per_read(steps)
     );
 }
 
 /// The markdown report's section: the stored ceiling beside the steps' deliveries per read.
-pub fn markdown(out: &mut String, s: &Summary) {
-    if s.steps.is_empty() {
+pub fn markdown(out: &mut String, steps: &[StepResult], stored: Option<&StoredCeiling>) {
+    if steps.is_empty() {
         return;
     }
     let _ = writeln!(out, "## loadgen's own ceiling\n");
-    let Some(c) = &s.loadgen_ceiling else {
+    let Some(c) = stored else {
         let _ = writeln!(out, "{NOT_MEASURED}\n");
         return;
     };
@@ -180,7 +180,7 @@ pub fn markdown(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "\nThis run's deliveries per read: {}.\n",
-        steps_per_read(s)
+        steps_per_read(steps)
     );
 }
 

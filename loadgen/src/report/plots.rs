@@ -7,11 +7,10 @@
 use std::path::Path;
 
 use hdrhistogram::Histogram;
-use plotters::coord::CoordTranslate;
-use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use thiserror::Error;
 
+use super::canvas::{self, legend, Frame, SvgError};
 use crate::load::session::StepResult;
 
 /// A named line of (x, y) points and its colour.
@@ -63,51 +62,33 @@ pub fn percentile_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Draws the legend of `chart` at `position`: a black frame on translucent white.
-pub fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
-    chart: &mut ChartContext<'a, DB, CT>,
-    position: SeriesLabelPosition,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(position)
-        .draw()
-}
-
 /// Draws latency (ms) against percentile on a 1/(1-p) log axis.
 pub fn latency_curve(h: &Histogram<u64>, title: &str, path: &Path) -> Result<(), PlotError> {
     let points = percentile_points(h);
     let x_max = points.last().map(|p| p.0).unwrap_or(10.0).clamp(100.0, 1e7);
     let y_max = (h.max() as f64 / 1e6).max(0.001) * 1.1;
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| PlotError::at(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d((1.0f64..x_max).log_scale(), 0f64..y_max)
-        .map_err(|e| PlotError::at(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency (ms)")
-        .x_label_formatter(&|x| percentile_label(*x))
-        .draw()
-        .map_err(|e| PlotError::at(path, e))?;
-    chart
-        .draw_series(LineSeries::new(
-            points.iter().copied(),
-            BLUE.stroke_width(2),
-        ))
-        .map_err(|e| PlotError::at(path, e))?
-        .label("publish -> receive")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
-    root.present().map_err(|e| PlotError::at(path, e))?;
-    Ok(())
+    let draw = || -> Result<(), SvgError> {
+        let root = canvas::svg(path, (900, 540))?;
+        let mut chart = canvas::chart(&root, title, Frame::STANDARD)
+            .build_cartesian_2d((1.0f64..x_max).log_scale(), 0f64..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (ms)")
+            .x_label_formatter(&|x| percentile_label(*x))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                BLUE.stroke_width(2),
+            ))?
+            .label("publish -> receive")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| PlotError::at(path, e))
 }
 
 /// Draws p50 and p99 (ms) against achieved deliveries/s for every step of a sweep.
@@ -137,48 +118,40 @@ pub fn sweep_chart(
         .fold(y_max, f64::min)
         .min(slo_p99_ms)
         / 2.0;
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| PlotError::at(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())
-        .map_err(|e| PlotError::at(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc("deliveries/s (achieved)")
-        .y_desc("latency (ms, log)")
-        .x_label_formatter(&|x| {
-            if *x >= 1e6 {
-                format!("{:.1}M", x / 1e6)
-            } else {
-                format!("{:.0}k", x / 1e3)
-            }
-        })
-        .draw()
-        .map_err(|e| PlotError::at(path, e))?;
-    let series: [Series; 2] = [("p50", &p50, BLUE), ("p99", &p99, RED)];
-    for (name, pts, color) in series {
+    let draw = || -> Result<(), SvgError> {
+        let root = canvas::svg(path, (900, 540))?;
+        let mut chart = canvas::chart(&root, title, Frame::STANDARD)
+            .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())?;
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| PlotError::at(path, e))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .configure_mesh()
+            .x_desc("deliveries/s (achieved)")
+            .y_desc("latency (ms, log)")
+            .x_label_formatter(&|x| {
+                if *x >= 1e6 {
+                    format!("{:.1}M", x / 1e6)
+                } else {
+                    format!("{:.0}k", x / 1e3)
+                }
+            })
+            .draw()?;
+        let series: [Series; 2] = [("p50", &p50, BLUE), ("p99", &p99, RED)];
+        for (name, pts, color) in series {
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(|e| PlotError::at(path, e))?;
-    }
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, slo_p99_ms), (x_max, slo_p99_ms)],
-            BLACK.mix(0.5),
-        ))
-        .map_err(|e| PlotError::at(path, e))?
-        .label("p99 SLO")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
-    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
-    root.present().map_err(|e| PlotError::at(path, e))?;
-    Ok(())
+            .draw_series(LineSeries::new(
+                [(0.0, slo_p99_ms), (x_max, slo_p99_ms)],
+                BLACK.mix(0.5),
+            ))?
+            .label("p99 SLO")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| PlotError::at(path, e))
 }

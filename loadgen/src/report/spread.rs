@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::load::session::StepResult;
-use crate::report::Summary;
+use crate::report::model::Summary;
 use crate::units::{fmt_ns, fmt_rate};
 
 /// Text lines for one step (empty for a run on one server by one process).

@@ -22,7 +22,8 @@ use hdrhistogram::serialization::{Deserializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
-use super::plots::{legend, PlotError};
+use super::canvas::{self, legend, Frame, SvgError};
+use super::plots::PlotError;
 
 /// One step's seconds.
 pub struct StepTimeline<'a> {
@@ -157,45 +158,39 @@ pub fn over_time_chart(
         .fold(y_max, f64::min)
         / 2.0;
     let rate_max = rate.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
-    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| PlotError::at(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .right_y_label_area_size(80)
-        .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())
-        .map_err(|e| PlotError::at(path, e))?
-        .set_secondary_coord(0f64..x_max, 0f64..rate_max);
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the first step's measurement window")
-        .y_desc("latency (ms, log), per second")
-        .draw()
-        .map_err(|e| PlotError::at(path, e))?;
-    chart
-        .configure_secondary_axes()
-        .y_desc("messages/s achieved")
-        .draw()
-        .map_err(|e| PlotError::at(path, e))?;
-    chart
-        .draw_secondary_series(rate.iter().map(|&(t, r)| {
-            Rectangle::new([(t - 0.45, 0.0), (t + 0.45, r)], GREEN.mix(0.25).filled())
-        }))
-        .map_err(|e| PlotError::at(path, e))?
-        .label("messages/s achieved (right axis)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], GREEN.mix(0.25).filled()));
-    for (line, (name, _, color)) in lines.iter().zip(quantiles) {
+    let draw = || -> Result<(), SvgError> {
+        let root = canvas::svg(path, (1000, 560))?;
+        let mut chart = canvas::chart(&root, title, Frame::STANDARD.right_labels(80))
+            .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())?
+            .set_secondary_coord(0f64..x_max, 0f64..rate_max);
         chart
-            .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| PlotError::at(path, e))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| PlotError::at(path, e))?;
-    root.present().map_err(|e| PlotError::at(path, e))?;
-    Ok(())
+            .configure_mesh()
+            .x_desc("seconds since the first step's measurement window")
+            .y_desc("latency (ms, log), per second")
+            .draw()?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("messages/s achieved")
+            .draw()?;
+        chart
+            .draw_secondary_series(rate.iter().map(|&(t, r)| {
+                Rectangle::new([(t - 0.45, 0.0), (t + 0.45, r)], GREEN.mix(0.25).filled())
+            }))?
+            .label("messages/s achieved (right axis)")
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], GREEN.mix(0.25).filled())
+            });
+        for (line, (name, _, color)) in lines.iter().zip(quantiles) {
+            chart
+                .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| PlotError::at(path, e))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use loadgen::report::Summary;
+use loadgen::report::model::Summary;
 
 /// The ringcast binary of this build profile, built once if needed.
 pub fn ringcast_bin() -> PathBuf {

@@ -1,24 +1,21 @@
 //! The comparison's charts: `compare.svg` (capacity bars with the repetitions' min-max,
 //! memory bars, a latency panel per load scenario), `latency-<scenario>.svg` (latency against
 //! percentile, one line per server) and `over-time-<scenario>.svg` (p99 and max of each
-//! second of the fixed-load step, per server), drawn with plotters like the single-run charts
-//! of [`crate::report::plots`].
+//! second of the fixed-load step, per server), drawn with plotters in the frame of the
+//! single-run charts ([`crate::report::canvas`]).
 
 use std::path::Path;
 
 use hdrhistogram::Histogram;
-use plotters::coord::Shift;
-use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 
 use crate::compare::model::{CompareReport, Hists, Scenario, ScenarioKind};
-use crate::report::plots::{legend, percentile_label, percentile_points, PlotError};
+use crate::report::canvas::{self, legend, Canvas as Area, Frame, SvgError};
+use crate::report::plots::{percentile_label, percentile_points, PlotError};
 use crate::units::{fmt_kib, fmt_rate};
 
-type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
-
-/// What drawing into an SVG file can fail with.
-type Drawn = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+/// What drawing into an SVG file gives.
+type Drawn = Result<(), SvgError>;
 
 fn color_of(server: &str) -> RGBColor {
     match server {
@@ -67,11 +64,7 @@ fn bars(
         (lo / 3.0, hi * 3.0)
     };
     let n = labels.len().max(1);
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
+    let mut chart = canvas::chart(area, title, Frame::STANDARD.labels(40, 80))
         .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (y0..y1).log_scale())?;
     let names = labels.to_vec();
     chart
@@ -158,11 +151,7 @@ fn latency_chart(area: &Area, title: &str, curves: &[(String, &Histogram<u64>)])
         y_hi = 1.0;
     }
     let x_max = x_max.clamp(100.0, 1e7);
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 18))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = canvas::chart(area, title, Frame::STANDARD.caption(18).labels(40, 70))
         .build_cartesian_2d(
             (1.0f64..x_max).log_scale(),
             ((y_lo / 2.0)..(y_hi * 2.0)).log_scale(),
@@ -219,8 +208,7 @@ fn overview(path: &Path, r: &CompareReport, hists: &Hists) -> Drawn {
     let idle = r.scenarios.iter().find(|s| s.kind == ScenarioKind::Idle);
     let latency_rows = loads.len().div_ceil(2) as u32;
     let height = 480 + if idle.is_some() { 420 } else { 0 } + 460 * latency_rows;
-    let root = SVGBackend::new(path, (1400, height)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas::svg(path, (1400, height))?;
     let servers: Vec<String> = r.servers.iter().map(|s| s.name.clone()).collect();
     let (top, rest) = root.split_vertically(480);
     let labels: Vec<String> = loads.iter().map(|s| s.title.clone()).collect();
@@ -295,8 +283,7 @@ pub fn draw_latency(
     hists: &Hists,
 ) -> Result<(), PlotError> {
     let draw = || -> Drawn {
-        let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
-        root.fill(&WHITE)?;
+        let root = canvas::svg(path, (1000, 600))?;
         latency_chart(&root, &latency_title(sc), &curves_of(r, sc, hists))?;
         root.present()?;
         Ok(())
@@ -341,20 +328,13 @@ pub fn draw_over_time(
             .filter(|v| *v > 0.0)
             .fold(y_max, f64::min)
             / 2.0;
-        let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
-                    "{}: latency per second at the fixed load ({} msg/s)",
-                    sc.title,
-                    fmt_rate(sc.fixed_rate_per_s)
-                ),
-                ("sans-serif", 18),
-            )
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
+        let root = canvas::svg(path, (1000, 560))?;
+        let title = format!(
+            "{}: latency per second at the fixed load ({} msg/s)",
+            sc.title,
+            fmt_rate(sc.fixed_rate_per_s)
+        );
+        let mut chart = canvas::chart(&root, &title, Frame::STANDARD.caption(18))
             .build_cartesian_2d(0f64..x_max, (y_min.max(1e-4)..y_max).log_scale())?;
         chart
             .configure_mesh()

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::cells::{capacity_cell, fmt_ratio, opt_f, opt_ns};
 use crate::compare::model::{CompareReport, Scenario, ScenarioKind};
-use crate::report::machine_rows;
+use crate::report::model::machine_description;
 use crate::units::{fmt_kib, fmt_ns, fmt_rate};
 
 fn load_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
@@ -237,7 +237,8 @@ pub fn render_markdown(r: &CompareReport) -> String {
         "| date (UTC) | {} → {} ({:.0} s; estimated {:.0} s) |",
         r.started_utc, r.finished_utc, r.elapsed_s, r.estimated_s
     );
-    machine_rows(&mut out, &r.machine);
+    let _ = writeln!(out, "| commit | `{}` |", r.machine.git_commit);
+    let _ = writeln!(out, "| machine | {} |", machine_description(&r.machine));
     let _ = writeln!(
         out,
         "| mode | {}, {} repetition(s), order reversed each repetition |",

@@ -198,6 +198,29 @@ pub struct Config {
     #[arg(long)]
     pub echo_path: Option<String>,
 
+    /// The path where clients speak Centrifugo's client protocol (version 2, JSON), so that
+    /// apps built for Centrifugo connect unchanged: a connect command with a token, several
+    /// channels per connection, numbered publications that a reconnecting client recovers.
+    /// Every other path keeps the raw relay.
+    #[arg(long, default_value = "/connection/websocket")]
+    pub centrifugo_path: String,
+
+    /// Publications kept per channel of Centrifugo's protocol, for recovery and history. More
+    /// rides out longer disconnections and costs memory (counted in --memory-limit). 0: none
+    /// (no recovery: a reconnecting client is told it missed something).
+    #[arg(long, default_value = "100")]
+    pub history_size: usize,
+
+    /// Seconds a kept publication stays (see --history-size).
+    #[arg(long, default_value = "300.0", value_parser = parse_secs)]
+    pub history_ttl: SecsArg,
+
+    /// A file holding the key of the server API (`POST /api/<method>` with `X-API-Key: KEY`
+    /// or `Authorization: apikey KEY`): publish, broadcast, history, channels, info, as
+    /// Centrifugo's. Without it the API is off (404).
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<std::path::PathBuf>,
+
     /// Print a line of counters every this many seconds. 0: off.
     #[arg(long, default_value = "0.0", value_parser = parse_secs)]
     pub stats_interval: SecsArg,

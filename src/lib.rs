@@ -16,7 +16,8 @@
 //! - `accept`: each worker's accept loop, which answers 503 when descriptors run out.
 //! - [`connection`]: one client from its first byte to its close: `upgrade` (the HTTP request
 //!   and its answer), `link` (the WebSocket's read loop), `protocol` (what its path and
-//!   messages mean: the seam for a second client protocol), [`connection::outbound`] (its
+//!   messages mean: the raw relay, or Centrifugo's protocol in `centrifugo`), `api` (the
+//!   server API), [`connection::outbound`] (its
 //!   subscriptions' bytes, control frames, the close, the write in flight), and `table` (the
 //!   thread's connections, send ring, keepalive sweep and drain).
 //! - `worker`: one thread's state below its connections (channels, block encoder, memory

@@ -16,6 +16,7 @@ use crate::connection::outbound::Ring;
 use crate::connection::Connections;
 use crate::fanout::channel::WindowPolicy;
 use crate::fanout::compressed::{self, DeflateSettings};
+use crate::fanout::history::{Histories, Retention};
 use crate::fanout::inbox::{self, InboxReceiver, InboxSender};
 use crate::fanout::registry::Registry;
 use crate::fanout::uplink::Uplink;
@@ -99,6 +100,7 @@ fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
 impl Server {
     /// Opens one listener per worker thread on `config.listen`.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
+        crate::connection::note_start();
         let threads = config.worker_threads();
         let cluster = ClusterConfig::from_config(&config)?;
         let access = Access::from_config(&config)?;
@@ -188,6 +190,10 @@ impl Server {
         let stats =
             crate::telemetry::stats::spawn_reporter(self.config.stats_interval.0, metrics.clone());
 
+        let histories = Arc::new(Histories::new(Retention {
+            size: self.config.history_size,
+            ttl: self.config.history_ttl.0,
+        }));
         let mut handles = Vec::with_capacity(threads);
         for (index, (listener, inbox)) in self.listeners.into_iter().zip(inboxes).enumerate() {
             let peers = inbox_senders
@@ -201,6 +207,7 @@ impl Server {
                 registry: registry.clone(),
                 admission: admission.clone(),
                 access: self.access.clone(),
+                histories: histories.clone(),
                 uplink: cluster.as_ref().map(|link| link.uplink().clone()),
             };
             let stop = stop_rx.clone();
@@ -254,6 +261,8 @@ struct Shared {
     admission: Arc<Admission>,
     /// Origins and client tokens.
     access: Arc<Access>,
+    /// Numbered publications of Centrifugo's protocol.
+    histories: Arc<Histories>,
     /// The way to the cluster's broker, with `--cluster`.
     uplink: Option<Uplink>,
 }
@@ -299,6 +308,7 @@ fn worker_main(
             shared.metrics,
             shared.admission,
             shared.access,
+            shared.histories,
             fanout,
         );
         let connections = Connections::new(index, worker.clone(), send_ring);

@@ -14,6 +14,7 @@ use crate::budget::{BufferCharge, BUDGET};
 use crate::config::Config;
 use crate::fanout::block::{BlockEncoder, NO_ORIGIN};
 use crate::fanout::channel::Channel;
+use crate::fanout::history::Histories;
 use crate::fanout::{FanOut, Forwarding};
 use crate::telemetry::metrics::{Metrics, ThreadMetrics};
 use ringcast_proto::deflate::{Decompressor, InflateError};
@@ -55,6 +56,8 @@ pub(crate) struct Worker {
     pub(crate) admission: Arc<Admission>,
     /// Origins and client tokens.
     pub(crate) access: Arc<Access>,
+    /// Numbered publications of Centrifugo's protocol, node-wide.
+    pub(crate) histories: Arc<Histories>,
     shutting_down: Cell<bool>,
 }
 
@@ -65,6 +68,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
         access: Arc<Access>,
+        histories: Arc<Histories>,
         fanout: Rc<FanOut>,
     ) -> Rc<Worker> {
         Rc::new(Worker {
@@ -76,6 +80,7 @@ impl Worker {
             inflater: RefCell::default(),
             admission,
             access,
+            histories,
             shutting_down: Cell::new(false),
             spent_since: Cell::new(None),
             last_shed: Cell::new(None),
@@ -83,10 +88,11 @@ impl Worker {
     }
 
     /// The once-a-second housekeeping: the slow policy for stalled readers of full channels,
-    /// the memory budget's shedding.
+    /// the memory budget's shedding, the histories no channel needs any more.
     pub(crate) fn tick(&self) {
         self.fanout.keep_windows();
         self.keep_budget();
+        self.histories.sweep();
     }
 
     /// The server is shutting down: publishers stop waiting, new connections are closed.
@@ -107,6 +113,21 @@ impl Worker {
         payload: &[u8],
         max_len: usize,
     ) -> Result<usize, ProtocolError> {
+        self.inflate(opcode, payload, max_len, |message| {
+            self.block.borrow_mut().push(opcode, message);
+            message.len()
+        })
+    }
+
+    /// Inflates a compressed message from a client (within `max_len`; text must then be
+    /// UTF-8) and hands it to `then`.
+    pub(crate) fn inflate<R>(
+        &self,
+        opcode: OpCode,
+        payload: &[u8],
+        max_len: usize,
+        then: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, ProtocolError> {
         let mut inflater = self.inflater.borrow_mut();
         let (decompressor, message, charge) = &mut *inflater;
         let inflated = decompressor.inflate(payload, max_len, message);
@@ -118,13 +139,12 @@ impl Worker {
         if opcode == OpCode::Text && std::str::from_utf8(message).is_err() {
             return Err(ProtocolError::InvalidUtf8);
         }
-        self.block.borrow_mut().push(opcode, message);
-        let inflated = message.len();
+        let result = then(message);
         if message.capacity() > INFLATE_KEEP_BYTES {
             *message = Vec::new();
             charge.update(0);
         }
-        Ok(inflated)
+        Ok(result)
     }
 
     /// Waits while the memory budget is spent: a connection awaits this before it reads on

@@ -57,6 +57,8 @@ pub struct Access {
     verifier: Option<Verifier>,
     /// `--allowed-origin`; empty: any origin.
     origins: Vec<String>,
+    /// `--api-key-file`: the server API's key; `None`: no server API.
+    api_key: Option<String>,
 }
 
 impl Access {
@@ -70,8 +72,13 @@ impl Access {
             (None, Some(path)) => Some(Verifier::from_public_key_file(path)?),
             (None, None) => None,
         };
+        let api_key = match &config.api_key_file {
+            Some(path) => Some(read_api_key(path)?),
+            None => None,
+        };
         Ok(Access {
             verifier,
+            api_key,
             origins: config
                 .allowed_origin
                 .iter()
@@ -85,6 +92,49 @@ impl Access {
         self.verifier.is_some()
     }
 
+    /// The client tokens' verifier (`None`: no tokens; anyone may do anything).
+    pub fn verifier(&self) -> Option<&Verifier> {
+        self.verifier.as_ref()
+    }
+
+    /// Whether the server API is on (`--api-key-file`).
+    pub fn has_api(&self) -> bool {
+        self.api_key.is_some()
+    }
+
+    /// Whether a server API request carries the key: `X-API-Key: KEY` or `Authorization:
+    /// apikey KEY`.
+    pub fn api_key_matches(&self, x_api_key: Option<&str>, authorization: Option<&str>) -> bool {
+        let Some(key) = &self.api_key else {
+            return false;
+        };
+        let given = x_api_key.or_else(|| {
+            let (scheme, rest) = authorization?.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("apikey").then(|| rest.trim())
+        });
+        // Compared in full whatever the first difference, so the time taken says nothing.
+        given.is_some_and(|g| {
+            g.len() == key.len()
+                && g.bytes()
+                    .zip(key.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+    }
+
+    /// Checks the `Origin` of a handshake against `--allowed-origin` (any, without it).
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), Refusal> {
+        if let Some(origin) = origin {
+            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+            if !self.origins.is_empty() && !self.origins.contains(&origin) {
+                return Err(Refusal::forbidden(format!(
+                    "origin {origin} not allowed (--allowed-origin)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a handshake for `channel` (the path without its leading `/`): its `Origin`, then
     /// its token (the `token` query parameter, or `Authorization: Bearer`).
     pub fn check(
@@ -94,14 +144,7 @@ impl Access {
         origin: Option<&str>,
         authorization: Option<&str>,
     ) -> Result<Grant, Refusal> {
-        if let Some(origin) = origin {
-            let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-            if !self.origins.is_empty() && !self.origins.contains(&origin) {
-                return Err(Refusal::forbidden(format!(
-                    "origin {origin} not allowed (--allowed-origin)"
-                )));
-            }
-        }
+        self.check_origin(origin)?;
         let Some(verifier) = &self.verifier else {
             return Ok(Grant {
                 may_publish: true,
@@ -175,9 +218,43 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The server API's key, from its file (surrounding whitespace trimmed; empty is refused).
+fn read_api_key(path: &std::path::Path) -> Result<String, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(KeyError::EmptySecret {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(key.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_key_comes_in_either_header_and_must_match_whole() {
+        let access = Access {
+            api_key: Some("k3y".into()),
+            ..Access::default()
+        };
+        assert!(access.api_key_matches(Some("k3y"), None));
+        assert!(access.api_key_matches(None, Some("apikey k3y")));
+        assert!(access.api_key_matches(None, Some("ApiKey k3y")));
+        assert!(!access.api_key_matches(Some("k3"), None));
+        assert!(!access.api_key_matches(Some("k3yy"), None));
+        assert!(!access.api_key_matches(None, Some("Bearer k3y")));
+        assert!(!access.api_key_matches(None, None));
+        assert!(
+            !Access::default().api_key_matches(Some(""), None),
+            "no API without a key"
+        );
+    }
 
     #[test]
     fn the_token_comes_from_the_query_or_the_bearer_header() {
@@ -210,6 +287,7 @@ mod tests {
         let strict = Access {
             verifier: None,
             origins: vec!["https://app.example".into()],
+            api_key: None,
         };
         assert!(strict
             .check("news", None, Some("https://APP.example/"), None)

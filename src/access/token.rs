@@ -42,6 +42,10 @@ pub enum KeyError {
 pub enum Right {
     Subscribe,
     Publish,
+    /// Reading a channel's kept publications (Centrifugo's `hst`).
+    History,
+    /// Counting a channel's clients (Centrifugo's `prs`).
+    Presence,
 }
 
 impl Right {
@@ -49,6 +53,8 @@ impl Right {
         match self {
             Right::Subscribe => "sub",
             Right::Publish => "pub",
+            Right::History => "hst",
+            Right::Presence => "prs",
         }
     }
 }
@@ -98,6 +104,17 @@ impl Claims {
     pub fn expires_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(self.exp)
     }
+}
+
+/// The claims of a subscription token that ringcast reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SubscriptionClaims {
+    /// The user: must be the connection's.
+    pub sub: String,
+    /// The one channel it allows subscribing to.
+    pub channel: String,
+    /// Seconds since the Unix epoch.
+    pub exp: u64,
 }
 
 /// Checks tokens against the server's key.
@@ -160,8 +177,18 @@ impl Verifier {
 
     /// The claims of a valid, unexpired token.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_as(token)
+    }
+
+    /// The claims of a valid, unexpired subscription token (Centrifugo's protocol: a token for
+    /// one channel, given when the connection's token does not cover it).
+    pub fn verify_subscription(&self, token: &str) -> Result<SubscriptionClaims, TokenError> {
+        self.verify_as(token)
+    }
+
+    fn verify_as<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        jsonwebtoken::decode::<C>(token, &self.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -178,7 +205,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, KeyError> {
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any run of bytes and `?` one byte.
-fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
+pub fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {

@@ -131,7 +131,7 @@ impl Link {
     }
 
     /// Unsubscribes and ends the connection.
-    pub(super) fn close(&self) {
+    pub(super) fn close(&mut self) {
         self.outbound.finish();
         self.protocol.close(&self.worker);
         self.connections.remove(self.outbound.id);
@@ -262,9 +262,14 @@ impl Link {
                     payload,
                     compressed,
                 }) => {
-                    let taken =
-                        self.protocol
-                            .message(&self.worker, opcode, payload, compressed, limits);
+                    let taken = self.protocol.message(
+                        &self.worker,
+                        &self.outbound,
+                        opcode,
+                        payload,
+                        compressed,
+                        limits,
+                    );
                     let inflated = match taken {
                         Ok(n) => n,
                         Err(refusal) => {
@@ -273,7 +278,7 @@ impl Link {
                             return (start, forwarding);
                         }
                     };
-                    self.publisher = true;
+                    self.publisher = self.protocol.is_publisher();
                     self.inflated += inflated;
                     if self.inflated >= INFLATE_BUDGET_BYTES {
                         let forwarding = self.flush();
@@ -290,7 +295,7 @@ impl Link {
                     // (Fields named one by one: `payload` may borrow the reader.)
                     let forwarding = self
                         .protocol
-                        .flush(&self.worker, self.outbound.id)
+                        .flush(&self.worker, &self.outbound)
                         .map(Pause::Forward);
                     self.outbound.send_control(OpCode::Pong, payload);
                     if forwarding.is_some() {
@@ -310,10 +315,10 @@ impl Link {
         }
     }
 
-    /// Publishes what the protocol encoded so far.
-    fn flush(&self) -> Option<Pause> {
+    /// Publishes what the protocol encoded so far, and sends its replies.
+    fn flush(&mut self) -> Option<Pause> {
         self.protocol
-            .flush(&self.worker, self.outbound.id)
+            .flush(&self.worker, &self.outbound)
             .map(Pause::Forward)
     }
 
@@ -330,6 +335,9 @@ impl Link {
                     format!("message over {limit} bytes, the most the cluster's broker carries");
                 self.outbound
                     .close(CloseCode::MESSAGE_TOO_BIG, &reason, false);
+            }
+            Refusal::Disconnect(code, reason) => {
+                self.outbound.close(CloseCode(code), reason, false);
             }
             Refusal::NotAllowed => {
                 self.outbound.close(

@@ -6,21 +6,25 @@
 //!   `GET /metrics`, or an HTTP error with its reason.
 //! - [`link`]: the WebSocket's life after its `101`: the read loop (frames, pings, the peer's
 //!   close) and the connection's end.
-//! - [`protocol`]: what the connection's path and messages mean (the seam for a second client
-//!   protocol; today the raw relay).
+//! - [`protocol`]: what the connection's path and messages mean (the seam for client
+//!   protocols: the raw relay, and [`centrifugo`], Centrifugo's client protocol).
 //! - [`outbound`]: the sending half: the connection's subscriptions (cursors into channel logs,
 //!   see [`crate::fanout::subscription`]), control frames, the close, the write in flight.
 //! - [`table`]: the thread's connections, its send ring, the keepalive sweep and the drain.
+//! - [`api`]: the server API (Centrifugo's HTTP API), for `POST /api/<method>` requests.
 //!
 //! The fan-out core beneath knows nothing of this state: a subscription tells its connection
 //! when it has something to write, or that the slow policy cut it off.
 
+mod api;
+mod centrifugo;
 mod link;
 pub mod outbound;
 mod protocol;
 mod table;
 mod upgrade;
 
+pub(crate) use api::note_start;
 pub(crate) use table::Connections;
 
 use crate::config::Config;

@@ -38,6 +38,11 @@ pub type Ring = SendRing<Outbound>;
 /// dropped.
 const CONTROL_HEADROOM: usize = 64 * 1024;
 
+/// With a client protocol that answers requests, its replies and the control frames waiting
+/// may hold this many bytes (a reply may carry many recovered publications): past it the peer,
+/// which sends requests without reading the replies, is closed as slow.
+const REPLY_HEADROOM: usize = 4 << 20;
+
 /// A write's list of segments keeps its buffer for the next write up to this many.
 const KEEP_SEGMENTS: usize = 16;
 
@@ -114,6 +119,13 @@ pub struct Outbound {
     last_ping: Cell<Instant>,
     /// When its token expires (`None`: no token).
     expires_at: Cell<Option<Instant>>,
+    /// A client protocol's own ping, sent by the keepalive sweep instead of a WebSocket ping
+    /// (a text frame's payload).
+    app_ping: RefCell<Option<Box<[u8]>>>,
+    /// [`CONTROL_HEADROOM`], or [`REPLY_HEADROOM`] with a client protocol that replies.
+    headroom: Cell<usize>,
+    /// The close when its token expires: the relay's 1008, or the client protocol's own.
+    expired_close: Cell<(CloseCode, &'static str)>,
     me: Weak<Outbound>,
 }
 
@@ -149,6 +161,9 @@ impl Outbound {
             last_heard: Cell::new(Instant::now()),
             last_ping: Cell::new(Instant::now()),
             expires_at: Cell::new(None),
+            app_ping: RefCell::new(None),
+            headroom: Cell::new(CONTROL_HEADROOM),
+            expired_close: Cell::new((CloseCode::POLICY_VIOLATION, "token expired")),
             me: me.clone(),
         })
     }
@@ -164,6 +179,32 @@ impl Outbound {
         self.subscriptions.borrow_mut().push(subscription);
     }
 
+    /// Removes a subscription: it leaves its log at once; the rest of a block it was in the
+    /// middle of still goes out (frames stay whole), then it is dropped.
+    pub fn unsubscribe(&self, subscription: &Rc<Subscription>) {
+        subscription.finish();
+        let out = self.out.borrow();
+        if out.writing != Writing::InFlight {
+            self.subscriptions.borrow_mut().retain(|s| s.is_live());
+        }
+    }
+
+    /// The connection speaks a client protocol that answers requests ([`Outbound::send_text`])
+    /// and has pings of its own: the keepalive sweep sends `ping` (a text frame's payload)
+    /// instead of a WebSocket ping, replies may hold [`REPLY_HEADROOM`], and an expired
+    /// token closes it with `expired` (code, reason).
+    pub fn speak_protocol(&self, ping: &[u8], expired: (CloseCode, &'static str)) {
+        self.app_ping.replace(Some(Box::from(ping)));
+        self.headroom.set(REPLY_HEADROOM);
+        self.expired_close.set(expired);
+    }
+
+    /// Closes it as its protocol closes a connection whose token expired.
+    pub fn close_expired(&self) {
+        let (code, reason) = self.expired_close.get();
+        self.close(code, reason, true);
+    }
+
     /// Lets frames go out: called once the 101 is written (what was appended meanwhile waits).
     pub fn start_writing(&self) {
         let mut out = self.out.borrow_mut();
@@ -172,19 +213,40 @@ impl Outbound {
     }
 
     /// Queues a control frame (pong, ping). Control frames are never dropped; a peer that
-    /// lets them pile up past [`CONTROL_HEADROOM`] is closed as slow.
+    /// lets them pile up past [`CONTROL_HEADROOM`] (see [`Outbound::speak_protocol`]) is
+    /// closed as slow.
     pub fn send_control(&self, opcode: OpCode, payload: &[u8]) {
         let mut out = self.out.borrow_mut();
         if out.close.is_some() || out.finished {
             return;
         }
-        if out.control_bytes > CONTROL_HEADROOM {
+        if out.control_bytes > self.headroom.get() {
             ThreadMetrics::add(&self.metrics.slow_closed, 1);
             drop(out);
             self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
             return;
         }
         let frame = encode_frame(opcode, payload, None).into_boxed_slice();
+        out.control_bytes += frame.len();
+        out.controls.push_back(frame);
+        self.schedule(&mut out);
+    }
+
+    /// Queues a text frame of the connection's own (a client protocol's reply), written like
+    /// a control frame: between blocks, before the logs' bytes, never dropped. A peer that
+    /// lets replies pile up past [`REPLY_HEADROOM`] is closed as slow.
+    pub fn send_text(&self, payload: &[u8]) {
+        let mut out = self.out.borrow_mut();
+        if out.close.is_some() || out.finished {
+            return;
+        }
+        if out.control_bytes > self.headroom.get() {
+            ThreadMetrics::add(&self.metrics.slow_closed, 1);
+            drop(out);
+            self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
+            return;
+        }
+        let frame = encode_frame(OpCode::Text, payload, None).into_boxed_slice();
         out.control_bytes += frame.len();
         out.controls.push_back(frame);
         self.schedule(&mut out);
@@ -265,7 +327,11 @@ impl Outbound {
             self.close(CloseCode::GOING_AWAY, "ping timeout", true);
         } else if now.saturating_duration_since(self.last_ping.get()) >= interval {
             self.last_ping.set(now);
-            self.send_control(OpCode::Ping, b"ringcast");
+            let app_ping = self.app_ping.borrow().clone();
+            match app_ping {
+                Some(payload) => self.send_text(&payload),
+                None => self.send_control(OpCode::Ping, b"ringcast"),
+            }
         }
     }
 
@@ -335,6 +401,8 @@ impl Outbound {
             out.writing = Writing::Idle;
             return;
         }
+        // Unsubscribed ones whose last bytes went out are dropped (no write is in flight).
+        self.subscriptions.borrow_mut().retain(|s| s.is_live());
         let subscriptions = self.subscriptions.borrow();
         for subscription in subscriptions.iter() {
             subscription.prepare();

@@ -11,10 +11,15 @@
 //! new variant here and a module beside [`Relay`]'s, chosen in [`Protocol::open`] from the
 //! upgrade's path; replies it owes the client go out as its connection's own frames.
 //!
-//! Today there is one: the raw **relay**. The path names one channel (`/news` is channel
-//! `news`); every message a client sends is published to it as is, to every other subscriber
-//! of the channel; the echo path (`--echo-path`) sends each message back to its sender alone.
+//! Two today:
+//! - the raw **relay**: the path names one channel (`/news` is channel `news`); every message a
+//!   client sends is published to it as is, to every other subscriber of the channel; the echo
+//!   path (`--echo-path`) sends each message back to its sender alone;
+//! - **Centrifugo's** client protocol on `--centrifugo-path` (see [`super::centrifugo`]):
+//!   JSON commands, several channels per connection, numbered publications and recovery.
 
+use super::centrifugo::codec::{self, Disconnect};
+use super::centrifugo::Session;
 use super::outbound::Outbound;
 use crate::access::Grant;
 use crate::fanout::channel::Channel;
@@ -22,6 +27,7 @@ use crate::fanout::compressed::Encoding;
 use crate::fanout::subscription::Subscription;
 use crate::fanout::Forwarding;
 use crate::worker::Worker;
+use ringcast_proto::close::CloseCode;
 use ringcast_proto::frame::OpCode;
 use ringcast_proto::message::ProtocolError;
 use std::rc::Rc;
@@ -36,11 +42,14 @@ pub(super) enum Refusal {
     OverBroker(usize),
     /// The connection's token does not allow it to publish here.
     NotAllowed,
+    /// The client protocol ends the connection with this close code and reason.
+    Disconnect(u16, &'static str),
 }
 
 /// The protocol of one connection (see the module documentation).
 pub(super) enum Protocol {
     Relay(Relay),
+    Centrifugo(Box<Session>),
 }
 
 /// The raw relay: one channel per connection, messages published verbatim.
@@ -62,6 +71,16 @@ impl Protocol {
         encoding: Encoding,
         grant: &Grant,
     ) -> Protocol {
+        if path == worker.config.centrifugo_path {
+            outbound.speak_protocol(
+                codec::PING,
+                (
+                    CloseCode(Disconnect::Expired.code()),
+                    Disconnect::Expired.reason(),
+                ),
+            );
+            return Protocol::Centrifugo(Box::new(Session::new(outbound.id, encoding)));
+        }
         let echo = worker.config.echo_path.as_deref() == Some(path.as_str());
         let channel = if echo {
             worker.fanout.private_channel()
@@ -90,12 +109,10 @@ impl Protocol {
     /// cross the cluster's broker), and the broker's limit when that is what bounds it. Read
     /// once per batch of frames, not per message.
     pub(super) fn limits(&self, worker: &Worker) -> (usize, Option<usize>) {
-        let Protocol::Relay(relay) = self;
         let max = worker.config.max_message;
-        let broker = if relay.echo {
-            None
-        } else {
-            worker.fanout.cluster_message_limit()
+        let broker = match self {
+            Protocol::Relay(relay) if !relay.echo => worker.fanout.cluster_message_limit(),
+            _ => None,
         };
         match broker {
             Some(limit) if limit < max => (limit, Some(limit)),
@@ -108,12 +125,42 @@ impl Protocol {
     pub(super) fn message(
         &mut self,
         worker: &Worker,
+        outbound: &Rc<Outbound>,
         opcode: OpCode,
         payload: &[u8],
         compressed: bool,
         (max_len, broker_limit): (usize, Option<usize>),
     ) -> Result<usize, Refusal> {
-        let Protocol::Relay(relay) = self;
+        let relay = match self {
+            Protocol::Relay(relay) => relay,
+            Protocol::Centrifugo(session) => {
+                if opcode != OpCode::Text {
+                    return Err(Refusal::Disconnect(
+                        Disconnect::BadRequest.code(),
+                        Disconnect::BadRequest.reason(),
+                    ));
+                }
+                let handled = if compressed {
+                    worker
+                        .inflate(opcode, payload, max_len, |frame| {
+                            (session.handle(worker, outbound, frame), frame.len())
+                        })
+                        .map_err(Refusal::Violation)?
+                } else if payload.len() > max_len {
+                    return Err(Refusal::Violation(ProtocolError::MessageTooBig));
+                } else {
+                    (session.handle(worker, outbound, payload), 0)
+                };
+                return match handled {
+                    (Ok(()), inflated) => Ok(inflated),
+                    (Err(disconnect), _) => {
+                        // The replies so far go out before the close.
+                        let _ = session.flush(outbound);
+                        Err(Refusal::Disconnect(disconnect.code(), disconnect.reason()))
+                    }
+                };
+            }
+        };
         if !relay.may_publish {
             return Err(Refusal::NotAllowed);
         }
@@ -132,23 +179,40 @@ impl Protocol {
     }
 
     /// Publishes what the connection's messages encoded so far (to the sender alone on the
-    /// echo path). What is left to do when another thread's inbox has no room comes back as a
-    /// future to await before reading on.
-    pub(super) fn flush(&self, worker: &Worker, id: u64) -> Option<Forwarding> {
-        let Protocol::Relay(relay) = self;
-        worker.publish(id, &relay.channel, relay.echo)
+    /// echo path), and sends the client protocol's replies. What is left to do when another
+    /// thread's inbox has no room comes back as a future to await before reading on.
+    pub(super) fn flush(&mut self, worker: &Worker, outbound: &Outbound) -> Option<Forwarding> {
+        match self {
+            Protocol::Relay(relay) => worker.publish(outbound.id, &relay.channel, relay.echo),
+            Protocol::Centrifugo(session) => session.flush(outbound),
+        }
+    }
+
+    /// Whether the connection publishes: every relay message is a publication; a Centrifugo
+    /// client publishes only with `publish` commands (its pongs are not).
+    pub(super) fn is_publisher(&self) -> bool {
+        match self {
+            Protocol::Relay(_) => true,
+            Protocol::Centrifugo(session) => session.is_publisher(),
+        }
     }
 
     /// Waits while a channel the connection publishes to is full (see
     /// [`Channel::wait_for_room`]).
     pub(super) async fn wait_for_room(&self, worker: &Worker) {
-        let Protocol::Relay(relay) = self;
-        relay.channel.wait_for_room(&worker.thread_metrics).await;
+        match self {
+            Protocol::Relay(relay) => {
+                relay.channel.wait_for_room(&worker.thread_metrics).await;
+            }
+            Protocol::Centrifugo(session) => session.wait_for_room(worker).await,
+        }
     }
 
     /// The connection ends: its subscriptions leave their channels.
-    pub(super) fn close(&self, worker: &Worker) {
-        let Protocol::Relay(relay) = self;
-        worker.fanout.leave(&relay.channel, relay.subscription.id);
+    pub(super) fn close(&mut self, worker: &Worker) {
+        match self {
+            Protocol::Relay(relay) => worker.fanout.leave(&relay.channel, relay.subscription.id),
+            Protocol::Centrifugo(session) => session.close(worker),
+        }
     }
 }

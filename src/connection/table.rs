@@ -101,7 +101,7 @@ impl Connections {
             due.extend(self.upgraded.borrow().values().cloned());
             for outbound in due.drain(..) {
                 if outbound.token_expired(now) {
-                    outbound.close(CloseCode::POLICY_VIOLATION, "token expired", true);
+                    outbound.close_expired();
                 } else if let Some(interval) = ping {
                     outbound.keep_alive(now, interval, timeout);
                 }

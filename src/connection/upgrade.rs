@@ -2,8 +2,10 @@
 //! answer it: `101` and a WebSocket [`Link`], `200` with metrics for `GET /metrics`, or an HTTP
 //! error that says why.
 
+use super::api;
 use super::link::Link;
 use super::table::Connections;
+use crate::access::Grant;
 use crate::budget::BUDGET;
 use crate::config::{Compression, Config};
 use crate::telemetry::metrics::HandshakeFailure;
@@ -69,6 +71,9 @@ pub(super) async fn handshake(
             let body = worker.metrics.snapshot().prometheus();
             reject(stream, handshake::plain_response(200, &body)).await;
         }
+        Ok(Ok((request @ Request::Post { .. }, leftover))) => {
+            api::serve(connections, stream, request, leftover).await;
+        }
         Ok(Ok((Request::Get { .. }, _))) => {
             let err = HandshakeError::NotUpgrade;
             worker
@@ -88,12 +93,23 @@ pub(super) async fn handshake(
             leftover,
         ))) => {
             let channel = path.strip_prefix('/').unwrap_or(&path);
-            let checked = worker.access.check(
-                channel,
-                query.as_deref(),
-                origin.as_deref(),
-                authorization.as_deref(),
-            );
+            let checked = if path == worker.config.centrifugo_path {
+                // Centrifugo's protocol carries its token in its connect command.
+                worker
+                    .access
+                    .check_origin(origin.as_deref())
+                    .map(|()| Grant {
+                        may_publish: false,
+                        expires_at: None,
+                    })
+            } else {
+                worker.access.check(
+                    channel,
+                    query.as_deref(),
+                    origin.as_deref(),
+                    authorization.as_deref(),
+                )
+            };
             let grant = match checked {
                 Ok(grant) => grant,
                 Err(refusal) => {
@@ -129,7 +145,7 @@ pub(super) async fn handshake(
             if worker.config.compression != Compression::On {
                 extensions.clear();
             }
-            let link = Link::open(connections, stream, id, path, leftover, &extensions, grant);
+            let mut link = Link::open(connections, stream, id, path, leftover, &extensions, grant);
             // Subscribed before the 101 goes out, so a client holding its 101 gets every
             // message published after it; what comes meanwhile waits in the channel's log,
             // from the cursor the subscriber took at its head, until writing starts.

@@ -160,6 +160,12 @@ impl Block {
     pub fn first_offset(&self) -> Option<u64> {
         self.first_offset
     }
+
+    /// The offset of its last publication, if its publications are numbered.
+    pub fn last_offset(&self) -> Option<u64> {
+        self.first_offset
+            .map(|first| first + u64::from(self.frames).saturating_sub(1))
+    }
 }
 
 impl Drop for Block {

@@ -54,11 +54,20 @@ struct Kept {
     bytes: usize,
 }
 
-/// One channel's numbered publications (see the module documentation).
+/// One channel's numbered publications (see the module documentation), and who is
+/// subscribed to it on this node (the protocol's presence counts).
 #[derive(Debug)]
 pub struct History {
     epoch: Arc<str>,
     kept: Mutex<Kept>,
+    presence: Mutex<Presence>,
+}
+
+#[derive(Debug, Default)]
+struct Presence {
+    clients: u64,
+    /// Subscriptions per user.
+    users: HashMap<Arc<str>, u32>,
 }
 
 /// What a client asked to recover from, and what it gets.
@@ -88,7 +97,33 @@ impl History {
                 publications: VecDeque::new(),
                 bytes: 0,
             }),
+            presence: Mutex::default(),
         }
+    }
+
+    /// A client of `user` subscribed on this node.
+    pub fn join(&self, user: &Arc<str>) {
+        let mut presence = self.presence.lock().unwrap_or_else(PoisonError::into_inner);
+        presence.clients += 1;
+        *presence.users.entry(user.clone()).or_default() += 1;
+    }
+
+    /// A client of `user` unsubscribed.
+    pub fn leave(&self, user: &Arc<str>) {
+        let mut presence = self.presence.lock().unwrap_or_else(PoisonError::into_inner);
+        presence.clients = presence.clients.saturating_sub(1);
+        if let Some(count) = presence.users.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                presence.users.remove(user);
+            }
+        }
+    }
+
+    /// Clients subscribed on this node, and distinct users among them.
+    pub fn presence_stats(&self) -> (u64, u64) {
+        let presence = self.presence.lock().unwrap_or_else(PoisonError::into_inner);
+        (presence.clients, presence.users.len() as u64)
     }
 
     fn lock(&self) -> MutexGuard<'_, Kept> {
@@ -162,8 +197,8 @@ impl History {
         )
     }
 
-    /// Up to `limit` kept publications, the newest last (`reverse`: the newest first), after
-    /// `since` when given.
+    /// Up to `limit` kept publications, the oldest first (`reverse`: the newest first), after
+    /// `since` when given: as Centrifugo reads a stream.
     pub fn read(
         &self,
         since: Option<u64>,
@@ -177,12 +212,8 @@ impl History {
         let matching = kept.publications.iter().filter(|p| p.offset > after);
         if reverse {
             matching.rev().take(limit).cloned().collect()
-        } else if since.is_some() {
-            matching.take(limit).cloned().collect()
         } else {
-            let all: Vec<&Publication> = matching.collect();
-            let skip = all.len().saturating_sub(limit);
-            all[skip..].iter().map(|p| (*p).clone()).collect()
+            matching.take(limit).cloned().collect()
         }
     }
 
@@ -271,11 +302,15 @@ impl Histories {
         });
     }
 
-    /// The channels with a history, with their positions.
-    pub fn channels(&self) -> Vec<(Arc<str>, StreamPosition)> {
+    /// The channels with subscribers on this node: name, clients, users.
+    pub fn channels(&self) -> Vec<(Arc<str>, u64, u64)> {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.iter()
-            .map(|(name, h)| (name.clone(), h.position()))
+            .map(|(name, h)| {
+                let (clients, users) = h.presence_stats();
+                (name.clone(), clients, users)
+            })
+            .filter(|(_, clients, _)| *clients > 0)
             .collect()
     }
 }

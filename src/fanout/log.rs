@@ -65,6 +65,11 @@ impl LogBlock {
         self.block.origin()
     }
 
+    /// The offset of its last publication, if its publications are numbered.
+    pub fn last_offset(&self) -> Option<u64> {
+        self.block.last_offset()
+    }
+
     /// Messages appended to the log before this block.
     pub fn frames_before(&self) -> u64 {
         self.frames_before

@@ -35,9 +35,10 @@ use crate::maps::remove_and_shrink;
 use crate::telemetry::metrics::ThreadMetrics;
 use block::Block;
 use channel::{Channel, WindowPolicy};
+use history::History;
 use inbox::{InboxReceiver, InboxSender};
 use log::{ChannelLog, FullFlag};
-use registry::Registry;
+use registry::{ChannelShared, Registry};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -101,6 +102,82 @@ impl FanOut {
             .borrow_mut()
             .insert(name.clone(), channel.clone());
         channel
+    }
+
+    /// This thread's side of channel `name`, whose publications are numbered by `history`:
+    /// created if this thread had no subscriber of it, taking every publication numbered from
+    /// then on, in offset order (see [`history`] and [`channel`]).
+    pub fn numbered_channel(&self, name: &Arc<str>, history: &History) -> Rc<Channel> {
+        if let Some(channel) = self.channels.borrow().get(name) {
+            return channel.clone();
+        }
+        history.with_next(|next| {
+            let channel = self.channel(name);
+            channel.number_from(next);
+            channel
+        })
+    }
+
+    /// Publishes a block to channel `name` whether or not this thread has subscribers of it:
+    /// like [`FanOut::publish`] when it has, otherwise forwarded to the threads that have (and
+    /// to the cluster's broker, when the node has some subscriber of the channel). Returns the
+    /// forwards still to make, as [`FanOut::publish`] does.
+    pub fn publish_named(self: &Rc<Self>, name: &str, block: Arc<Block>) -> Option<Forwarding> {
+        let local = self.channels.borrow().get(name).cloned();
+        if let Some(channel) = local {
+            return self.publish(&channel, block);
+        }
+        ThreadMetrics::add(&self.metrics.messages_in, u64::from(block.frames()));
+        let shared = self.registry.find(name);
+        if let Some(uplink) = &self.uplink {
+            // Other nodes may have subscribers even when this one has none.
+            let to_broker = shared
+                .clone()
+                .unwrap_or_else(|| ChannelShared::detached(name));
+            if uplink.send(&to_broker, &block) && uplink.through_broker() {
+                return None;
+            }
+        }
+        self.forward(&shared?, block)
+    }
+
+    /// Whether channel `name` has subscribers on some thread of the node.
+    pub fn has_subscribers(&self, name: &str) -> bool {
+        self.channels.borrow().contains_key(name) || self.registry.find(name).is_some()
+    }
+
+    /// Waits while channel `name` is full on some thread (see [`Channel::wait_for_room`]),
+    /// for a publisher that may have no subscriber of the channel on this thread.
+    pub async fn wait_for_room_named(&self, name: &str) {
+        let local = self.channels.borrow().get(name).cloned();
+        if let Some(channel) = local {
+            channel.wait_for_room(&self.metrics).await;
+            return;
+        }
+        let Some(shared) = self.registry.find(name) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut paused = false;
+        while shared.is_full() {
+            paused = true;
+            let room = shared.room().notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !shared.is_full() {
+                break;
+            }
+            // The threads holding the window deal with their readers (their housekeeping);
+            // looking again now and then guards against a missed wake-up.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), room).await;
+        }
+        if paused {
+            ThreadMetrics::add(&self.metrics.publisher_pauses, 1);
+            ThreadMetrics::add(
+                &self.metrics.publisher_paused_ns,
+                started.elapsed().as_nanos() as u64,
+            );
+        }
     }
 
     /// A channel of one, for the echo path: not registered, never forwarded.
@@ -198,7 +275,17 @@ impl FanOut {
             }
         }
         channel.append(block.clone());
-        let shared = channel.shared()?;
+        let shared = channel.shared()?.clone();
+        self.forward(&shared, block)
+    }
+
+    /// Hands `block` to the inbox of every other thread with subscribers of `shared` (see
+    /// [`FanOut::publish`]).
+    fn forward(
+        self: &Rc<Self>,
+        shared: &Arc<ChannelShared>,
+        block: Arc<Block>,
+    ) -> Option<Forwarding> {
         let others = shared.threads() & !(1u64 << self.thread);
         let mut waiting = Vec::new();
         for thread in (0..self.peers.len()).filter(|t| others & (1u64 << t) != 0) {

@@ -30,6 +30,17 @@ pub struct ChannelShared {
 }
 
 impl ChannelShared {
+    /// The state of channel `name` for a publisher on a node where no thread has subscribers
+    /// of it: not in the registry, for the way to the cluster's broker only.
+    pub fn detached(name: &str) -> Arc<ChannelShared> {
+        Arc::new(ChannelShared {
+            name: Arc::from(name),
+            threads: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+            room: Notify::new(),
+        })
+    }
+
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
@@ -137,6 +148,11 @@ impl Registry {
             }
         }
         self.metrics.set_channels(channels.len());
+    }
+
+    /// Channel `name`'s shared state, if some thread has subscribers of it.
+    pub fn find(&self, name: &str) -> Option<Arc<ChannelShared>> {
+        self.lock().get(name).cloned()
     }
 
     /// Channels with at least one subscriber.

@@ -110,6 +110,9 @@ pub struct Subscription {
     bytes_written: Cell<u64>,
     /// Since when its channel's scans have found it behind the window, scan after scan.
     behind: Cell<Option<Behind>>,
+    /// Numbered publications up to this offset are not written: the client has them already
+    /// (it recovered up to there, ahead of what this thread's log had appended).
+    skip_through: Cell<u64>,
     park_slot: Cell<u32>,
     me: Weak<Subscription>,
 }
@@ -146,6 +149,7 @@ impl Subscription {
             left_behind: Cell::new(false),
             bytes_written: Cell::new(0),
             behind: Cell::new(None),
+            skip_through: Cell::new(0),
             park_slot: Cell::new(NOT_PARKED),
             me: me.clone(),
         })
@@ -175,6 +179,11 @@ impl Subscription {
 
     pub fn set_behind(&self, behind: Option<Behind>) {
         self.behind.set(behind);
+    }
+
+    /// Numbered publications up to `offset` are not to be written (the client has them).
+    pub fn skip_through(&self, offset: u64) {
+        self.skip_through.set(offset);
     }
 
     /// Woken by an append at `now`: something new to write. It was parked at the head, so
@@ -285,6 +294,14 @@ impl Subscription {
         }
     }
 
+    /// Whether it still has something to do with its connection's writes: it reads the log,
+    /// has a tail to finish, or is in the write in flight. One that has not is dropped from
+    /// its connection (after an unsubscribe).
+    pub fn is_live(&self) -> bool {
+        let cursor = self.cursor.borrow();
+        cursor.attached || cursor.tail.is_some() || cursor.in_flight
+    }
+
     /// Takes it off the log's idle list (its connection is about to write).
     pub fn unpark(&self) {
         if self.park_slot.get() != NOT_PARKED {
@@ -298,7 +315,23 @@ impl Subscription {
         let mut cursor = self.cursor.borrow_mut();
         if cursor.attached {
             let mut log = self.log.borrow_mut();
-            let pos = log.skip(cursor.pos, self.id, self.encoding);
+            let mut pos = log.skip(cursor.pos, self.id, self.encoding);
+            let skip_through = self.skip_through.get();
+            while pos.off == 0 {
+                match log.block(pos.seq).and_then(|b| b.last_offset()) {
+                    Some(last) if last <= skip_through => {
+                        pos = log.skip(
+                            Pos {
+                                seq: pos.seq + 1,
+                                off: 0,
+                            },
+                            self.id,
+                            self.encoding,
+                        );
+                    }
+                    _ => break,
+                }
+            }
             log.advance(cursor.pos, pos);
             cursor.pos = pos;
         }
@@ -357,7 +390,11 @@ impl Subscription {
             if block.seq() >= limit.seq {
                 break;
             }
-            if block.origin() == self.id {
+            if block.origin() == self.id
+                || block
+                    .last_offset()
+                    .is_some_and(|last| last <= self.skip_through.get())
+            {
                 continue;
             }
             if *written >= MAX_WRITE_BYTES {

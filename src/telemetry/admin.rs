@@ -43,10 +43,11 @@ fn serve(mut stream: TcpStream, metrics: &Metrics) {
         match handshake::parse_request(&buf, 8192) {
             Ok(None) => continue,
             Ok(Some((Request::Get { path }, _))) => break page(&path, metrics),
-            Ok(Some((Request::Upgrade { .. }, _))) => {
+            Ok(Some((Request::Upgrade { .. } | Request::Post { .. }, _))) => {
                 break handshake::plain_response(
                     404,
-                    "this is the admin listener: WebSockets are served on --listen\n",
+                    "this is the admin listener: WebSockets and the server API are served on \
+                     --listen\n",
                 )
             }
             Err(err) => break handshake::error_response(&err),

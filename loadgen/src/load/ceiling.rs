@@ -309,7 +309,7 @@ fn upgrade(mut stream: TcpStream) -> io::Result<TcpStream> {
                 stream.write_all(accept_response(&accept_key).as_bytes())?;
                 return Ok(stream);
             }
-            Ok(Some((Request::Get { .. }, _))) => {
+            Ok(Some((Request::Get { .. } | Request::Post { .. }, _))) => {
                 return Err(io::Error::other("not an upgrade request"));
             }
             Err(e) => return Err(io::Error::other(e.to_string())),

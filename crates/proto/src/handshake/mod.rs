@@ -17,8 +17,8 @@ pub use client::{
 pub use extension::{Deflate, Extension};
 pub use key::accept_key;
 pub use server::{
-    accept_response, accept_response_with, error_response, parse_request, plain_response, response,
-    HandshakeError, Request, MAX_PATH_BYTES,
+    accept_response, accept_response_with, error_response, keep_alive_response, parse_request,
+    plain_response, response, HandshakeError, Request, API_PREFIX, MAX_PATH_BYTES,
 };
 
 #[cfg(test)]

@@ -15,12 +15,14 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_PATH_BYTES: usize = 1024;
 
 /// Request headers RFC 6455 (§11.3.1, §11.3.5) and RFC 9110 (§7.2, Host) allow at most once.
-const SINGLE_HEADERS: [&str; 5] = [
+const SINGLE_HEADERS: [&str; 7] = [
     "Host",
     "Sec-WebSocket-Key",
     "Sec-WebSocket-Version",
     "Origin",
     "Authorization",
+    "Content-Length",
+    "X-API-Key",
 ];
 
 /// A request the server cannot accept. Each cause has its HTTP status ([`Self::status`]) and
@@ -31,6 +33,9 @@ pub enum HandshakeError {
     Malformed,
     #[error("method must be GET")]
     NotGet,
+    /// A `POST` (to the server API) without a `Content-Length` (chunked bodies are not taken).
+    #[error("POST needs a Content-Length")]
+    LengthRequired,
     #[error("HTTP/1.1 required")]
     NotHttp11,
     #[error("request path must start with /")]
@@ -69,6 +74,7 @@ impl HandshakeError {
     pub fn status(self) -> u16 {
         match self {
             HandshakeError::BadVersion => 426,
+            HandshakeError::LengthRequired => 411,
             HandshakeError::PathTooLong => 414,
             HandshakeError::HeaderBlockTooLarge | HandshakeError::TooManyHeaders => 431,
             _ => 400,
@@ -86,6 +92,7 @@ impl HandshakeError {
             | HandshakeError::NotUpgrade => "not_upgrade",
             HandshakeError::Malformed
             | HandshakeError::NotGet
+            | HandshakeError::LengthRequired
             | HandshakeError::NotHttp11
             | HandshakeError::PathNotAbsolute
             | HandshakeError::PathTooLong
@@ -114,7 +121,22 @@ pub enum Request {
     },
     /// A `GET` without an upgrade (e.g. `/metrics`).
     Get { path: String },
+    /// A `POST` to a path under [`API_PREFIX`] (the server API), whose body of
+    /// `content_length` bytes follows the header block.
+    Post {
+        path: String,
+        content_length: usize,
+        /// The `X-API-Key` header.
+        api_key: Option<String>,
+        /// The `Authorization` header's value (`apikey KEY` also carries the key).
+        authorization: Option<String>,
+        /// `Connection: close`: the client wants the connection closed after the answer.
+        close: bool,
+    },
 }
+
+/// The paths a `POST` may go to: the server API's.
+pub const API_PREFIX: &str = "/api/";
 
 /// A header value as text, trimmed; `None` if absent or not UTF-8.
 fn text(value: Option<&[u8]>) -> Option<String> {
@@ -159,13 +181,14 @@ pub fn parse_request(
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
         Err(_) => return Err(HandshakeError::Malformed),
     };
-    if req.method != Some("GET") {
+    let target = req.path.ok_or(HandshakeError::Malformed)?;
+    let post = req.method == Some("POST") && target.starts_with(API_PREFIX);
+    if req.method != Some("GET") && !post {
         return Err(HandshakeError::NotGet);
     }
     if req.version != Some(1) {
         return Err(HandshakeError::NotHttp11);
     }
-    let target = req.path.ok_or(HandshakeError::Malformed)?;
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
         None => (target.to_owned(), None),
@@ -186,6 +209,24 @@ pub fn parse_request(
     let header = |name: &'static str| all(name).next();
     if header("Host").is_none() {
         return Err(HandshakeError::MissingHost);
+    }
+    if post {
+        let content_length = header("Content-Length")
+            .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()?.parse().ok())
+            .ok_or(HandshakeError::LengthRequired)?;
+        if header("Transfer-Encoding").is_some() {
+            return Err(HandshakeError::LengthRequired);
+        }
+        return Ok(Some((
+            Request::Post {
+                path,
+                content_length,
+                api_key: text(header("X-API-Key")),
+                authorization: text(header("Authorization")),
+                close: all("Connection").any(|v| has_token(v, "close")),
+            },
+            consumed,
+        )));
     }
     // Upgrade and Connection are lists: repeated fields are one list (RFC 9110 §5.3).
     if all("Upgrade").next().is_none() {
@@ -248,6 +289,8 @@ fn status_text(status: u16) -> &'static str {
         404 => "Not Found",
         414 => "URI Too Long",
         426 => "Upgrade Required",
+        411 => "Length Required",
+        413 => "Content Too Large",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -276,6 +319,20 @@ pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A complete HTTP response after which the connection stays open for the next request (the
+/// server API's answers).
+pub fn keep_alive_response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\n\r\n",
+        status_text(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
 /// The error answer for a rejected request: its status and the reason as the body.
 pub fn error_response(err: &HandshakeError) -> Vec<u8> {
     plain_response(err.status(), &format!("{err}\n"))
@@ -284,6 +341,42 @@ pub fn error_response(err: &HandshakeError) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_post_to_the_api_carries_its_key_and_body_length() {
+        let req = "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: k1\r\n\
+                   Content-Length: 27\r\n\r\n{\"channel\":\"a\",\"data\":{}}";
+        let (request, consumed) = parse_request(req.as_bytes(), 8192).unwrap().unwrap();
+        assert_eq!(
+            request,
+            Request::Post {
+                path: "/api/publish".into(),
+                content_length: 27,
+                api_key: Some("k1".into()),
+                authorization: None,
+                close: false,
+            }
+        );
+        assert_eq!(&req[consumed..], "{\"channel\":\"a\",\"data\":{}}");
+        let no_length = "POST /api/publish HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_request(no_length.as_bytes(), 8192),
+            Err(HandshakeError::LengthRequired)
+        );
+        assert_eq!(HandshakeError::LengthRequired.status(), 411);
+        let chunked =
+            "POST /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parse_request(chunked.as_bytes(), 8192),
+            Err(HandshakeError::LengthRequired)
+        );
+        // Anywhere else a POST is still refused.
+        let elsewhere = "POST /news HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            parse_request(elsewhere.as_bytes(), 8192),
+            Err(HandshakeError::NotGet)
+        );
+    }
 
     const RFC_REQUEST: &str = "GET /chat HTTP/1.1\r\nHost: server.example.com\r\n\
         Upgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -301,7 +301,9 @@ async fn centrifuge_js_in_chromium_through_a_page() {
     let mut browser = browser::Browser::launch().await;
     let tab = browser.open(&format!("http://{}/", server.addr)).await;
     let deadline = Instant::now() + STEP;
-    while browser.eval(&tab, "document.readyState").await != "complete" {
+    // (A new tab is about:blank, "complete", before it navigates to the page.)
+    let loaded = "location.protocol === 'http:' && document.readyState === 'complete'";
+    while browser.eval(&tab, loaded).await != true {
         assert!(Instant::now() < deadline, "the page never loaded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -350,3 +350,42 @@ async fn the_protocol_crosses_a_cluster_without_positions() {
         "no history in a cluster: {reply}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_refresh_and_expiry() {
+    let node = node(&["--ping-interval", "1"]);
+    let server = &node.server;
+
+    // A refresh with the same user's new token extends the connection; another user's is
+    // refused (3500).
+    let mut client = Client::connect(server, &token("u", 60, all_caps())).await;
+    client
+        .send(&[json!({"id": 2, "refresh": {"token": token("u", 7200, all_caps())}})])
+        .await;
+    let refreshed = client.next().await;
+    let ttl = refreshed["refresh"]["ttl"].as_u64().expect("a ttl");
+    assert!(
+        refreshed["refresh"]["expires"] == true && (7100..=7200).contains(&ttl),
+        "{refreshed}"
+    );
+    client
+        .send(&[json!({"id": 3, "refresh": {"token": token("v", 7200, all_caps())}})])
+        .await;
+    assert_eq!(client.closed().await, (3500, "invalid token".into()));
+
+    // The server's pings are `{}` (the client answers `{}`); a token that expires without a
+    // refresh ends the connection with 3005.
+    let mut client = Client::open(server).await;
+    client
+        .send(&[json!({"id": 1, "connect": {"token": token("u", 2, all_caps())}})])
+        .await;
+    let reply = client.next().await;
+    assert_eq!(reply["connect"]["ping"], 1, "{reply}");
+    assert_eq!(reply["connect"]["pong"], true, "{reply}");
+    let Message::Text(ping) = next_data(&mut client.ws, "a ping").await else {
+        panic!("a binary frame");
+    };
+    assert_eq!(ping.as_str(), "{}");
+    client.send(&[json!({})]).await;
+    assert_eq!(client.closed().await, (3005, "connection expired".into()));
+}

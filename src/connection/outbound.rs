@@ -212,9 +212,9 @@ impl Outbound {
         self.schedule(&mut out);
     }
 
-    /// Queues a control frame (pong, ping). Control frames are never dropped; a peer that
-    /// lets them pile up past [`CONTROL_HEADROOM`] (see [`Outbound::speak_protocol`]) is
-    /// closed as slow.
+    /// Queues a control frame (pong, ping), or a frame of the connection's own (see
+    /// [`Outbound::send_text`]). They are never dropped; a peer that lets them pile up past
+    /// [`CONTROL_HEADROOM`] (see [`Outbound::speak_protocol`]) is closed as slow.
     pub fn send_control(&self, opcode: OpCode, payload: &[u8]) {
         let mut out = self.out.borrow_mut();
         if out.close.is_some() || out.finished {
@@ -236,20 +236,7 @@ impl Outbound {
     /// a control frame: between blocks, before the logs' bytes, never dropped. A peer that
     /// lets replies pile up past [`REPLY_HEADROOM`] is closed as slow.
     pub fn send_text(&self, payload: &[u8]) {
-        let mut out = self.out.borrow_mut();
-        if out.close.is_some() || out.finished {
-            return;
-        }
-        if out.control_bytes > self.headroom.get() {
-            ThreadMetrics::add(&self.metrics.slow_closed, 1);
-            drop(out);
-            self.close(CloseCode::POLICY_VIOLATION, "subscriber too slow", true);
-            return;
-        }
-        let frame = encode_frame(OpCode::Text, payload, None).into_boxed_slice();
-        out.control_bytes += frame.len();
-        out.controls.push_back(frame);
-        self.schedule(&mut out);
+        self.send_control(OpCode::Text, payload);
     }
 
     /// Queues a close frame; nothing is written after it. Without `discard` it goes after

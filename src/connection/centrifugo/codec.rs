@@ -286,10 +286,9 @@ pub struct PresenceStatsResult {
     pub num_users: u64,
 }
 
+/// (Centrifugo fills only these two of the result's fields.)
 #[derive(Debug, Default, Serialize)]
-pub struct RefreshResult<'a> {
-    pub client: &'a str,
-    pub version: &'a str,
+pub struct RefreshResult {
     #[serde(skip_serializing_if = "is_false")]
     pub expires: bool,
     #[serde(skip_serializing_if = "is_zero")]

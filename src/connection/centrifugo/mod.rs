@@ -272,11 +272,7 @@ impl Session {
         let ttl = seconds_left(&claims);
         outbound.set_expiry(Some(Instant::now() + Duration::from_secs(ttl)));
         self.claims = Some(claims);
-        let result = codec::RefreshResult {
-            expires: true,
-            ttl,
-            ..codec::RefreshResult::default()
-        };
+        let result = codec::RefreshResult { expires: true, ttl };
         codec::reply(&mut self.replies, id, "refresh", &result);
         Ok(())
     }

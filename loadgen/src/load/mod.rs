@@ -9,15 +9,18 @@
 //! set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
 //! [`idle`] (idle connections held to measure memory); [`token`] (client tokens for servers
-//! that require them); [`ceiling`] (loadgen's own receive
+//! that require them); [`centrifugo`] (Centrifugo's client protocol) and [`http_api`]
+//! (publishing through its HTTP API); [`ceiling`] (loadgen's own receive
 //! ceiling against a minimal source). Nothing here knows about commands,
 //! reports or the servers being compared; below it is only [`crate::sys`].
 
 pub mod ceiling;
+pub mod centrifugo;
 pub mod client;
 pub mod clock;
 pub mod contention;
 pub mod epoll;
+pub mod http_api;
 pub mod idle;
 pub mod inflate;
 pub mod pacer;

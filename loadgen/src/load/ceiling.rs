@@ -123,6 +123,7 @@ pub fn measure(cfg: &CeilingConfig) -> Result<CeilingReport, CeilingError> {
                 rcvbuf_bytes: None,
                 timeout: Duration::from_secs(10),
                 compress: false,
+                join: None,
             },
         })
         .collect();

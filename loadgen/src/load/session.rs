@@ -359,6 +359,7 @@ impl Session {
                     rcvbuf_bytes: (s < cfg.spec.stall_subscribers).then_some(4096),
                     timeout: cfg.spec.connect_timeout,
                     compress: cfg.spec.compress,
+                    join: None,
                 },
             });
             roles.push(format!("subscriber {s}"));
@@ -374,6 +375,7 @@ impl Session {
                     rcvbuf_bytes: None,
                     timeout: cfg.spec.connect_timeout,
                     compress: cfg.spec.compress,
+                    join: None,
                 },
             });
             roles.push(format!("publisher {p}"));

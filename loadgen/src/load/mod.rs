@@ -3,8 +3,8 @@
 //! Bottom up: [`clock`] (one monotonic clock, precise sleeps), [`schedule`] (when each message
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
 //! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
-//! connect failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
-//! [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
+//! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
+//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a
 //! set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
@@ -17,6 +17,7 @@
 pub mod ceiling;
 pub mod centrifugo;
 pub mod client;
+pub mod clients;
 pub mod clock;
 pub mod contention;
 pub mod epoll;

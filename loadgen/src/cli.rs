@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::load::payload::Payload;
-use crate::load::spec::RunSpec;
+use crate::load::spec::{Protocol, PublishVia, RunSpec};
 use crate::units::{parse_duration, parse_rates, RateList};
 
 /// Output format on stdout.
@@ -185,6 +185,21 @@ pub struct CommonArgs {
     /// Exit with status 2 when any delivery was lost.
     #[arg(long)]
     pub fail_on_loss: bool,
+    /// What the clients speak: relay (binary messages on the URL's path), or centrifugo (the
+    /// URL is the Centrifugo endpoint, e.g. ws://HOST:8000/connection/websocket; channels
+    /// bench, or bench-0 .. bench-(K-1); stamps travel as hex in the JSON data).
+    #[arg(long, value_enum, default_value_t = Protocol::Relay)]
+    pub protocol: Protocol,
+    /// How publishers publish with --protocol centrifugo: client (publish commands on their
+    /// WebSocket) or api (POST /api/publish, one keep-alive HTTP connection per publisher).
+    #[arg(long, value_enum, default_value_t = PublishVia::Client)]
+    pub publish_via: PublishVia,
+    /// The HTTP API's publish URL (default: http://HOST:PORT/api/publish on --url's host).
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// The file holding the HTTP API key (sent as X-API-Key), for --publish-via api.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -209,6 +224,10 @@ impl CommonArgs {
             pacer_realtime: !self.no_realtime_pacer,
             stall_subscribers: self.stall_subscribers,
             stall_ns: self.stall_time.as_nanos() as u64,
+            protocol: self.protocol,
+            publish_via: self.publish_via,
+            api_url: self.api_url.clone(),
+            api_key_file: self.api_key_file.clone(),
             ..RunSpec::default()
         }
         .on_servers(urls, self.publish_on.clone())
@@ -390,5 +409,27 @@ mod tests {
         let bare = Cli::try_parse_from(["loadgen", "-o", "x", "-c", "10"]).unwrap();
         assert!(bare.command.is_none());
         assert_eq!(bare.default_sweep.common.subscribers, 10);
+        let cf = Cli::try_parse_from([
+            "loadgen",
+            "run",
+            "--url",
+            "ws://127.0.0.1:8000/connection/websocket",
+            "--protocol",
+            "centrifugo",
+            "--publish-via",
+            "api",
+            "--api-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        let Some(Commands::Run(r)) = cf.command else {
+            panic!()
+        };
+        let spec = r.common.run_spec(r.common.url.clone(), 1, None);
+        assert_eq!(
+            (spec.protocol, spec.publish_via),
+            (Protocol::Centrifugo, PublishVia::Api)
+        );
+        assert_eq!(spec.api_key_file, Some(PathBuf::from("/tmp/k")));
     }
 }

@@ -18,6 +18,7 @@ fn jobs(n: usize, timeout: Duration) -> Vec<ConnectJob> {
                 rcvbuf_bytes: None,
                 timeout,
                 compress: false,
+                join: None,
             },
         })
         .collect()

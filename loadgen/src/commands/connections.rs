@@ -12,6 +12,11 @@ use crate::load::idle::{hold_idle, HoldConfig};
 /// `loadgen connections`: hold idle subscribers, report connect rate and memory.
 pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
     let c = &a.common;
+    if c.protocol != crate::load::spec::Protocol::Relay {
+        return Err(AppError::Config(
+            "loadgen connections holds relay connections only (no --protocol centrifugo)".into(),
+        ));
+    }
     let mut p = prepare(c, "connections", u64::from(c.subscribers) + 64, None)?;
     let progress = Progress::new(!c.no_progress);
     let source_ips = match &c.source_ips {

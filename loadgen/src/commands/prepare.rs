@@ -1,5 +1,6 @@
 //! A command's environment, prepared before any connection: its arguments checked, the output
-//! directory made, the servers found (`--url`) or started, the client token added, loadgen's
+//! directory made, the servers found (`--url`) or started, the client token added (to the URL's
+//! query, or for Centrifugo to the run spec, which sends it in its connect command), loadgen's
 //! CPUs and reader threads chosen.
 //!
 //! Why it exists: every command but `ceiling` needs the same environment, and a failure at any
@@ -13,7 +14,8 @@ use crate::cli::CommonArgs;
 use crate::load::client::Target;
 use crate::load::payload::STAMP_LEN;
 use crate::load::session::SessionError;
-use crate::load::spec::RunSpec;
+use crate::load::spec::{Protocol, PublishVia, RunSpec};
+use crate::load::token;
 use crate::report::model::ServerInfo;
 use crate::sys::broker::BrokerProcess;
 use crate::sys::machine;
@@ -36,13 +38,18 @@ pub(super) struct Prepared {
     /// The servers' resident memory before any client connected (servers loadgen started).
     pub(super) server_rss_idle: Option<u64>,
     pub(super) started_unix_s: u64,
+    /// The client token sent in Centrifugo's connect command (relay sends it in the URL).
+    pub(super) client_token: Option<String>,
 }
 
 impl Prepared {
     /// The run spec of `c` on these servers and CPUs.
     pub(super) fn run_spec(&self, c: &CommonArgs) -> RunSpec {
         let urls = self.targets.iter().map(|t| t.url.clone()).collect();
-        c.run_spec(urls, self.threads, self.loadgen_cpus.clone())
+        RunSpec {
+            client_token: self.client_token.clone(),
+            ..c.run_spec(urls, self.threads, self.loadgen_cpus.clone())
+        }
     }
 }
 
@@ -70,6 +77,7 @@ pub(super) fn prepare(
         server_pids: c.server_pid.clone(),
         server_rss_idle: None,
         started_unix_s,
+        client_token: None,
     };
     if !c.url.is_empty() {
         p.targets = c
@@ -81,7 +89,7 @@ pub(super) fn prepare(
     } else {
         start_servers(c, cluster, &all_cpus, &mut p)?;
     }
-    add_token(c, &mut p.targets)?;
+    p.client_token = add_token(c, &mut p.targets)?;
     choose_cpus(c, &all_cpus, &mut p);
     let checked = check_publish_on(c, &p);
     stop_servers_on_error(&mut p, checked)?;
@@ -104,7 +112,20 @@ fn check_arguments(c: &CommonArgs, needed_fds: u64) -> Result<(), AppError> {
     if c.channels == 0 {
         return Err(AppError::Config("--channels must be at least 1".into()));
     }
-    Ok(())
+    match c.protocol {
+        Protocol::Centrifugo if c.url.is_empty() => Err(AppError::Config(
+            "--protocol centrifugo needs --url (the server's endpoint, e.g. \
+             ws://127.0.0.1:8000/connection/websocket)"
+                .into(),
+        )),
+        Protocol::Centrifugo if c.compress => Err(AppError::Config(
+            "--compress is not supported with --protocol centrifugo".into(),
+        )),
+        Protocol::Relay if c.publish_via == PublishVia::Api || c.api_url.is_some() => Err(
+            AppError::Config("--publish-via api and --api-url need --protocol centrifugo".into()),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The run's directory (`-o`, or a dated one under `--results-dir`), created; none with
@@ -160,22 +181,29 @@ fn start_servers(
     Ok(())
 }
 
-/// Adds the client token (`--token`, or minted from `--token-secret-file`) to every target.
-fn add_token(c: &CommonArgs, targets: &mut [Target]) -> Result<(), AppError> {
+/// The client token (`--token`, or minted from `--token-secret-file`): added to every target's
+/// query (relay), or returned for the connect command (Centrifugo).
+fn add_token(c: &CommonArgs, targets: &mut [Target]) -> Result<Option<String>, AppError> {
+    let allow = match c.protocol {
+        Protocol::Relay => token::RELAY_ALLOW,
+        Protocol::Centrifugo => token::CENTRIFUGO_ALLOW,
+    };
     let token = match (&c.token, &c.token_secret_file) {
         (Some(token), _) => Some(token.clone()),
         (None, Some(secret)) => Some(
-            crate::load::token::mint_from_file(secret)
-                .map_err(|e| AppError::Config(e.to_string()))?,
+            token::mint_from_file(secret, allow).map_err(|e| AppError::Config(e.to_string()))?,
         ),
         (None, None) => None,
     };
+    if c.protocol == Protocol::Centrifugo {
+        return Ok(token);
+    }
     if let Some(token) = &token {
         for target in targets {
             target.add_token(token);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// loadgen's CPUs (`--cpus`, every CPU with `--pin`, or those the servers left) and its reader

@@ -35,7 +35,9 @@ use crate::load::client::{ConnectError, ConnectJob, ConnectOptions, Target};
 use crate::load::clock;
 use crate::load::payload::{Stamp, STAMP_LEN};
 use crate::load::ramp::connect_many;
-use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderError, Role, StepClock};
+use crate::load::reader::{
+    self, Command, ReaderConfig, ReaderConn, ReaderError, Role, StepClock, Wire,
+};
 use crate::load::recorder::Topology;
 use crate::load::topology::Placement;
 
@@ -123,6 +125,7 @@ pub fn measure(cfg: &CeilingConfig) -> Result<CeilingReport, CeilingError> {
                 rcvbuf_bytes: None,
                 timeout: Duration::from_secs(10),
                 compress: false,
+                join: None,
             },
         })
         .collect();
@@ -139,6 +142,8 @@ pub fn measure(cfg: &CeilingConfig) -> Result<CeilingReport, CeilingError> {
                 },
                 leftover: c.leftover,
                 deflate: false,
+                wire: Wire::Relay,
+                write_lock: None,
             }),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);

@@ -6,11 +6,13 @@
 //! every failure has a short cause ([`ConnectError::cause`]) for the report's counts.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use thiserror::Error;
 
+use crate::load::centrifugo::Join;
 use crate::load::clock;
 
 /// Where to connect: the server address and the channel path prefix from `--url`.
@@ -94,6 +96,14 @@ impl Target {
         }
     }
 
+    /// The URL's own request target: its path, with its query.
+    pub fn request_path(&self) -> String {
+        match &self.query {
+            Some(query) => format!("{}?{query}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
     /// Adds `token=TOKEN` to the query every connection sends (and to the URL reports show).
     pub fn add_token(&mut self, token: &str) {
         let param = format!("token={token}");
@@ -141,6 +151,10 @@ pub enum ConnectError {
     Closed(String),
     #[error("socket error during the upgrade: {0}")]
     Io(std::io::Error),
+    #[error("the server refused the set-up: {0}")]
+    Refused(String),
+    #[error("no reply to the set-up commands within {0:?}")]
+    NoReply(Duration),
     #[error("not attempted after earlier failures")]
     Skipped,
 }
@@ -168,6 +182,8 @@ impl ConnectError {
                 "reset during the upgrade".into()
             }
             ConnectError::Io(e) => format!("socket error: {e}"),
+            ConnectError::Refused(why) => format!("refused: {why}"),
+            ConnectError::NoReply(_) => "no reply to the set-up in time".into(),
             ConnectError::Skipped => "not attempted".into(),
         }
     }
@@ -196,6 +212,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Offer permessage-deflate ([`DEFLATE_OFFER`]).
     pub compress: bool,
+    /// Commands to send after the upgrade, and their replies to wait for (Centrifugo).
+    pub join: Option<Arc<Join>>,
 }
 
 /// What `--compress` offers: permessage-deflate without context takeover either way, so every

@@ -71,6 +71,7 @@ pub fn hold_idle(
                 rcvbuf_bytes: None,
                 timeout: cfg.connect_timeout,
                 compress: false,
+                join: None,
             },
         })
         .collect();

@@ -3,21 +3,25 @@
 //! Bottom up: [`clock`] (one monotonic clock, precise sleeps), [`schedule`] (when each message
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
 //! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
-//! connect failures), [`ramp`] (many connections opened concurrently, each on its own deadline),
-//! [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
+//! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
+//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a
 //! set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
 //! [`idle`] (idle connections held to measure memory); [`token`] (client tokens for servers
-//! that require them); [`ceiling`] (loadgen's own receive
+//! that require them); [`centrifugo`] (Centrifugo's client protocol) and [`http_api`]
+//! (publishing through its HTTP API); [`ceiling`] (loadgen's own receive
 //! ceiling against a minimal source). Nothing here knows about commands,
 //! reports or the servers being compared; below it is only [`crate::sys`].
 
 pub mod ceiling;
+pub mod centrifugo;
 pub mod client;
+pub mod clients;
 pub mod clock;
 pub mod contention;
 pub mod epoll;
+pub mod http_api;
 pub mod idle;
 pub mod inflate;
 pub mod pacer;

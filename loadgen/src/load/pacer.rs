@@ -7,22 +7,31 @@
 //! sends every message already due at once, each stamped with its own intended time, in one
 //! write per publisher. The lag between intended and actual send time is reported: it is the
 //! pacer's own error, already included in the latencies (measured from intended times).
+//!
+//! With `--protocol centrifugo` each message is a publish command (or an HTTP API request)
+//! built by [`crate::load::centrifugo::PublishEncoder`] instead of a binary frame; pacing and
+//! the one write per publisher per wake-up are the same.
 
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use ringcast_proto::frame::{encode_header, OpCode, MAX_HEADER_LEN};
 
+use crate::load::centrifugo::{PublishEncoder, FIRST_PUBLISH_ID};
 use crate::load::clock;
 use crate::load::payload::{Stamp, STAMP_LEN};
 use crate::load::recorder::new_histogram;
 use crate::load::schedule::Schedule;
+
+/// Held by whoever writes on a publisher's socket besides the pacer (the reader answering a
+/// Centrifugo ping), and by the pacer around its writes: a pong never lands inside a message.
+pub type WriteLock = Arc<Mutex<()>>;
 
 /// A publisher's write side.
 #[derive(Debug)]
@@ -31,6 +40,8 @@ pub struct PublisherSocket {
     /// Its global number (in the stamp of what it sends).
     pub id: u32,
     pub channel: u32,
+    /// Shared with its reader when the reader may write too (Centrifugo's pongs).
+    pub write_lock: Option<WriteLock>,
 }
 
 /// Configuration of the pacer thread.
@@ -50,6 +61,8 @@ pub struct PacerConfig {
     pub send_timeout: Duration,
     /// Try to run the pacer under SCHED_FIFO.
     pub realtime: bool,
+    /// Centrifugo's messages (publish commands or API requests); `None`: relay frames.
+    pub centrifugo: Option<PublishEncoder>,
 }
 
 /// What the pacer did in one step.
@@ -91,6 +104,7 @@ pub struct PacerHandle {
 
 struct Publisher {
     stream: TcpStream,
+    write_lock: Option<WriteLock>,
     id: u32,
     channel: u32,
     seq: u64,
@@ -117,7 +131,7 @@ pub fn spawn(cfg: PacerConfig) -> io::Result<PacerHandle> {
     })
 }
 
-fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>) {
+fn pacer_main(mut cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>) {
     if let Some(cpus) = &cfg.cpus {
         let _ = ringcast_os::affinity::pin_current_thread(cpus);
     }
@@ -134,6 +148,7 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
         .into_iter()
         .map(|p| Publisher {
             stream: p.stream,
+            write_lock: p.write_lock,
             id: p.id,
             channel: p.channel,
             seq: 0,
@@ -190,24 +205,29 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                 key_state ^= key_state >> 7;
                 key_state ^= key_state << 17;
                 let key = (key_state as u32).to_le_bytes();
-                let hl = encode_header(
-                    &mut header,
-                    true,
-                    OpCode::Binary,
-                    Some(key),
-                    cfg.body.len() as u64,
-                );
-                p.batch.extend_from_slice(&header[..hl]);
-                let start = p.batch.len();
-                p.batch.extend_from_slice(&cfg.body);
-                Stamp {
+                let stamp = Stamp {
                     run_tag: cfg.run_tag,
                     publisher: p.id,
                     seq: p.seq,
                     intended_ns,
+                };
+                if let Some(enc) = cfg.centrifugo.as_mut() {
+                    let id = p.seq + FIRST_PUBLISH_ID;
+                    enc.append(&mut p.batch, p.channel, &stamp, id, key);
+                } else {
+                    let hl = encode_header(
+                        &mut header,
+                        true,
+                        OpCode::Binary,
+                        Some(key),
+                        cfg.body.len() as u64,
+                    );
+                    p.batch.extend_from_slice(&header[..hl]);
+                    let start = p.batch.len();
+                    p.batch.extend_from_slice(&cfg.body);
+                    stamp.write(&mut p.batch[start..start + STAMP_LEN]);
+                    ringcast_proto::mask::apply_mask(&mut p.batch[start..], key);
                 }
-                .write(&mut p.batch[start..start + STAMP_LEN]);
-                ringcast_proto::mask::apply_mask(&mut p.batch[start..], key);
                 p.seq += 1;
                 p.batch_msgs += 1;
                 report.sent += 1;
@@ -227,7 +247,13 @@ fn pacer_main(cfg: PacerConfig, rx: Receiver<PacerCommand>, live: Arc<AtomicU64>
                     continue;
                 }
                 report.write_calls += 1;
-                if let Err(e) = p.stream.write_all(&p.batch) {
+                let guard = p
+                    .write_lock
+                    .as_deref()
+                    .map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
+                let written = p.stream.write_all(&p.batch);
+                drop(guard);
+                if let Err(e) = written {
                     // Messages in a failed write may or may not have left: count them as sent
                     // (the subscribers' counts say whether they arrived) and stop this publisher.
                     p.failed = true;
@@ -267,6 +293,7 @@ mod tests {
                 stream: TcpStream::connect(addr).unwrap(),
                 id,
                 channel: 0,
+                write_lock: None,
             })
             .collect();
         let readers: Vec<_> = (0..2)
@@ -289,6 +316,7 @@ mod tests {
             cpus: None,
             send_timeout: Duration::from_secs(5),
             realtime: false,
+            centrifugo: None,
         })
         .unwrap();
         let start_ns = clock::now_ns() + 20_000_000;

@@ -10,16 +10,22 @@
 //! Once `max_failures` connections have failed the ones not yet started are skipped, so a dead
 //! server ends a large ramp quickly. Progress (connected, failed, in flight) is reported about
 //! once a second. A finished connection is handed back as a blocking `TcpStream`.
+//!
+//! A connection with set-up commands ([`Join`]: Centrifugo's connect and subscribe) sends them
+//! after its upgrade and is connected once every reply has arrived; an error reply fails it
+//! with the server's reason.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::load::centrifugo::{Join, JoinProgress};
 use crate::load::client::{random_key, ConnectError, ConnectJob, Connected, Target, DEFLATE_OFFER};
 use crate::load::clock;
 use crate::load::epoll::{Epoll, NO_EVENT};
@@ -87,6 +93,18 @@ enum State {
         response: Vec<u8>,
         connect_ns: u64,
         sent_ns: u64,
+    },
+    /// Upgraded; sending the set-up commands and waiting for their replies.
+    Joining {
+        stream: TcpStream,
+        join: Arc<Join>,
+        written: usize,
+        /// Only readable is watched (the commands are written).
+        reading: bool,
+        response: Vec<u8>,
+        connect_ns: u64,
+        sent_ns: u64,
+        deflate: bool,
     },
     Finished,
 }
@@ -234,7 +252,7 @@ impl<'a> Ramp<'a> {
         let state = std::mem::replace(&mut self.states[i], State::Finished);
         let fd = match &state {
             State::Connecting { socket, .. } => socket.as_raw_fd(),
-            State::Upgrading { stream, .. } => stream.as_raw_fd(),
+            State::Upgrading { stream, .. } | State::Joining { stream, .. } => stream.as_raw_fd(),
             _ => -1,
         };
         self.epoll.delete(fd);
@@ -368,46 +386,113 @@ impl<'a> Ramp<'a> {
             }
             other => {
                 self.states[i] = other;
-                if matches!(self.states[i], State::Upgrading { .. }) {
+                if matches!(
+                    self.states[i],
+                    State::Upgrading { .. } | State::Joining { .. }
+                ) {
                     self.upgrade(i, now);
                 }
             }
         }
     }
 
-    /// Writes what is left of the request and reads what the server answered.
+    /// Writes what is left of the request (or the set-up commands) and reads what the server
+    /// answered.
     fn upgrade(&mut self, i: usize, now: u64) {
-        match step_upgrade(&mut self.states[i], now) {
-            Step::Wait => {}
+        let step = if matches!(self.states[i], State::Joining { .. }) {
+            step_join(&mut self.states[i], now)
+        } else {
+            step_upgrade(&mut self.states[i], now)
+        };
+        match step {
+            Step::Wait => self.watch_replies(i),
             Step::Fail(e) => self.finish(i, Err(e)),
             Step::Accepted {
                 leftover,
                 connect_ns,
                 handshake_ns,
                 deflate,
-            } => {
-                let Some(stream) = self.take_stream(i) else {
-                    return;
-                };
-                let result = stream
-                    .set_nonblocking(false)
-                    .map(|()| Connected {
+            } if matches!(self.states[i], State::Upgrading { .. }) => {
+                if let Some(join) = self.jobs[i].opts.join.clone() {
+                    let State::Upgrading { stream, .. } =
+                        std::mem::replace(&mut self.states[i], State::NotStarted)
+                    else {
+                        return;
+                    };
+                    self.states[i] = State::Joining {
                         stream,
-                        leftover,
+                        join,
+                        written: 0,
+                        reading: false,
+                        response: leftover,
                         connect_ns,
-                        handshake_ns,
+                        sent_ns: now.saturating_sub(handshake_ns),
                         deflate,
-                    })
-                    .map_err(ConnectError::Io);
-                self.finish_taken(i, result);
+                    };
+                    self.upgrade(i, now);
+                } else {
+                    self.hand_over(i, leftover, connect_ns, handshake_ns, deflate);
+                }
+            }
+            Step::Accepted {
+                leftover,
+                connect_ns,
+                handshake_ns,
+                deflate,
+            } => self.hand_over(i, leftover, connect_ns, handshake_ns, deflate),
+        }
+    }
+
+    /// Once a connection's set-up commands are written, watches it for readable only
+    /// (level-triggered writable would wake every wait until the replies).
+    fn watch_replies(&mut self, i: usize) {
+        if let State::Joining {
+            stream,
+            join,
+            written,
+            reading,
+            ..
+        } = &mut self.states[i]
+        {
+            if !*reading && *written >= join.frame.len() {
+                *reading = true;
+                let fd = stream.as_raw_fd();
+                if let Err(e) = self.epoll.modify(fd, i as u64, libc::EPOLLIN as u32) {
+                    self.finish(i, Err(ConnectError::Io(e)));
+                }
             }
         }
+    }
+
+    /// Connection `i` is connected: its stream goes back blocking, with what followed.
+    fn hand_over(
+        &mut self,
+        i: usize,
+        leftover: Vec<u8>,
+        connect_ns: u64,
+        handshake_ns: u64,
+        deflate: bool,
+    ) {
+        let Some(stream) = self.take_stream(i) else {
+            return;
+        };
+        let result = stream
+            .set_nonblocking(false)
+            .map(|()| Connected {
+                stream,
+                leftover,
+                connect_ns,
+                handshake_ns,
+                deflate,
+            })
+            .map_err(ConnectError::Io);
+        self.finish_taken(i, result);
     }
 
     /// Takes connection `i`'s stream out of the epoll set for a successful hand-over.
     fn take_stream(&mut self, i: usize) -> Option<TcpStream> {
         match std::mem::replace(&mut self.states[i], State::Finished) {
-            State::Upgrading { stream, .. } => {
+            State::Upgrading { stream, .. } | State::Joining { stream, .. } => {
                 self.epoll.delete(stream.as_raw_fd());
                 Some(stream)
             }
@@ -444,6 +529,7 @@ impl<'a> Ramp<'a> {
                     ),
                 },
                 State::Upgrading { .. } => ConnectError::Timeout(timeout),
+                State::Joining { .. } => ConnectError::NoReply(timeout),
                 State::NotStarted | State::Finished => continue,
             };
             self.finish(i, Err(error));
@@ -486,25 +572,7 @@ fn step_upgrade(state: &mut State, now: u64) -> Step {
             Err(e) => return Step::Fail(ConnectError::Io(e)),
         }
     }
-    let mut chunk = [0u8; 4096];
-    let mut ended = false;
-    let mut failure = None;
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                ended = true;
-                break;
-            }
-            Ok(n) => response.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                ended = true;
-                failure = Some(e);
-                break;
-            }
-        }
-    }
+    let (ended, failure) = read_available(stream, response);
     match ringcast_proto::handshake::parse_response(response, key) {
         Ok(Some(consumed)) => Step::Accepted {
             leftover: response[consumed..].to_vec(),
@@ -530,6 +598,60 @@ fn step_upgrade(state: &mut State, now: u64) -> Step {
             }
         },
         Ok(None) => Step::Wait,
+    }
+}
+
+/// Writes what is left of the set-up commands, reads what has arrived, and judges the replies.
+fn step_join(state: &mut State, now: u64) -> Step {
+    let State::Joining {
+        stream,
+        join,
+        written,
+        response,
+        connect_ns,
+        sent_ns,
+        deflate,
+        ..
+    } = state
+    else {
+        return Step::Wait;
+    };
+    while *written < join.frame.len() {
+        match stream.write(&join.frame[*written..]) {
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Step::Fail(ConnectError::Io(e)),
+        }
+    }
+    let (ended, failure) = read_available(stream, response);
+    match join.judge(response) {
+        JoinProgress::Joined { consumed } => Step::Accepted {
+            leftover: response[consumed..].to_vec(),
+            connect_ns: *connect_ns,
+            handshake_ns: now.saturating_sub(*sent_ns),
+            deflate: *deflate,
+        },
+        JoinProgress::Refused(why) => Step::Fail(ConnectError::Refused(why)),
+        JoinProgress::Wait if ended => Step::Fail(match failure {
+            Some(e) => ConnectError::Io(e),
+            None => ConnectError::Refused("closed before replying to the set-up".into()),
+        }),
+        JoinProgress::Wait => Step::Wait,
+    }
+}
+
+/// Reads everything `stream` has into `into`; whether the stream ended, and its error.
+fn read_available(stream: &mut TcpStream, into: &mut Vec<u8>) -> (bool, Option<std::io::Error>) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (true, None),
+            Ok(n) => into.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return (false, None),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (true, Some(e)),
+        }
     }
 }
 

@@ -24,16 +24,19 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use hdrhistogram::Histogram;
 use ringcast_proto::frame::{decode_header, encode_header, FrameHeader, OpCode, MAX_HEADER_LEN};
 use thiserror::Error;
 
+use crate::load::centrifugo;
 use crate::load::clock;
 use crate::load::epoll::{Epoll, NO_EVENT};
+use crate::load::http_api;
 use crate::load::inflate::HeadInflater;
+use crate::load::pacer::WriteLock;
 use crate::load::recorder::{
     new_histogram, DeliveryCounts, FanoutTable, Recorder, SeqTracker, Taken, Topology,
 };
@@ -72,6 +75,18 @@ pub enum Role {
     Publisher,
 }
 
+/// What a connection's bytes are, to the parser: chosen once per connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    /// WebSocket frames, each data frame one stamped message.
+    #[default]
+    Relay,
+    /// WebSocket text frames of Centrifugo's JSON protocol ([`centrifugo`]).
+    Centrifugo,
+    /// HTTP responses to a publisher's API requests ([`http_api`]).
+    HttpApi,
+}
+
 /// A connection handed to a reader.
 #[derive(Debug)]
 pub struct ReaderConn {
@@ -80,6 +95,9 @@ pub struct ReaderConn {
     pub leftover: Vec<u8>,
     /// permessage-deflate was negotiated: data frames may have RSV1 set.
     pub deflate: bool,
+    pub wire: Wire,
+    /// A publisher's write lock, shared with the pacer: held to answer a ping on its socket.
+    pub write_lock: Option<WriteLock>,
 }
 
 /// Step boundaries shared by the main thread with every reader (monotonic ns, `clock::now_ns`).
@@ -232,6 +250,8 @@ struct ConnState {
     broken: bool,
     /// permessage-deflate was negotiated.
     deflate: bool,
+    wire: Wire,
+    write_lock: Option<WriteLock>,
 }
 
 impl ConnState {
@@ -256,6 +276,8 @@ impl ConnState {
             waiting_for_stall: matches!(role, Role::Subscriber { stalled: true, .. }),
             broken: false,
             deflate,
+            wire: Wire::Relay,
+            write_lock: None,
         }
     }
 }
@@ -337,7 +359,10 @@ impl Reader {
             if !c.leftover.is_empty() {
                 leftovers.push((i, c.leftover));
             }
-            conns.push(ConnState::new(Some(c.stream), c.role, &topo, c.deflate));
+            let mut state = ConnState::new(Some(c.stream), c.role, &topo, c.deflate);
+            state.wire = c.wire;
+            state.write_lock = c.write_lock;
+            conns.push(state);
         }
         let mut r = Reader {
             epoll,
@@ -574,10 +599,13 @@ impl Reader {
     }
 }
 
-/// How many payload bytes of a cut frame are kept: all that is read of it.
+/// How many payload bytes of a cut frame are kept: all that is read of it (all of it for
+/// Centrifugo, whose frames may hold several messages).
 #[inline]
-fn kept_payload(h: &FrameHeader) -> usize {
-    let limit = if h.rsv & RSV1 != 0 {
+fn kept_payload<const CENTRIFUGO: bool>(h: &FrameHeader) -> usize {
+    let limit = if CENTRIFUGO {
+        MAX_FRAME_PAYLOAD as usize
+    } else if h.rsv & RSV1 != 0 {
         CARRY_COMPRESSED
     } else {
         CARRY_PAYLOAD
@@ -585,8 +613,44 @@ fn kept_payload(h: &FrameHeader) -> usize {
     (h.payload_len as usize).min(limit)
 }
 
-/// Feeds bytes received on `conn` through the frame parser.
+/// Feeds bytes received on `conn` through its parser (the protocol chosen once per read, not
+/// per frame).
+#[inline]
 fn process_bytes(
+    conn: &mut ConnState,
+    rec: &mut Recorder,
+    inflater: &mut HeadInflater,
+    data: &[u8],
+    recv_ns: u64,
+) {
+    match conn.wire {
+        Wire::Relay => process_frames::<false>(conn, rec, inflater, data, recv_ns),
+        Wire::Centrifugo => process_frames::<true>(conn, rec, inflater, data, recv_ns),
+        Wire::HttpApi => process_responses(conn, rec, data),
+    }
+}
+
+/// Counts the API responses in bytes a publisher received (its carry holds an unfinished one).
+fn process_responses(conn: &mut ConnState, rec: &mut Recorder, data: &[u8]) {
+    if conn.broken {
+        return;
+    }
+    match http_api::on_response_bytes(&mut conn.carry, data) {
+        Some(r) => {
+            rec.counts.publisher_frames += r.complete;
+            rec.counts.server_errors += r.errors;
+        }
+        None => {
+            rec.counts.malformed += 1;
+            conn.carry.clear();
+            conn.broken = true;
+        }
+    }
+}
+
+/// Feeds WebSocket bytes received on `conn` through the frame parser: relay messages, or
+/// Centrifugo's text frames.
+fn process_frames<const CENTRIFUGO: bool>(
     conn: &mut ConnState,
     rec: &mut Recorder,
     inflater: &mut HeadInflater,
@@ -626,7 +690,7 @@ fn process_bytes(
                         return;
                     }
                     let total = hl + h.payload_len as usize;
-                    let kept_total = hl + kept_payload(&h);
+                    let kept_total = hl + kept_payload::<CENTRIFUGO>(&h);
                     let take = (total - conn.carry_seen.min(total)).min(data.len());
                     let keep = kept_total.saturating_sub(conn.carry.len()).min(take);
                     conn.carry.extend_from_slice(&data[..keep]);
@@ -637,7 +701,14 @@ fn process_bytes(
                     }
                     let carry = std::mem::take(&mut conn.carry);
                     // The payload's start only: all that is read of a cut data frame.
-                    on_frame(conn, rec, inflater, &h, &carry[hl..kept_total], recv_ns);
+                    on_frame::<CENTRIFUGO>(
+                        conn,
+                        rec,
+                        inflater,
+                        &h,
+                        &carry[hl..kept_total],
+                        recv_ns,
+                    );
                     conn.carry = carry;
                     conn.carry.clear();
                     conn.carry_seen = 0;
@@ -660,13 +731,20 @@ fn process_bytes(
         if let (Some((channel, target)), Some(&[b0, b1])) = (subscriber, data.get(pos..pos + 2)) {
             let end = pos + 2 + usize::from(b1);
             if (b0 == 0x82 || b0 == 0x81) && b1 < 126 && end <= data.len() {
-                rec.on_message(
-                    &data[pos + 2..end],
-                    channel,
-                    target,
-                    &mut conn.trackers,
-                    recv_ns,
-                );
+                let payload = &data[pos + 2..end];
+                if CENTRIFUGO {
+                    centrifugo::on_subscriber_text(
+                        payload,
+                        conn.fd,
+                        rec,
+                        channel,
+                        target,
+                        &mut conn.trackers,
+                        recv_ns,
+                    );
+                } else {
+                    rec.on_message(payload, channel, target, &mut conn.trackers, recv_ns);
+                }
                 pos = end;
                 continue;
             }
@@ -682,7 +760,7 @@ fn process_bytes(
                 if end > data.len() {
                     break;
                 }
-                on_frame(conn, rec, inflater, &h, &data[pos + hl..end], recv_ns);
+                on_frame::<CENTRIFUGO>(conn, rec, inflater, &h, &data[pos + hl..end], recv_ns);
                 pos = end;
             }
             Ok(None) => break,
@@ -696,7 +774,7 @@ fn process_bytes(
     if pos < data.len() {
         let cut = &data[pos..];
         let keep = match decode_header(cut) {
-            Ok(Some((h, hl))) => hl + kept_payload(&h),
+            Ok(Some((h, hl))) => hl + kept_payload::<CENTRIFUGO>(&h),
             _ => CARRY_MAX,
         };
         conn.carry.extend_from_slice(&cut[..cut.len().min(keep)]);
@@ -705,7 +783,7 @@ fn process_bytes(
 }
 
 #[inline]
-fn on_frame(
+fn on_frame<const CENTRIFUGO: bool>(
     conn: &mut ConnState,
     rec: &mut Recorder,
     inflater: &mut HeadInflater,
@@ -725,6 +803,19 @@ fn on_frame(
                 channel, target, ..
             },
         ) => {
+            if CENTRIFUGO {
+                // Never compressed: --compress is refused with this protocol.
+                centrifugo::on_subscriber_text(
+                    payload,
+                    conn.fd,
+                    rec,
+                    channel,
+                    target,
+                    &mut conn.trackers,
+                    recv_ns,
+                );
+                return;
+            }
             if h.rsv & RSV1 == 0 {
                 rec.on_message(payload, channel, target, &mut conn.trackers, recv_ns);
                 return;
@@ -733,6 +824,19 @@ fn on_frame(
             match inflater.head(payload) {
                 Some(head) => rec.on_message(head, channel, target, &mut conn.trackers, recv_ns),
                 None => rec.counts.malformed += 1,
+            }
+        }
+        (OpCode::Binary | OpCode::Text, Role::Publisher) if CENTRIFUGO => {
+            let pings = centrifugo::on_publisher_text(payload, rec);
+            if pings > 0 {
+                // The pacer writes on this socket too: a pong must not land inside a message.
+                let _guard = conn
+                    .write_lock
+                    .as_deref()
+                    .map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
+                for _ in 0..pings {
+                    centrifugo::send_pong(conn.fd, true);
+                }
             }
         }
         (OpCode::Binary | OpCode::Text, Role::Publisher) => rec.counts.publisher_frames += 1,

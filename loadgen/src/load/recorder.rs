@@ -154,6 +154,10 @@ pub struct DeliveryCounts {
     /// Data frames subscribers received compressed (permessage-deflate, RSV1).
     #[serde(default)]
     pub compressed: u64,
+    /// Error replies from the server (Centrifugo's `{"error":...}` replies; HTTP API responses
+    /// other than 200, or with an error).
+    #[serde(default)]
+    pub server_errors: u64,
 }
 
 impl DeliveryCounts {
@@ -172,6 +176,7 @@ impl DeliveryCounts {
         self.publisher_frames += o.publisher_frames;
         self.wire_bytes += o.wire_bytes;
         self.compressed += o.compressed;
+        self.server_errors += o.server_errors;
     }
 }
 

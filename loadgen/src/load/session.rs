@@ -9,7 +9,8 @@
 //! the result ([`crate::load::step::merge`]).
 //!
 //! A session runs its part of the run's clients (all of them, for one process) against one or
-//! several servers, as its [`LoadConfig`] says.
+//! several servers, as its [`LoadConfig`] says, in the protocol it says ([`Clients`]: what
+//! each connection sends first and how its bytes are read).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -21,10 +22,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::load::client::{ConnectError, ConnectJob, ConnectOptions, Target};
+use crate::load::clients::Clients;
 use crate::load::clock;
 use crate::load::contention::MachineReading;
 use crate::load::pacer::{
-    self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket,
+    self, PacerCommand, PacerConfig, PacerHandle, PacerReport, PublisherSocket, WriteLock,
 };
 use crate::load::ramp::{connect_many, RampProgress};
 use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, ReaderHandle, Role, StepClock};
@@ -342,10 +344,11 @@ impl Session {
                 Some(cfg.source_ips[i % cfg.source_ips.len()])
             }
         };
+        let clients = Clients::new(&cfg.spec, &cfg.targets)?;
         let path = |target: u32, ch: u32| {
             cfg.targets
                 .get(target as usize)
-                .map(|t| t.channel_path(ch, topology.channels))
+                .map(|t| clients.path(t, ch, topology.channels))
                 .unwrap_or_default()
         };
         for s in share.subscribers.clone() {
@@ -359,11 +362,18 @@ impl Session {
                     rcvbuf_bytes: (s < cfg.spec.stall_subscribers).then_some(4096),
                     timeout: cfg.spec.connect_timeout,
                     compress: cfg.spec.compress,
+                    join: clients.subscriber_join(ch),
                 },
             });
             roles.push(format!("subscriber {s}"));
         }
-        for p in share.publishers.clone() {
+        // Publishers through the HTTP API connect after the ramp, without an upgrade.
+        let ws_publishers = if clients.api.is_some() {
+            share.publishers.start..share.publishers.start
+        } else {
+            share.publishers.clone()
+        };
+        for p in ws_publishers {
             let ch = topology.channel_of_publisher(p);
             let target = placement.publisher_target(p);
             jobs.push(ConnectJob {
@@ -374,6 +384,7 @@ impl Session {
                     rcvbuf_bytes: None,
                     timeout: cfg.spec.connect_timeout,
                     compress: cfg.spec.compress,
+                    join: clients.connect.clone(),
                 },
             });
             roles.push(format!("publisher {p}"));
@@ -418,23 +429,37 @@ impl Session {
                     },
                     leftover: c.leftover,
                     deflate: c.deflate,
+                    wire: clients.wire(),
+                    write_lock: None,
                 });
             } else {
                 let p = share.publishers.start + (i - n_subscribers) as u32;
                 let dup = c.stream.try_clone()?;
+                let write_lock = clients.connect.is_some().then(WriteLock::default);
                 per_reader[(i - n_subscribers) % threads].push(ReaderConn {
                     stream: dup,
                     role: Role::Publisher,
                     leftover: c.leftover,
                     deflate: c.deflate,
+                    wire: clients.wire(),
+                    write_lock: write_lock.clone(),
                 });
                 pub_sockets.push(PublisherSocket {
                     stream: c.stream,
                     id: p,
                     channel: topology.channel_of_publisher(p),
+                    write_lock,
                 });
             }
         }
+        clients.connect_api_publishers(
+            &share.publishers,
+            &placement,
+            &topology,
+            cfg.spec.connect_timeout,
+            &mut per_reader,
+            &mut pub_sockets,
+        )?;
         let run_tag = cfg.part.run_tag.unwrap_or_else(|| {
             (clock::now_ns() as u32) ^ std::process::id().rotate_left(16) ^ 0x5bd1_e995
         });
@@ -461,10 +486,12 @@ impl Session {
                 clock_shared.clone(),
             )?);
         }
+        let body = cfg.spec.payload.body(cfg.spec.size);
         let pacer = pacer::spawn(PacerConfig {
             publishers: pub_sockets,
             channels: topology.channels,
-            body: cfg.spec.payload.body(cfg.spec.size),
+            centrifugo: clients.encoder(&cfg.spec, &body)?,
+            body,
             run_tag,
             spin_ns: cfg.spec.spin_ns,
             cpus: cfg.part.cpus.clone(),

@@ -9,6 +9,7 @@
 //! resolved on its own machine.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,82 @@ pub struct RunSpec {
     /// The first N subscribers stop reading for `stall_ns` from the first step's start.
     pub stall_subscribers: u32,
     pub stall_ns: u64,
+    /// What the clients speak: the relay protocol, or Centrifugo's JSON protocol.
+    pub protocol: Protocol,
+    /// How publishers publish (Centrifugo): as clients on a WebSocket, or through the HTTP API.
+    pub publish_via: PublishVia,
+    /// The HTTP API's publish endpoint (`http://HOST:PORT/api/publish`); none: on the
+    /// WebSocket URL's host and port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The file holding the HTTP API's key (read by every process; the key itself is never
+    /// echoed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// The client token sent in a protocol message (Centrifugo's connect); the relay protocol
+    /// carries its token in the URL's query instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+/// The protocol clients speak.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Every binary message a client sends goes to every other client on its path.
+    #[default]
+    Relay,
+    /// Centrifugo's JSON protocol: connect, subscribe, publish commands; pushes, pings.
+    Centrifugo,
+}
+
+/// How publishers publish (Centrifugo).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishVia {
+    /// Publish commands on the publisher's own WebSocket connection.
+    #[default]
+    Client,
+    /// POST /api/publish over one keep-alive HTTP/1.1 connection per publisher.
+    Api,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Relay => "relay",
+            Protocol::Centrifugo => "centrifugo",
+        }
+    }
+}
+
+impl PublishVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishVia::Client => "client",
+            PublishVia::Api => "api",
+        }
+    }
 }
 
 /// A [`Duration`] as an integer number of nanoseconds.
@@ -245,6 +322,11 @@ mod tests {
             pacer_realtime: true,
             stall_subscribers: 5,
             stall_ns: 2_000_000_000,
+            protocol: Protocol::Centrifugo,
+            publish_via: PublishVia::Api,
+            api_url: Some("http://127.0.0.1:1/api/publish".into()),
+            api_key_file: Some("/tmp/key".into()),
+            client_token: Some("a.b.c".into()),
             ..RunSpec::default()
         }
         .on_servers(
@@ -272,6 +354,12 @@ mod tests {
         assert_eq!(v["pinned_cpus"], serde_json::json!([1, 2]));
         assert_eq!(v["connect_timeout_ns"], 10_250_000_000u64);
         assert_eq!(v["url"], "ws://127.0.0.1:1/bench");
+        assert_eq!(v["protocol"], "centrifugo");
+        assert_eq!(v["publish_via"], "api");
+        let relay = serde_json::to_value(RunSpec::default()).unwrap();
+        assert_eq!(relay["protocol"], "relay");
+        assert_eq!(relay["publish_via"], "client");
+        assert!(relay.get("api_key_file").is_none() && relay.get("client_token").is_none());
         let one = serde_json::to_value(spec().on_servers(vec!["ws://h:9/b".into()], vec![0]));
         let one = one.unwrap();
         assert!(one.get("urls").is_none() && one.get("publish_on").is_none());

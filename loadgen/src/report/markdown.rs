@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::report::model::{machine_description, Summary};
 use crate::report::table::step_row;
-use crate::report::text::render_text;
+use crate::report::text::{protocol_label, render_text};
 use crate::report::{ceiling, spread};
 use crate::sys::machine::MachineInfo;
 use crate::units::{fmt_ns, fmt_rate};
@@ -60,6 +60,7 @@ pub fn render_markdown(s: &Summary) -> String {
         cpu_list(&c.cpus),
         cpu_list(&s.server.pinned_cpus)
     );
+    let _ = writeln!(out, "| protocol | {} |", protocol_label(c));
     let _ = writeln!(out, "| verdict | **{}** |\n", s.verdict);
     if !s.steps.is_empty() {
         let _ = writeln!(

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use crate::load::recorder::LatencySummary;
 use crate::load::session::StepResult;
+use crate::load::spec::{Protocol, PublishVia, RunSpec};
 use crate::report::model::Summary;
 use crate::report::table::step_row;
 use crate::report::{ceiling, spread};
@@ -113,6 +114,9 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_
             s.unsent
         );
     }
+    if c.server_errors > 0 {
+        let _ = writeln!(out, "  Server errors (error replies): {}", c.server_errors);
+    }
     let server = match (s.cpu.server_cores_used, s.cpu.server_rss_bytes) {
         (Some(c), Some(r)) => {
             let per_connection = match rss_idle {
@@ -155,6 +159,21 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_
     spread::step_text(out, s);
 }
 
+/// The protocol and how publishers publish, as the reports say it.
+pub fn protocol_label(c: &RunSpec) -> String {
+    match c.protocol {
+        Protocol::Relay => "relay".into(),
+        Protocol::Centrifugo => format!(
+            "centrifugo, publishing {} (JSON data: the stamp as hex, at least {} bytes)",
+            match c.publish_via {
+                PublishVia::Client => "as clients (publish commands)",
+                PublishVia::Api => "through the HTTP API",
+            },
+            crate::load::centrifugo::MIN_DATA_LEN
+        ),
+    }
+}
+
 /// The wrk2-style terminal summary.
 pub fn render_text(s: &Summary) -> String {
     let mut out = String::new();
@@ -177,6 +196,7 @@ pub fn render_text(s: &Summary) -> String {
             .map(|p| format!(" pinned to CPU {p:?}"))
             .unwrap_or_default()
     );
+    let _ = writeln!(out, "  protocol: {}", protocol_label(c));
     if let Some(cmd) = &s.server.command {
         let _ = writeln!(out, "  server: {cmd} (pid {})", s.server.pid.unwrap_or(0));
     }

@@ -128,6 +128,12 @@ pub struct CommonArgs {
     /// Server threads when loadgen starts the server.
     #[arg(long, default_value_t = 1)]
     pub server_threads: usize,
+    /// Hold the server loadgen starts to this fraction of one core (0 < F <= 1) with a cgroup
+    /// CPU quota (v1 or v2, as the machine has; needs root), so that on a 2-core machine the
+    /// instrument keeps headroom over the server. The capacity found is then that fraction's,
+    /// and every report says so.
+    #[arg(long, value_name = "FRACTION")]
+    pub server_cpu_quota: Option<f64>,
     /// A client token (JWT) every connection sends (`?token=`), for a server that requires
     /// tokens.
     #[arg(long, conflicts_with = "token_secret_file")]

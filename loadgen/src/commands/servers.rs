@@ -13,6 +13,7 @@ use crate::cli::CommonArgs;
 use crate::load::client::Target;
 use crate::report::model::ServerInfo;
 use crate::sys::broker::{self, BrokerProcess};
+use crate::sys::cpu_quota::{CpuQuota, Hierarchy};
 use crate::sys::server_process::{self, ServerProcess};
 
 /// A cluster for loadgen to start: `nodes` ringcast nodes linked through a nats-server.
@@ -103,7 +104,8 @@ pub(super) fn start(
                 "server.log".to_owned()
             })
         });
-        if let Err(e) = start_node(&mut started, &bin, &args, node, cpus.clone(), log) {
+        let quota = c.server_cpu_quota;
+        if let Err(e) = start_node(&mut started, &bin, &args, node, cpus.clone(), log, quota) {
             started.stop();
             return Err(e);
         }
@@ -119,6 +121,7 @@ fn start_node(
     node: u32,
     cpus: Option<Vec<usize>>,
     log: Option<PathBuf>,
+    cpu_quota: Option<f64>,
 ) -> Result<(), AppError> {
     let mut node_args = args.to_vec();
     if let Some(b) = &started.broker {
@@ -137,14 +140,33 @@ fn start_node(
         Duration::from_secs(20),
     )?;
     let target = Target::parse(&format!("ws://{}/bench", server.addr))?;
+    let pid = server.pid;
+    let command = server.command.clone();
+    // Pushed first, so that a failure below stops it with the others.
+    started.servers.push(server);
+    let quota = match cpu_quota {
+        Some(fraction) => {
+            let hierarchy = Hierarchy::detect().ok_or_else(|| {
+                AppError::Config(crate::sys::cpu_quota::QuotaError::NoController.to_string())
+            })?;
+            let quota = CpuQuota::apply(hierarchy, pid, fraction)
+                .map_err(|e| AppError::Config(e.to_string()))?;
+            let described = quota.describe();
+            if let Some(server) = started.servers.last_mut() {
+                server.hold_to(quota);
+            }
+            Some(described)
+        }
+        None => None,
+    };
     started.targets.push(target);
     started.nodes.push(ServerInfo {
-        command: Some(server.command.clone()),
-        pid: Some(server.pid),
+        command: Some(command),
+        pid: Some(pid),
         started_by_loadgen: true,
         pinned_cpus: cpus,
         exit_status: None,
+        cpu_quota: quota,
     });
-    started.servers.push(server);
     Ok(())
 }

@@ -48,6 +48,9 @@ pub fn render_markdown(s: &Summary) -> String {
         "| server | {} |",
         s.server.command.as_deref().unwrap_or("(external)")
     );
+    if let Some(quota) = &s.server.cpu_quota {
+        let _ = writeln!(out, "| server CPU quota | **{quota}** |");
+    }
     let c = &s.config.spec;
     let _ = writeln!(
         out,

@@ -57,6 +57,9 @@ pub struct ServerInfo {
     pub started_by_loadgen: bool,
     pub pinned_cpus: Option<Vec<usize>>,
     pub exit_status: Option<String>,
+    /// `--server-cpu-quota`: how the server was held to part of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<String>,
 }
 
 /// The broker of a cluster loadgen started.

@@ -200,6 +200,9 @@ pub fn render_text(s: &Summary) -> String {
     if let Some(cmd) = &s.server.command {
         let _ = writeln!(out, "  server: {cmd} (pid {})", s.server.pid.unwrap_or(0));
     }
+    if let Some(quota) = &s.server.cpu_quota {
+        let _ = writeln!(out, "  SERVER CPU QUOTA: {quota}");
+    }
     if s.nodes.len() > 1 {
         let pids: Vec<String> = s
             .nodes

@@ -7,12 +7,14 @@
 //! - [`child`]: what every process loadgen starts does before exec: die with loadgen, pin.
 //! - [`server_process`]: start the server under test, pinned, on a free port; stop it.
 //! - [`broker`]: start the nats-server of a ringcast cluster; see its subscriptions; stop it.
+//! - [`cpu_quota`]: hold the server to part of a core (a cgroup CPU quota).
 //! - [`limits`]: fail early, naming the limit, when a run needs more descriptors than allowed.
 //! - [`machine`]: cores, CPU model, memory, kernel, git commit, UTC time (the only module that
 //!   reads `/proc` files of its own).
 
 pub mod broker;
 pub mod child;
+pub mod cpu_quota;
 pub mod limits;
 pub mod machine;
 pub mod server_process;

@@ -6,6 +6,7 @@
 //! [`ringcast_os::procfs`], which serves a server started by someone else (`--server-pid`) too.
 
 use super::child::Pinning;
+use super::cpu_quota::CpuQuota;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub struct ServerProcess {
     pub pid: u32,
     pub addr: SocketAddr,
     pub command: String,
+    /// Its CPU quota (`--server-cpu-quota`), removed once the process is gone.
+    quota: Option<CpuQuota>,
 }
 
 /// Finds `ringcast` beside the running executable. Under `cargo run` (the `CARGO` variable is
@@ -158,6 +161,7 @@ impl ServerProcess {
             }
         };
         Ok(ServerProcess {
+            quota: None,
             child,
             pid,
             addr,
@@ -174,6 +178,11 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then SIGKILL after `grace`. Returns the exit status text.
+    /// Holds the server to `quota` for as long as it runs.
+    pub fn hold_to(&mut self, quota: CpuQuota) {
+        self.quota = Some(quota);
+    }
+
     pub fn stop(mut self, grace: Duration) -> String {
         // SAFETY: signalling our own child by its PID.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };

@@ -389,3 +389,44 @@ async fn pings_refresh_and_expiry() {
     client.send(&[json!({})]).await;
     assert_eq!(client.closed().await, (3005, "connection expired".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reaches_raw_connections_on_the_channel_s_path_too() {
+    let node = node(&["--threads", "2"]);
+    // Raw connections are anonymous-free here too: they need a token with `sub`.
+    let url = format!(
+        "ws://{}/news?token={}",
+        node.server.addr,
+        token("raw", 3600, all_caps())
+    );
+    let (mut raw, _) = within(
+        STEP,
+        "a raw connection",
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("connect /news");
+    let mut client = Client::connect(&node.server, &token("u", 3600, all_caps())).await;
+    client.subscribe(2, "news").await;
+    api(
+        &node.server,
+        "publish",
+        json!({"channel": "news", "data": {"n": 1}}),
+    )
+    .await;
+    let push = client.next().await;
+    assert_eq!(push["push"]["pub"]["data"], json!({"n": 1}));
+    assert_eq!(
+        next_data(&mut raw, "the data on /news").await,
+        Message::text(r#"{"n":1}"#),
+        "the raw connection gets the data alone"
+    );
+    // What a raw connection sends stays with the raw connections.
+    send(&mut raw, Message::text("raw only")).await;
+    assert_silent(
+        &mut client.ws,
+        Duration::from_millis(300),
+        "a protocol subscriber",
+    )
+    .await;
+}

@@ -165,6 +165,14 @@ async fn one_connection_reads_several_channels_each_in_order() {
     }
     assert_eq!(last["a"], 13);
     assert_eq!(last["b"], 7);
+    // A history reply has its three fields even when there is nothing to give (limit 0).
+    client
+        .send(&[json!({"id": 4, "history": {"channel": "a", "limit": 0}})])
+        .await;
+    let reply = client.next().await;
+    assert_eq!(reply["history"]["publications"], json!([]), "{reply}");
+    assert_eq!(reply["history"]["offset"], 13, "{reply}");
+    assert!(reply["history"]["epoch"].is_string(), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

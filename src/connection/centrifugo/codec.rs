@@ -270,13 +270,11 @@ pub struct SubscribeResult<'a> {
     pub was_recovering: bool,
 }
 
+/// (Always all three fields, as Centrifugo writes them, even when empty.)
 #[derive(Debug, Default, Serialize)]
 pub struct HistoryResult<'a> {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publications: Vec<PublicationOut<'a>>,
-    #[serde(skip_serializing_if = "str::is_empty")]
     pub epoch: &'a str,
-    #[serde(skip_serializing_if = "is_zero")]
     pub offset: u64,
 }
 

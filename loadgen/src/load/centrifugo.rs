@@ -17,6 +17,7 @@
 //!   the HTTP API ([`PublishEncoder`], [`crate::load::http_api`]).
 
 use std::os::fd::RawFd;
+use std::sync::{Mutex, PoisonError};
 
 use ringcast_proto::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
 
@@ -263,9 +264,15 @@ pub fn on_subscriber_text(
 }
 
 /// Takes in one text frame a publisher received (replies to its commands, pings): a publisher
-/// reads them only so that the server can write. Returns the pings, which the caller answers
-/// under the publisher's write lock (the pacer writes on the same socket).
-pub fn on_publisher_text(payload: &[u8], rec: &mut Recorder) -> u32 {
+/// reads them only so that the server can write. Its pings are answered on `fd` under the
+/// publisher's `write_lock`: the pacer writes on the same socket, and a pong must not land
+/// inside a message.
+pub fn on_publisher_text(
+    payload: &[u8],
+    rec: &mut Recorder,
+    fd: RawFd,
+    write_lock: Option<&Mutex<()>>,
+) {
     rec.counts.publisher_frames += 1;
     let mut pings = 0;
     for obj in payload.split(|&b| b == b'\n') {
@@ -276,7 +283,12 @@ pub fn on_publisher_text(payload: &[u8], rec: &mut Recorder) -> u32 {
             rec.counts.server_errors += 1;
         }
     }
-    pings
+    if pings > 0 {
+        let _guard = write_lock.map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
+        for _ in 0..pings {
+            send_pong(fd, true);
+        }
+    }
 }
 
 /// A subscriber's object without a stamp: a ping (answered), a reply, a foreign push.

@@ -4,7 +4,8 @@
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
 //! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
 //! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
-//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
+//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side) and [`parse`] (what
+//! the bytes it reads mean), [`pacer`] (send side), [`recorder`] (exact
 //! counts and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a
 //! set of connections and the rate steps run on it),
 //! [`step`] (a step's parts as data, and their merge) and
@@ -25,6 +26,7 @@ pub mod http_api;
 pub mod idle;
 pub mod inflate;
 pub mod pacer;
+pub mod parse;
 pub mod payload;
 pub mod ramp;
 pub mod reader;

@@ -186,6 +186,11 @@ pub struct CellDetail {
 /// Version of compare.json's schema.
 pub const COMPARE_SCHEMA_VERSION: u32 = 2;
 
+/// The protocol of a report written before it was recorded.
+fn relay() -> String {
+    "relay".into()
+}
+
 /// A compared server.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ServerEntry {
@@ -256,6 +261,13 @@ pub struct CompareReport {
     pub started_utc: String,
     pub finished_utc: String,
     pub mode: String,
+    /// What the clients spoke: `relay` or `centrifugo` (Centrifugo's client protocol).
+    #[serde(default = "relay")]
+    pub protocol: String,
+    /// How publishers published on Centrifugo's protocol: `client` (publish commands on their
+    /// WebSockets) or `api` (the server API); none on the relay protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_via: Option<String>,
     pub repeat: u32,
     pub slo_p99_ms: f64,
     pub step_warmup_s: f64,

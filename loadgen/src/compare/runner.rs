@@ -49,6 +49,7 @@ fn start_guess_deliveries(server: &str) -> f64 {
         "uwebsockets" => 7e5,
         "node-ws" => 2.5e4,
         "python-websockets" => 1e4,
+        "centrifugo" => 3e5,
         _ => 1e5,
     }
 }
@@ -112,7 +113,7 @@ pub fn open_live(
     log: Option<&Path>,
 ) -> Result<Live, CellError> {
     let server = def.start(plan.server_cpu, log, sc.compress)?;
-    let target = match Target::parse(&format!("ws://{}/bench", server.addr)) {
+    let target = match Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(false))) {
         Ok(t) => t,
         Err(e) => {
             server.stop(Duration::from_secs(5));
@@ -133,6 +134,10 @@ pub fn open_live(
         recv_buf_bytes: 256 * 1024,
         spin_ns: 0,
         pacer_realtime: true,
+        protocol: plan.protocol,
+        publish_via: plan.publish_via,
+        api_key_file: plan.api_key_file.clone(),
+        client_token: plan.client_token.clone(),
         ..RunSpec::default()
     }
     .on_servers(vec![target.url.clone()], Vec::new());
@@ -422,7 +427,7 @@ pub fn run_idle_cell(
         }
     };
     cell.server_command = server.command.clone();
-    let cfg = Target::parse(&format!("ws://{}/idle", server.addr))
+    let cfg = Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(true)))
         .map_err(CellError::from)
         .map(|target| HoldConfig {
             target,
@@ -433,6 +438,8 @@ pub fn run_idle_cell(
             connect_timeout: Duration::from_secs(10),
             hold: plan.idle_hold,
             server_pid: Some(server.pid),
+            protocol: plan.protocol,
+            client_token: plan.client_token.clone(),
         });
     let r = cfg.and_then(|cfg| hold_idle(&cfg, &|_| {}).map_err(CellError::from));
     match r {

@@ -99,6 +99,7 @@ impl CentrifugoSetup {
                 }
             }
         });
+        // A JSON value always serializes.
         serde_json::to_string_pretty(&config)
             .unwrap_or_default()
             .replace("\"{port}\"", "{port}")

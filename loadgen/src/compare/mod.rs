@@ -150,6 +150,10 @@ fn run_cells(plan: &Plan, scenarios: &[Scenario], defs: &[ServerDef]) -> Measure
                     continue;
                 }
                 match sc.kind {
+                    ScenarioKind::Reconnect => {
+                        m.cells
+                            .push(runner::run_reconnect_cell(plan, sc, def, rep, position));
+                    }
                     ScenarioKind::Idle => {
                         m.cells
                             .push(runner::run_idle_cell(plan, sc, def, rep, position));

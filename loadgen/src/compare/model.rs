@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::payload::Payload;
 use crate::load::session::StepResult;
+use crate::load::storm::StormReport;
 use crate::sys::machine::MachineInfo;
 
 /// What a scenario measures.
@@ -22,6 +23,9 @@ pub enum ScenarioKind {
     Load,
     /// Idle connections: resident memory per connection.
     Idle,
+    /// Subscribers that all reconnect at once and recover what they missed (Centrifugo's
+    /// protocol).
+    Reconnect,
 }
 
 /// One scenario, identical for every server.
@@ -140,6 +144,9 @@ pub struct CellRun {
     pub sweep: Vec<StepBrief>,
     pub capacity: Option<CapacityFinding>,
     pub idle: Option<IdleFinding>,
+    /// What the reconnect storm measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<StormReport>,
     /// Peak resident memory of the server (VmHWM) at the end.
     pub peak_rss_bytes: Option<u64>,
     /// Restarts after a step the server did not drain.

@@ -114,6 +114,7 @@ impl Plan {
             let connect = f64::from(sc.subscribers + sc.publishers) / 3000.0;
             let per_server = match sc.kind {
                 ScenarioKind::Idle => reps * (1.5 + connect + self.idle_hold.as_secs_f64() + 1.0),
+                ScenarioKind::Reconnect => reps * (1.5 + 3.0 * connect + 1.0),
                 ScenarioKind::Load => {
                     let step = (self.step_warmup + self.step_duration).as_secs_f64() + 0.5;
                     let fixed = (self.fixed_warmup + self.fixed_duration).as_secs_f64() + 0.5;

@@ -16,10 +16,12 @@ use thiserror::Error;
 use super::model::{CapacityFinding, CellDetail, CellRun, IdleFinding, Scenario, StepBrief};
 use super::peers::{ServerDef, StartError};
 use super::plan::Plan;
+use super::scenarios::STORM_MESSAGES;
 use crate::load::client::{AddressError, Target};
 use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::session::{Session, SessionError, StepOutcome, StepResult, StepSpec};
 use crate::load::spec::{LoadConfig, RunSpec};
+use crate::load::storm::{storm, StormConfig};
 use crate::search::{grid_index, grid_rate, step_passes, Grid, Search};
 use crate::sys::machine;
 use crate::sys::server_process::ServerProcess;
@@ -475,6 +477,78 @@ pub fn run_idle_cell(
     cell.peak_rss_bytes = ringcast_os::procfs::peak_rss_bytes(server.pid);
     server.stop(Duration::from_secs(5));
     // The client side of 15,000 closed connections: let the kernel settle before the next.
+    std::thread::sleep(Duration::from_millis(300));
+    cell.elapsed_s = started.elapsed().as_secs_f64();
+    cell
+}
+
+/// The reconnect storm on one server: subscribe, leave, miss [`STORM_MESSAGES`], come back
+/// and recover ([`crate::load::storm`]).
+pub fn run_reconnect_cell(
+    plan: &Plan,
+    sc: &Scenario,
+    def: &ServerDef,
+    rep: u32,
+    position: u32,
+) -> CellRun {
+    let started = Instant::now();
+    let mut cell = new_cell(sc, def, rep, position);
+    let tag = format!("{} r{rep} {}", sc.id, def.name);
+    let log = plan.log_path(&sc.id, &def.name, rep, 0);
+    let server = match def.start(plan.server_cpu, log.as_deref(), false) {
+        Ok(s) => s,
+        Err(e) => {
+            plan.say(&format!("{tag}: ERROR {e}"));
+            cell.error = Some(e.to_string());
+            return cell;
+        }
+    };
+    cell.server_command = server.command.clone();
+    let r = Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(false)))
+        .map_err(|e| e.to_string())
+        .and_then(|target| {
+            storm(&StormConfig {
+                target,
+                subscribers: sc.subscribers,
+                messages: STORM_MESSAGES,
+                size: sc.size_bytes,
+                client_token: plan.client_token.clone(),
+                publish_via: plan.publish_via,
+                api_key_file: plan.api_key_file.clone(),
+                connect_timeout: Duration::from_secs(10),
+                deliver_timeout: Duration::from_secs(5),
+            })
+            .map_err(|e| e.to_string())
+        });
+    match r {
+        Ok(s) => {
+            plan.say(&format!(
+                "{tag}: {}/{} missed publications delivered ({} in subscribe replies), recovered {}/{}, all had theirs after {} (per subscriber p50 {} p99 {}){}",
+                s.delivered,
+                s.expected,
+                s.in_replies,
+                s.recovered,
+                s.reconnected,
+                s.all_complete_ns
+                    .map(fmt_ns)
+                    .unwrap_or_else(|| format!("never ({} of {} complete)", s.complete, s.subscribers)),
+                s.p50_ns.map(fmt_ns).unwrap_or_else(|| "–".into()),
+                s.p99_ns.map(fmt_ns).unwrap_or_else(|| "–".into()),
+                s.first_failure
+                    .as_deref()
+                    .map(|f| format!("; first failure: {f}"))
+                    .unwrap_or_default()
+            ));
+            cell.connect_s = Some(s.reconnect_s);
+            cell.reconnect = Some(s);
+        }
+        Err(e) => {
+            plan.say(&format!("{tag}: ERROR {e}"));
+            cell.error = Some(e);
+        }
+    }
+    cell.peak_rss_bytes = ringcast_os::procfs::peak_rss_bytes(server.pid);
+    server.stop(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     cell.elapsed_s = started.elapsed().as_secs_f64();
     cell

@@ -1,8 +1,8 @@
 //! The scenarios of the comparison, identical for every server: four load scenarios (fan-out,
 //! message size, many channels), one of idle connections (memory) and one of compressed JSON
 //! (permessage-deflate), each with the fixed rate every server is expected to hold and why.
-//! On Centrifugo's protocol: three load scenarios of 64-byte JSON data and one of idle
-//! connections, each connected and subscribed.
+//! On Centrifugo's protocol: three load scenarios of 64-byte JSON data, one of idle
+//! connections, each connected and subscribed, and a reconnect storm with recovery.
 
 use thiserror::Error;
 
@@ -81,8 +81,26 @@ fn centrifugo_scenarios() -> Vec<Scenario> {
             "100 msg/s over 100 publishers (1 per channel per second) = 10k deliveries/s, as in the other scenarios",
         ),
         idle_scenario("15,000 idle connections, each connected and subscribed (memory)"),
+        Scenario {
+            id: "reconnect-1k".into(),
+            title: format!(
+                "Reconnect storm: 1,000 subscribers recover {STORM_MESSAGES} missed publications"
+            ),
+            kind: ScenarioKind::Reconnect,
+            subscribers: 1000,
+            publishers: 1,
+            channels: 1,
+            size_bytes: 64,
+            fixed_rate_per_s: 0.0,
+            fixed_rate_reason: String::new(),
+            payload: Payload::Json,
+            compress: false,
+        },
     ]
 }
+
+/// Publications the reconnect storm's publisher publishes while the subscribers are away.
+pub const STORM_MESSAGES: u32 = 100;
 
 /// The relay scenarios: four of fan-out and size, one of idle connections, and one of
 /// compressed JSON (run only on the servers that can negotiate permessage-deflate).
@@ -246,7 +264,10 @@ mod tests {
     fn centrifugo_scenarios_are_64_byte_json_and_idle() {
         let s = select(None, true, Protocol::Centrifugo).unwrap();
         let ids: Vec<&str> = s.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["1k-64B", "10k-64B", "100x100", "idle-15k"]);
+        assert_eq!(
+            ids,
+            ["1k-64B", "10k-64B", "100x100", "idle-15k", "reconnect-1k"]
+        );
         assert!(s
             .iter()
             .filter(|s| s.kind == ScenarioKind::Load)

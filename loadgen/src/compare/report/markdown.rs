@@ -399,6 +399,7 @@ pub fn render_markdown(r: &CompareReport) -> String {
                 );
                 load_table(&mut out, r, sc);
             }
+            ScenarioKind::Reconnect => super::reconnect::storm_table(&mut out, r, sc),
             ScenarioKind::Idle => {
                 let _ = writeln!(
                     out,

@@ -59,6 +59,7 @@ pub fn render_text(r: &CompareReport) -> String {
                     }
                 }
             }
+            ScenarioKind::Reconnect => super::reconnect::storm_lines(&mut out, r, sc),
             ScenarioKind::Idle => {
                 for srv in &r.servers {
                     if let Some(s) = r.summary(&sc.id, &srv.name) {

@@ -14,8 +14,8 @@
 //! Figures before and after each optimisation: benches/RESULTS.md of this crate.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use loadgen::load::parse::ReceivePath;
 use loadgen::load::payload::Stamp;
-use loadgen::load::reader::ReceivePath;
 use loadgen::load::recorder::Topology;
 use ringcast_proto::frame::{encode_frame, OpCode};
 use std::time::Duration;

@@ -167,6 +167,7 @@ fn quick_compare_writes_the_report_and_loses_nothing_at_the_fixed_load() {
                     assert_eq!(s.idle_held, Some(sc.subscribers), "{} on {srv}", sc.id);
                     assert!(s.rss_per_connection_bytes.is_some());
                 }
+                ScenarioKind::Reconnect => panic!("no reconnect storm on the relay protocol"),
             }
         }
     }

@@ -1,5 +1,5 @@
 //! `loadgen connections`: hold idle subscribers; report the connect rate and the server's
-//! memory per connection.
+//! memory per connection (on Centrifugo's protocol, per connected and subscribed client).
 
 use super::common::{AppError, Outcome};
 use super::prepare::{prepare, stop_servers_on_error};
@@ -12,11 +12,6 @@ use crate::load::idle::{hold_idle, HoldConfig};
 /// `loadgen connections`: hold idle subscribers, report connect rate and memory.
 pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
     let c = &a.common;
-    if c.protocol != crate::load::spec::Protocol::Relay {
-        return Err(AppError::Config(
-            "loadgen connections holds relay connections only (no --protocol centrifugo)".into(),
-        ));
-    }
     let mut p = prepare(c, "connections", u64::from(c.subscribers) + 64, None)?;
     let progress = Progress::new(!c.no_progress);
     let source_ips = match &c.source_ips {
@@ -32,6 +27,8 @@ pub fn connections(a: &ConnectionsArgs) -> Result<Outcome, AppError> {
         connect_timeout: c.connect_timeout,
         hold: a.hold,
         server_pid: p.server_pids.first().copied(),
+        protocol: c.protocol,
+        client_token: p.client_token.clone(),
     };
     let r = hold_idle(&cfg, &|r| progress.ramp(r));
     progress.finish();

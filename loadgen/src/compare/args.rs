@@ -9,19 +9,30 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::load::spec::{Protocol, PublishVia};
 use crate::units::parse_duration;
 
 /// `loadgen compare`.
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
-    /// Servers to compare, comma-separated (default: ringcast and every installed peer):
-    /// ringcast, python-websockets, node-ws, uwebsockets, tokio-tungstenite.
+    /// Servers to compare, comma-separated (default: ringcast and every installed peer of the
+    /// protocol): ringcast, python-websockets, node-ws, uwebsockets, tokio-tungstenite (relay);
+    /// ringcast, centrifugo (--protocol centrifugo).
     #[arg(long, value_delimiter = ',')]
     pub servers: Option<Vec<String>>,
-    /// Scenarios to run, comma-separated (default: all): 1k-64B, 10k-64B, 1k-4KiB, 100x100,
-    /// idle-15k.
+    /// Scenarios to run, comma-separated (default: all of the protocol): 1k-64B, 10k-64B,
+    /// 1k-4KiB, 100x100, idle-15k, 1k-1KiB-json-deflate (relay); 1k-64B, 10k-64B, 100x100,
+    /// idle-15k, reconnect-1k (--protocol centrifugo).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Option<Vec<String>>,
+    /// What the clients speak: relay (ringcast and the relay peers), or centrifugo (ringcast
+    /// and Centrifugo on Centrifugo's client protocol, with tokens and history).
+    #[arg(long, value_enum, default_value_t = Protocol::Relay)]
+    pub protocol: Protocol,
+    /// How publishers publish with --protocol centrifugo: client (publish commands on their
+    /// WebSocket) or api (POST /api/publish with the run's API key).
+    #[arg(long, value_enum, default_value_t = PublishVia::Client)]
+    pub publish_via: PublishVia,
     /// Short mode (for tests): one repetition, the low fixed load only (no capacity search,
     /// no strace), short steps, 5,000 idle connections instead of 15,000.
     #[arg(long)]

@@ -36,6 +36,10 @@ pub enum CompareError {
     Server { name: String, source: PeerError },
     #[error("no server to compare")]
     NoServer,
+    #[error("--publish-via api needs --protocol centrifugo")]
+    PublishViaApiOnRelay,
+    #[error("generating the run's secrets: {0}")]
+    Secrets(String),
     #[error("cannot create {}: {source}", path.display())]
     OutputDir {
         path: PathBuf,

@@ -25,11 +25,13 @@
 //! - [`runner`]: one cell, load or idle, on a freshly started server.
 //! - [`plan`]: the settings after defaults, log paths, progress lines, the time estimate.
 //! - [`peers`]: the servers compared, how to start them, their versions.
+//! - [`centrifugo`]: Centrifugo's protocol: the run's secrets, Centrifugo as a server.
 //! - [`report`]: `compare.md`, `compare.json`, `runs.json`, the charts and the terminal text.
 //! - [`scenarios`]: the scenario table.
 //! - [`model`]: the records: scenarios, cells, findings and the report (a leaf).
 
 pub mod args;
+pub mod centrifugo;
 pub mod error;
 pub mod model;
 pub mod peers;
@@ -45,16 +47,20 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::load::recorder::new_histogram;
+use crate::load::spec::{Protocol, PublishVia};
 use crate::search::grid_index;
 use crate::sys::limits::ensure_fds;
 use crate::sys::machine;
 use args::CompareArgs;
+use centrifugo::CentrifugoSetup;
 use error::CompareError;
 use model::{
     CellDetail, CellRun, CompareReport, Hists, Scenario, ScenarioKind, SyscallFinding,
     COMPARE_SCHEMA_VERSION,
 };
-use peers::{define_server, find_peers_dir, ServerDef, SERVER_NAMES};
+use peers::{
+    define_server, find_peers_dir, ServerDef, CENTRIFUGO_SERVERS, RELAY_SERVERS, SERVER_NAMES,
+};
 use plan::{say, Plan};
 
 /// Runs the comparison; returns the process exit status.
@@ -68,17 +74,23 @@ pub fn main(a: &CompareArgs) -> i32 {
     }
 }
 
-/// The servers named by `--servers` (default: all), defined; a default server that is not
-/// installed is skipped (and listed), a named one (or ringcast) is an error.
+/// The servers named by `--servers` (default: all of the protocol), defined; a default server
+/// that is not installed is skipped (and listed), a named one (or ringcast) is an error, and so
+/// is a named one that does not speak the protocol.
 fn define_servers(
     a: &CompareArgs,
+    centrifugo: Option<&CentrifugoSetup>,
     t0: Instant,
 ) -> Result<(Vec<ServerDef>, Vec<String>), CompareError> {
     let peers = find_peers_dir(a.peers_dir.as_deref());
     let explicit = a.servers.is_some();
+    let defaults: &[&str] = match a.protocol {
+        Protocol::Relay => &RELAY_SERVERS,
+        Protocol::Centrifugo => &CENTRIFUGO_SERVERS,
+    };
     let names: Vec<String> = match &a.servers {
         Some(v) => v.iter().map(|s| s.trim().to_owned()).collect(),
-        None => SERVER_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+        None => defaults.iter().map(|s| (*s).to_owned()).collect(),
     };
     let mut defs = Vec::new();
     let mut skipped = Vec::new();
@@ -89,7 +101,7 @@ fn define_servers(
                 known: SERVER_NAMES.join(", "),
             });
         }
-        match define_server(n, peers.as_deref(), a) {
+        match define_server(n, peers.as_deref(), a, centrifugo) {
             Ok(d) => defs.push(d),
             Err(source) if explicit || n == "ringcast" => {
                 return Err(CompareError::Server {
@@ -138,6 +150,10 @@ fn run_cells(plan: &Plan, scenarios: &[Scenario], defs: &[ServerDef]) -> Measure
                     continue;
                 }
                 match sc.kind {
+                    ScenarioKind::Reconnect => {
+                        m.cells
+                            .push(runner::run_reconnect_cell(plan, sc, def, rep, position));
+                    }
                     ScenarioKind::Idle => {
                         m.cells
                             .push(runner::run_idle_cell(plan, sc, def, rep, position));
@@ -225,6 +241,18 @@ fn tidy_logs(dir: &Path) {
     let _ = std::fs::remove_dir(dir.join("logs"));
 }
 
+/// `dir` from the filesystem's root (the servers get its files' paths, whatever their own
+/// working directory).
+fn absolute(dir: &Path) -> std::path::PathBuf {
+    if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(dir))
+            .unwrap_or_else(|_| dir.to_owned())
+    }
+}
+
 /// Runs the comparison and writes its report; returns the exit status (2 for a loss at the
 /// fixed load with `--fail-on-loss`).
 pub fn compare(a: &CompareArgs) -> Result<i32, CompareError> {
@@ -239,25 +267,42 @@ pub fn compare(a: &CompareArgs) -> Result<i32, CompareError> {
             available: cpus,
         });
     }
-    let chosen = scenarios::select(a.scenarios.as_deref(), a.quick)?;
+    if a.protocol == Protocol::Relay && a.publish_via == PublishVia::Api {
+        return Err(CompareError::PublishViaApiOnRelay);
+    }
+    let chosen = scenarios::select(a.scenarios.as_deref(), a.quick, a.protocol)?;
     let needed = chosen
         .iter()
         .map(|s| u64::from(s.subscribers) + 2 * u64::from(s.publishers) + 64)
         .max()
         .unwrap_or(0);
     ensure_fds(needed, "the largest scenario")?;
-    let (defs, mut skipped) = define_servers(a, t0)?;
-
     let started_unix = machine::unix_now_s();
     let dir = a.output.clone().unwrap_or_else(|| {
         a.results_dir
             .join(format!("{}-compare", machine::dir_stamp(started_unix)))
     });
+    let centrifugo = match a.protocol {
+        Protocol::Relay => None,
+        Protocol::Centrifugo => {
+            Some(CentrifugoSetup::new(&absolute(&dir)).map_err(CompareError::Secrets)?)
+        }
+    };
+    let (defs, mut skipped) = define_servers(a, centrifugo.as_ref(), t0)?;
+
     std::fs::create_dir_all(dir.join("logs")).map_err(|source| CompareError::OutputDir {
         path: dir.clone(),
         source,
     })?;
-    let plan = Plan::new(a, Some(dir.join("logs")), t0);
+    let mut plan = Plan::new(a, Some(dir.join("logs")), t0);
+    if let Some(c) = &centrifugo {
+        c.write().map_err(|source| CompareError::OutputDir {
+            path: dir.clone(),
+            source,
+        })?;
+        plan.client_token = Some(c.token.clone());
+        plan.api_key_file = Some(c.api_key_file.clone());
+    }
     let strace_ok = syscalls::strace_installed();
     let want_syscalls = !a.no_syscalls && (a.syscalls || !plan.quick);
     let do_syscalls = want_syscalls
@@ -306,6 +351,8 @@ pub fn compare(a: &CompareArgs) -> Result<i32, CompareError> {
         started_utc: machine::rfc3339(started_unix),
         finished_utc: machine::rfc3339(machine::unix_now_s()),
         mode: if plan.quick { "quick" } else { "full" }.into(),
+        protocol: a.protocol.name().into(),
+        publish_via: (a.protocol == Protocol::Centrifugo).then(|| a.publish_via.name().into()),
         repeat: plan.repeat,
         slo_p99_ms: a.slo_p99.as_secs_f64() * 1e3,
         step_warmup_s: plan.step_warmup.as_secs_f64(),

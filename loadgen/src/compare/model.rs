@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::load::payload::Payload;
 use crate::load::session::StepResult;
+use crate::load::storm::StormReport;
 use crate::sys::machine::MachineInfo;
 
 /// What a scenario measures.
@@ -22,6 +23,9 @@ pub enum ScenarioKind {
     Load,
     /// Idle connections: resident memory per connection.
     Idle,
+    /// Subscribers that all reconnect at once and recover what they missed (Centrifugo's
+    /// protocol).
+    Reconnect,
 }
 
 /// One scenario, identical for every server.
@@ -140,6 +144,9 @@ pub struct CellRun {
     pub sweep: Vec<StepBrief>,
     pub capacity: Option<CapacityFinding>,
     pub idle: Option<IdleFinding>,
+    /// What the reconnect storm measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<StormReport>,
     /// Peak resident memory of the server (VmHWM) at the end.
     pub peak_rss_bytes: Option<u64>,
     /// Restarts after a step the server did not drain.
@@ -185,6 +192,11 @@ pub struct CellDetail {
 
 /// Version of compare.json's schema.
 pub const COMPARE_SCHEMA_VERSION: u32 = 2;
+
+/// The protocol of a report written before it was recorded.
+fn relay() -> String {
+    "relay".into()
+}
 
 /// A compared server.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -256,6 +268,13 @@ pub struct CompareReport {
     pub started_utc: String,
     pub finished_utc: String,
     pub mode: String,
+    /// What the clients spoke: `relay` or `centrifugo` (Centrifugo's client protocol).
+    #[serde(default = "relay")]
+    pub protocol: String,
+    /// How publishers published on Centrifugo's protocol: `client` (publish commands on their
+    /// WebSockets) or `api` (the server API); none on the relay protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_via: Option<String>,
     pub repeat: u32,
     pub slo_p99_ms: f64,
     pub step_warmup_s: f64,

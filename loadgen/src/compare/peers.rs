@@ -9,18 +9,43 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::args::CompareArgs;
+use super::centrifugo::{define_centrifugo, CentrifugoSetup};
 use super::model::ServerEntry;
+use crate::load::spec::Protocol;
 use crate::sys::machine;
-use crate::sys::server_process::{locate_default_server, ServerError, ServerProcess};
+use crate::sys::server_process::{
+    locate_default_server, Launch, Readiness, ServerError, ServerProcess,
+};
 
 /// The servers `compare` knows, in report order.
-pub const SERVER_NAMES: [&str; 5] = [
+pub const SERVER_NAMES: [&str; 6] = [
+    "ringcast",
+    "python-websockets",
+    "node-ws",
+    "uwebsockets",
+    "tokio-tungstenite",
+    "centrifugo",
+];
+
+/// The servers compared by default on the relay protocol (the relay peers).
+pub const RELAY_SERVERS: [&str; 5] = [
     "ringcast",
     "python-websockets",
     "node-ws",
     "uwebsockets",
     "tokio-tungstenite",
 ];
+
+/// The servers compared by default on Centrifugo's protocol.
+pub const CENTRIFUGO_SERVERS: [&str; 2] = ["ringcast", "centrifugo"];
+
+/// Whether server `name` speaks `protocol` (ringcast speaks both).
+pub fn speaks(name: &str, protocol: Protocol) -> bool {
+    match protocol {
+        Protocol::Relay => RELAY_SERVERS.contains(&name),
+        Protocol::Centrifugo => CENTRIFUGO_SERVERS.contains(&name),
+    }
+}
 
 /// Why a server cannot be compared here.
 #[derive(Debug, Error)]
@@ -39,6 +64,14 @@ pub enum PeerError {
     NoNode,
     #[error("unknown server {0:?} (known: {names:?})", names = SERVER_NAMES)]
     Unknown(String),
+    #[error(
+        "{name} does not speak the {protocol} protocol (with --protocol {protocol}: {servers})"
+    )]
+    WrongProtocol {
+        name: String,
+        protocol: &'static str,
+        servers: String,
+    },
 }
 
 /// Why a server did not start.
@@ -62,6 +95,13 @@ pub struct ServerDef {
     pub deflate_args: Option<Vec<String>>,
     pub version: String,
     pub notes: String,
+    /// Variables added to its environment (Centrifugo: `GOMAXPROCS=1`).
+    pub env: Vec<(String, String)>,
+    /// A file written before each start, `{port}` in its text replaced by the port
+    /// (Centrifugo's config).
+    pub config: Option<(PathBuf, String)>,
+    /// It prints no `listening on` line: it is ready when its port accepts connections.
+    pub ready_by_port: bool,
 }
 
 impl ServerDef {
@@ -87,13 +127,29 @@ impl ServerDef {
                 .chain(extra)
                 .map(|a| a.replace("{port}", &port.to_string()))
                 .collect();
-            match ServerProcess::spawn(
-                &self.program,
-                &args,
-                Some(vec![cpu]),
+            if let Some((path, text)) = &self.config {
+                std::fs::write(path, text.replace("{port}", &port.to_string())).map_err(
+                    |source| ServerError::Spawn {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+            }
+            let cpus = [cpu];
+            let launched = ServerProcess::launch(&Launch {
+                program: &self.program,
+                args: &args,
+                env: &self.env,
+                cpus: Some(&cpus),
                 log,
-                Duration::from_secs(20),
-            ) {
+                timeout: Duration::from_secs(20),
+                ready: if self.ready_by_port {
+                    Readiness::Port(port)
+                } else {
+                    Readiness::ListeningLine
+                },
+            });
+            match launched {
                 Ok(s) => return Ok(s),
                 Err(e) if attempt == 3 => return Err(e.into()),
                 Err(_) => attempt += 1,
@@ -106,8 +162,16 @@ impl ServerDef {
         ServerEntry {
             name: self.name.clone(),
             version: self.version.clone(),
-            command: format!("{} {}", self.program.display(), self.args.join(" "))
-                .replace("{port}", "PORT"),
+            command: format!(
+                "{}{} {}",
+                self.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v} "))
+                    .collect::<String>(),
+                self.program.display(),
+                self.args.join(" ")
+            )
+            .replace("{port}", "PORT"),
             notes: self.notes.clone(),
         }
     }
@@ -173,12 +237,30 @@ fn lock_version(lock: &str, name: &str) -> Option<String> {
     None
 }
 
-/// How to run server `name`, or why it cannot run here (not installed).
+/// How to run server `name`, or why it cannot run here (not installed, or not speaking the
+/// protocol: `centrifugo` is `Some` exactly on Centrifugo's protocol).
 pub fn define_server(
     name: &str,
     peers: Option<&Path>,
     a: &CompareArgs,
+    centrifugo: Option<&CentrifugoSetup>,
 ) -> Result<ServerDef, PeerError> {
+    let protocol = if centrifugo.is_some() {
+        Protocol::Centrifugo
+    } else {
+        Protocol::Relay
+    };
+    if SERVER_NAMES.contains(&name) && !speaks(name, protocol) {
+        let servers = match protocol {
+            Protocol::Relay => RELAY_SERVERS.join(", "),
+            Protocol::Centrifugo => CENTRIFUGO_SERVERS.join(", "),
+        };
+        return Err(PeerError::WrongProtocol {
+            name: name.to_owned(),
+            protocol: protocol.name(),
+            servers,
+        });
+    }
     if name == "ringcast" {
         let bin = match &a.ringcast_bin {
             Some(p) => p.clone(),
@@ -189,27 +271,42 @@ pub fn define_server(
         }
         let version = command_output(&bin, &["--version"]).unwrap_or_else(|| "ringcast".into());
         let debug = bin.components().any(|c| c.as_os_str() == "debug");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--threads".into(),
+            "1".into(),
+            "--channel-window".into(),
+            a.ringcast_channel_window.to_string(),
+        ];
+        if let Some(c) = centrifugo {
+            args.extend(c.ringcast_args());
+        }
         return Ok(ServerDef {
             name: name.into(),
             program: bin,
-            args: vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--threads".into(),
-                "1".into(),
-                "--channel-window".into(),
-                a.ringcast_channel_window.to_string(),
-            ],
+            args,
             deflate_args: Some(vec!["--compression".into(), "on".into()]),
             version: format!("{version}, commit {}", machine::git_commit()),
             notes: format!(
-                "one worker thread (it is pinned to one core); --channel-window {} MiB (the log each channel keeps for its subscribers to catch up on){}",
+                "one worker thread (it is pinned to one core); --channel-window {} MiB (the log each channel keeps for its subscribers to catch up on){}{}",
                 a.ringcast_channel_window >> 20,
+                if centrifugo.is_some() {
+                    format!("; {}", CentrifugoSetup::ringcast_notes())
+                } else {
+                    String::new()
+                },
                 if debug { "; DEBUG BUILD: its figures mean nothing" } else { "" }
             ),
+            env: Vec::new(),
+            config: None,
+            ready_by_port: false,
         });
     }
     let peers = peers.ok_or(PeerError::NoPeersDir)?;
+    if let (Some(setup), "centrifugo") = (centrifugo, name) {
+        return define_centrifugo(peers, setup);
+    }
     let dir = peers.join(name);
     let run = dir.join("run");
     let root = peers.parent().unwrap_or(peers);
@@ -290,6 +387,9 @@ pub fn define_server(
         deflate_args,
         version,
         notes,
+        env: Vec::new(),
+        config: None,
+        ready_by_port: false,
     })
 }
 

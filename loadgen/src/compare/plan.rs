@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::args::CompareArgs;
 use super::model::{Scenario, ScenarioKind};
+use crate::load::spec::{Protocol, PublishVia};
 
 /// Settings of one compare run after defaults.
 #[derive(Debug, Clone)]
@@ -25,6 +26,13 @@ pub struct Plan {
     pub logs: Option<PathBuf>,
     /// When the comparison started: progress lines show the time since.
     pub t0: Instant,
+    /// What the clients speak, and how publishers publish (Centrifugo).
+    pub protocol: Protocol,
+    pub publish_via: PublishVia,
+    /// The client token sent in Centrifugo's connect command.
+    pub client_token: Option<String>,
+    /// The server API's key file (`--publish-via api`).
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// A progress line on stderr, `[mm:ss] msg`, timed from `t0`.
@@ -63,6 +71,20 @@ impl Plan {
             loadgen_cpu: a.loadgen_cpu,
             logs,
             t0,
+            protocol: a.protocol,
+            publish_via: a.publish_via,
+            client_token: None,
+            api_key_file: None,
+        }
+    }
+
+    /// The request path of a connection: the channel's path `bench` (relay, `idle` for idle
+    /// connections), or Centrifugo's endpoint.
+    pub fn ws_path(&self, idle: bool) -> &'static str {
+        match (self.protocol, idle) {
+            (Protocol::Centrifugo, _) => "/connection/websocket",
+            (Protocol::Relay, false) => "/bench",
+            (Protocol::Relay, true) => "/idle",
         }
     }
 
@@ -92,6 +114,7 @@ impl Plan {
             let connect = f64::from(sc.subscribers + sc.publishers) / 3000.0;
             let per_server = match sc.kind {
                 ScenarioKind::Idle => reps * (1.5 + connect + self.idle_hold.as_secs_f64() + 1.0),
+                ScenarioKind::Reconnect => reps * (1.5 + 3.0 * connect + 1.0),
                 ScenarioKind::Load => {
                     let step = (self.step_warmup + self.step_duration).as_secs_f64() + 0.5;
                     let fixed = (self.fixed_warmup + self.fixed_duration).as_secs_f64() + 0.5;

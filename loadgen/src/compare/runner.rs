@@ -16,10 +16,12 @@ use thiserror::Error;
 use super::model::{CapacityFinding, CellDetail, CellRun, IdleFinding, Scenario, StepBrief};
 use super::peers::{ServerDef, StartError};
 use super::plan::Plan;
+use super::scenarios::STORM_MESSAGES;
 use crate::load::client::{AddressError, Target};
 use crate::load::idle::{hold_idle, HoldConfig};
 use crate::load::session::{Session, SessionError, StepOutcome, StepResult, StepSpec};
 use crate::load::spec::{LoadConfig, RunSpec};
+use crate::load::storm::{storm, StormConfig};
 use crate::search::{grid_index, grid_rate, step_passes, Grid, Search};
 use crate::sys::machine;
 use crate::sys::server_process::ServerProcess;
@@ -49,6 +51,7 @@ fn start_guess_deliveries(server: &str) -> f64 {
         "uwebsockets" => 7e5,
         "node-ws" => 2.5e4,
         "python-websockets" => 1e4,
+        "centrifugo" => 3e5,
         _ => 1e5,
     }
 }
@@ -112,7 +115,7 @@ pub fn open_live(
     log: Option<&Path>,
 ) -> Result<Live, CellError> {
     let server = def.start(plan.server_cpu, log, sc.compress)?;
-    let target = match Target::parse(&format!("ws://{}/bench", server.addr)) {
+    let target = match Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(false))) {
         Ok(t) => t,
         Err(e) => {
             server.stop(Duration::from_secs(5));
@@ -133,6 +136,10 @@ pub fn open_live(
         recv_buf_bytes: 256 * 1024,
         spin_ns: 0,
         pacer_realtime: true,
+        protocol: plan.protocol,
+        publish_via: plan.publish_via,
+        api_key_file: plan.api_key_file.clone(),
+        client_token: plan.client_token.clone(),
         ..RunSpec::default()
     }
     .on_servers(vec![target.url.clone()], Vec::new());
@@ -422,7 +429,7 @@ pub fn run_idle_cell(
         }
     };
     cell.server_command = server.command.clone();
-    let cfg = Target::parse(&format!("ws://{}/idle", server.addr))
+    let cfg = Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(true)))
         .map_err(CellError::from)
         .map(|target| HoldConfig {
             target,
@@ -433,6 +440,8 @@ pub fn run_idle_cell(
             connect_timeout: Duration::from_secs(10),
             hold: plan.idle_hold,
             server_pid: Some(server.pid),
+            protocol: plan.protocol,
+            client_token: plan.client_token.clone(),
         });
     let r = cfg.and_then(|cfg| hold_idle(&cfg, &|_| {}).map_err(CellError::from));
     match r {
@@ -468,6 +477,78 @@ pub fn run_idle_cell(
     cell.peak_rss_bytes = ringcast_os::procfs::peak_rss_bytes(server.pid);
     server.stop(Duration::from_secs(5));
     // The client side of 15,000 closed connections: let the kernel settle before the next.
+    std::thread::sleep(Duration::from_millis(300));
+    cell.elapsed_s = started.elapsed().as_secs_f64();
+    cell
+}
+
+/// The reconnect storm on one server: subscribe, leave, miss [`STORM_MESSAGES`], come back
+/// and recover ([`crate::load::storm`]).
+pub fn run_reconnect_cell(
+    plan: &Plan,
+    sc: &Scenario,
+    def: &ServerDef,
+    rep: u32,
+    position: u32,
+) -> CellRun {
+    let started = Instant::now();
+    let mut cell = new_cell(sc, def, rep, position);
+    let tag = format!("{} r{rep} {}", sc.id, def.name);
+    let log = plan.log_path(&sc.id, &def.name, rep, 0);
+    let server = match def.start(plan.server_cpu, log.as_deref(), false) {
+        Ok(s) => s,
+        Err(e) => {
+            plan.say(&format!("{tag}: ERROR {e}"));
+            cell.error = Some(e.to_string());
+            return cell;
+        }
+    };
+    cell.server_command = server.command.clone();
+    let r = Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(false)))
+        .map_err(|e| e.to_string())
+        .and_then(|target| {
+            storm(&StormConfig {
+                target,
+                subscribers: sc.subscribers,
+                messages: STORM_MESSAGES,
+                size: sc.size_bytes,
+                client_token: plan.client_token.clone(),
+                publish_via: plan.publish_via,
+                api_key_file: plan.api_key_file.clone(),
+                connect_timeout: Duration::from_secs(10),
+                deliver_timeout: Duration::from_secs(5),
+            })
+            .map_err(|e| e.to_string())
+        });
+    match r {
+        Ok(s) => {
+            plan.say(&format!(
+                "{tag}: {}/{} missed publications delivered ({} in subscribe replies), recovered {}/{}, all had theirs after {} (per subscriber p50 {} p99 {}){}",
+                s.delivered,
+                s.expected,
+                s.in_replies,
+                s.recovered,
+                s.reconnected,
+                s.all_complete_ns
+                    .map(fmt_ns)
+                    .unwrap_or_else(|| format!("never ({} of {} complete)", s.complete, s.subscribers)),
+                s.p50_ns.map(fmt_ns).unwrap_or_else(|| "–".into()),
+                s.p99_ns.map(fmt_ns).unwrap_or_else(|| "–".into()),
+                s.first_failure
+                    .as_deref()
+                    .map(|f| format!("; first failure: {f}"))
+                    .unwrap_or_default()
+            ));
+            cell.connect_s = Some(s.reconnect_s);
+            cell.reconnect = Some(s);
+        }
+        Err(e) => {
+            plan.say(&format!("{tag}: ERROR {e}"));
+            cell.error = Some(e);
+        }
+    }
+    cell.peak_rss_bytes = ringcast_os::procfs::peak_rss_bytes(server.pid);
+    server.stop(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     cell.elapsed_s = started.elapsed().as_secs_f64();
     cell

@@ -17,6 +17,7 @@
 //!   the HTTP API ([`PublishEncoder`], [`crate::load::http_api`]).
 
 use std::os::fd::RawFd;
+use std::sync::{Mutex, PoisonError};
 
 use ringcast_proto::frame::{decode_header, encode_header, OpCode, MAX_HEADER_LEN};
 
@@ -102,6 +103,22 @@ impl Join {
     pub fn new(token: Option<&str>, channel: Option<&str>) -> Join {
         let (frame, replies) = join_frame(token, channel);
         Join { frame, replies }
+    }
+
+    /// The set-up of a subscriber of `channel` that reconnects and recovers what it missed
+    /// after `offset` of the channel's `epoch` (as a Centrifugo client does after a
+    /// disconnection): the reply carries the missed publications.
+    pub fn recovering(token: Option<&str>, channel: &str, epoch: &str, offset: u64) -> Join {
+        let epoch = serde_json::Value::from(epoch).to_string();
+        let text = format!(
+            "{}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\",\"recover\":true,\"offset\":{offset},\"epoch\":{epoch}}}}}",
+            join_text(token, None)
+        );
+        let key = (clock::now_ns() as u32 | 1).to_le_bytes();
+        Join {
+            frame: client_frame(text.as_bytes(), key),
+            replies: 2,
+        }
     }
 
     /// Where the set-up stands, given what the server sent after its 101.
@@ -201,7 +218,25 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 #[inline]
 pub fn stamp_of(obj: &[u8]) -> Option<[u8; STAMP_LEN]> {
     let at = find(obj, MARKER, 0)? + MARKER.len();
-    let hex = obj.get(at..at + HEX_LEN)?;
+    decode_hex(obj.get(at..at + HEX_LEN)?)
+}
+
+/// Every stamp in one JSON object, in order: a subscribe reply carries a stamp in each
+/// recovered publication.
+pub fn stamps_in(obj: &[u8]) -> impl Iterator<Item = [u8; STAMP_LEN]> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || loop {
+        let at = find(obj, MARKER, from)? + MARKER.len();
+        from = at;
+        if let Some(stamp) = obj.get(at..at + HEX_LEN).and_then(decode_hex) {
+            return Some(stamp);
+        }
+    })
+}
+
+/// A stamp's [`HEX_LEN`] hex digits.
+#[inline]
+fn decode_hex(hex: &[u8]) -> Option<[u8; STAMP_LEN]> {
     let mut out = [0u8; STAMP_LEN];
     for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
         *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
@@ -263,9 +298,15 @@ pub fn on_subscriber_text(
 }
 
 /// Takes in one text frame a publisher received (replies to its commands, pings): a publisher
-/// reads them only so that the server can write. Returns the pings, which the caller answers
-/// under the publisher's write lock (the pacer writes on the same socket).
-pub fn on_publisher_text(payload: &[u8], rec: &mut Recorder) -> u32 {
+/// reads them only so that the server can write. Its pings are answered on `fd` under the
+/// publisher's `write_lock`: the pacer writes on the same socket, and a pong must not land
+/// inside a message.
+pub fn on_publisher_text(
+    payload: &[u8],
+    rec: &mut Recorder,
+    fd: RawFd,
+    write_lock: Option<&Mutex<()>>,
+) {
     rec.counts.publisher_frames += 1;
     let mut pings = 0;
     for obj in payload.split(|&b| b == b'\n') {
@@ -276,7 +317,12 @@ pub fn on_publisher_text(payload: &[u8], rec: &mut Recorder) -> u32 {
             rec.counts.server_errors += 1;
         }
     }
-    pings
+    if pings > 0 {
+        let _guard = write_lock.map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
+        for _ in 0..pings {
+            send_pong(fd, true);
+        }
+    }
 }
 
 /// A subscriber's object without a stamp: a ping (answered), a reply, a foreign push.
@@ -294,7 +340,8 @@ fn other_object(obj: &[u8], fd: RawFd, rec: &mut Recorder) {
     }
 }
 
-fn is_error_reply(obj: &[u8]) -> bool {
+/// Whether an object is a reply with an error.
+pub fn is_error_reply(obj: &[u8]) -> bool {
     obj.starts_with(b"{\"id\":") && find(obj, b"\"error\":", 0).is_some()
 }
 
@@ -588,6 +635,30 @@ mod tests {
         std::io::Read::read_exact(&mut peer, &mut pong).unwrap();
         assert_eq!(unmask(&pong), b"{}");
         assert!(is_ping(b"{}") && !is_ping(b"{\"id\":1}"));
+    }
+
+    #[test]
+    fn a_recovering_join_names_the_position_and_every_stamp_is_found() {
+        let j = Join::recovering(Some("t"), "bench", "ab\"c", 7);
+        let text = String::from_utf8(unmask(&j.frame)).unwrap();
+        let sub: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(sub["subscribe"]["recover"], true);
+        assert_eq!(sub["subscribe"]["offset"], 7);
+        assert_eq!(sub["subscribe"]["epoch"], "ab\"c");
+        assert_eq!(j.replies, 2);
+        let t = DataTemplate::new(64, &[0; 64]);
+        let mut reply = b"{\"id\":2,\"subscribe\":{\"publications\":[".to_vec();
+        for seq in 0..3 {
+            reply.extend_from_slice(b"{\"data\":");
+            t.append(&mut reply, &stamp(seq));
+            reply.extend_from_slice(b"},");
+        }
+        reply.extend_from_slice(b"{\"data\":{\"s\":\"zz\"}}]}}");
+        let seqs: Vec<u64> = stamps_in(&reply)
+            .filter_map(|s| Stamp::read(&s))
+            .map(|s| s.seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
     }
 
     #[test]

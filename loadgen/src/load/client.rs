@@ -193,12 +193,17 @@ impl ConnectError {
 #[derive(Debug)]
 pub struct Connected {
     pub stream: TcpStream,
-    /// Bytes the server sent after its 101 answer in the same read (the start of frames).
+    /// Bytes the server sent after its 101 answer (and after the set-up's replies) in the same
+    /// read (the start of frames).
     pub leftover: Vec<u8>,
+    /// The frames of the replies to the set-up commands (Centrifugo; empty without them).
+    pub replies: Vec<u8>,
     /// TCP connect time.
     pub connect_ns: u64,
-    /// From sending the upgrade request to a valid 101.
+    /// From sending the upgrade request to a valid 101 (and the set-up's replies).
     pub handshake_ns: u64,
+    /// When it counted as connected ([`crate::load::clock::now_ns`]).
+    pub ready_ns: u64,
     /// The server agreed to permessage-deflate: its messages may arrive compressed (RSV1).
     pub deflate: bool,
 }

@@ -3,15 +3,28 @@
 //!
 //! Opens N subscribers at the ramp rate, reads the server's VmRSS before and after (when its
 //! PID is known), holds them idle for a while, checks how many are still open, closes them.
+//!
+//! On Centrifugo's protocol an idle connection is a connected and subscribed client: each
+//! sends its connect and subscribe commands and waits for their replies before it counts as
+//! connected, and while they are held a reader thread answers the server's `{}` pings (a
+//! Centrifugo client that does not answer within its pong timeout is closed), so that a hold
+//! of any length measures connections the server keeps.
 
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::load::client::{ConnectJob, ConnectOptions, Target};
+use crate::load::centrifugo::{channel_name, Join};
+use crate::load::client::{ConnectJob, ConnectOptions, Connected, Target};
 use crate::load::ramp::RampProgress;
+use crate::load::reader::{self, Command, ReaderConfig, ReaderConn, Role, StepClock, Wire};
+use crate::load::recorder::Topology;
 use crate::load::session::{open_connections, ConnectReport, SessionError};
+use crate::load::spec::Protocol;
+use crate::load::topology::Placement;
 use crate::sys::limits;
 
 /// The result of `loadgen connections`.
@@ -37,6 +50,10 @@ pub struct HoldConfig {
     pub connect_timeout: Duration,
     pub hold: Duration,
     pub server_pid: Option<u32>,
+    /// Relay (each connection on its channel's path), or Centrifugo (each connects with
+    /// `client_token` and subscribes to its channel).
+    pub protocol: Protocol,
+    pub client_token: Option<String>,
 }
 
 fn still_open(fd: i32) -> bool {
@@ -61,17 +78,34 @@ pub fn hold_idle(
     limits::ensure_fds(u64::from(cfg.connections) + 64, "one per connection")?;
     let rss_before = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
     let channels = cfg.channels.max(1);
+    let centrifugo = cfg.protocol == Protocol::Centrifugo;
+    let joins: Vec<Arc<Join>> = if centrifugo {
+        (0..channels)
+            .map(|ch| {
+                Arc::new(Join::new(
+                    cfg.client_token.as_deref(),
+                    Some(&channel_name(ch, channels)),
+                ))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let jobs: Vec<ConnectJob> = (0..cfg.connections)
         .map(|i| ConnectJob {
             target: 0,
-            path: cfg.target.channel_path(i % channels, channels),
+            path: if centrifugo {
+                cfg.target.request_path()
+            } else {
+                cfg.target.channel_path(i % channels, channels)
+            },
             opts: ConnectOptions {
                 source_ip: (!cfg.source_ips.is_empty())
                     .then(|| cfg.source_ips[i as usize % cfg.source_ips.len()]),
                 rcvbuf_bytes: None,
                 timeout: cfg.connect_timeout,
                 compress: false,
-                join: None,
+                join: joins.get((i % channels) as usize).cloned(),
             },
         })
         .collect();
@@ -86,22 +120,29 @@ pub fn hold_idle(
         100,
         on_progress,
     );
-    let streams: Vec<_> = results.into_iter().filter_map(Result::ok).collect();
-    // Let the server finish setting the last ones up before reading its memory.
-    std::thread::sleep(cfg.hold.min(Duration::from_secs(1)));
-    let rss_after = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
-    std::thread::sleep(cfg.hold.saturating_sub(Duration::from_secs(1)));
-    let open = streams
-        .iter()
-        .filter(|c| still_open(c.stream.as_raw_fd()))
-        .count() as u32;
+    let streams: Vec<(u32, Connected)> = results
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.ok().map(|c| (i as u32 % channels, c)))
+        .collect();
+    let held = streams.len() as u32;
+    let (rss_after, open) = if centrifugo {
+        hold_answering_pings(cfg, streams)?
+    } else {
+        // Let the server finish setting the last ones up before reading its memory.
+        std::thread::sleep(cfg.hold.min(Duration::from_secs(1)));
+        let rss_after = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
+        std::thread::sleep(cfg.hold.saturating_sub(Duration::from_secs(1)));
+        let open = streams
+            .iter()
+            .filter(|(_, c)| still_open(c.stream.as_raw_fd()))
+            .count() as u32;
+        (rss_after, open)
+    };
     let per_conn = match (rss_before, rss_after) {
-        (Some(a), Some(b)) if !streams.is_empty() => {
-            Some((b as f64 - a as f64) / streams.len() as f64)
-        }
+        (Some(a), Some(b)) if held > 0 => Some((b as f64 - a as f64) / f64::from(held)),
         _ => None,
     };
-    drop(streams);
     Ok((
         report.clone(),
         ConnectionsReport {
@@ -113,4 +154,60 @@ pub fn hold_idle(
             still_open: open,
         },
     ))
+}
+
+/// Holds Centrifugo connections (`(channel, connection)`) for `cfg.hold` with a reader thread
+/// that answers the server's pings; returns the server's RSS 1 s in (or at the end of a
+/// shorter hold) and how many connections were still open at the end.
+fn hold_answering_pings(
+    cfg: &HoldConfig,
+    streams: Vec<(u32, Connected)>,
+) -> Result<(Option<u64>, u32), SessionError> {
+    let held = streams.len() as u32;
+    let conns = streams
+        .into_iter()
+        .map(|(channel, c)| ReaderConn {
+            stream: c.stream,
+            role: Role::Subscriber {
+                channel,
+                target: 0,
+                stalled: false,
+            },
+            leftover: c.leftover,
+            deflate: false,
+            wire: Wire::Centrifugo,
+            write_lock: None,
+        })
+        .collect();
+    let handle = reader::spawn(
+        ReaderConfig {
+            id: 0,
+            conns,
+            read_buf_bytes: 64 * 1024,
+            cpus: None,
+            run_tag: 0,
+            topology: Topology {
+                channels: cfg.channels.max(1),
+                publishers: 0,
+                subscribers: held,
+            },
+            placement: Placement::single(),
+            timed: Vec::new(),
+        },
+        Arc::new(StepClock::default()),
+    )?;
+    std::thread::sleep(cfg.hold.min(Duration::from_secs(1)));
+    let rss_after = cfg.server_pid.and_then(ringcast_os::procfs::rss_bytes);
+    std::thread::sleep(cfg.hold.saturating_sub(Duration::from_secs(1)));
+    let (tx, rx) = mpsc::channel();
+    let disconnects = match handle.commands.send(Command::Snapshot(tx)) {
+        Ok(()) => rx
+            .recv_timeout(Duration::from_secs(10))
+            .map(|r| r.counts.disconnects)
+            .unwrap_or(u64::from(held)),
+        Err(_) => u64::from(held),
+    };
+    let _ = handle.commands.send(Command::Stop);
+    let _ = handle.join.join();
+    Ok((rss_after, held.saturating_sub(disconnects as u32)))
 }

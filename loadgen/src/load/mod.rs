@@ -4,15 +4,16 @@
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
 //! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
 //! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
-//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side), [`pacer`] (send side), [`recorder`] (exact
-//! counts and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a
-//! set of connections and the rate steps run on it),
-//! [`step`] (a step's parts as data, and their merge) and
-//! [`idle`] (idle connections held to measure memory); [`token`] (client tokens for servers
-//! that require them); [`centrifugo`] (Centrifugo's client protocol) and [`http_api`]
-//! (publishing through its HTTP API); [`ceiling`] (loadgen's own receive
-//! ceiling against a minimal source). Nothing here knows about commands,
-//! reports or the servers being compared; below it is only [`crate::sys`].
+//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side) and
+//! [`parse`] (what the bytes it reads mean), [`pacer`] (send side), [`recorder`] (exact counts
+//! and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a set of
+//! connections and the rate steps run on it), [`step`] (a step's parts as data, and their
+//! merge), [`idle`] (idle connections held to measure memory) and [`storm`] (a reconnect storm
+//! with recovery, Centrifugo); [`token`] (client tokens for servers that require them);
+//! [`centrifugo`] (Centrifugo's client protocol) and [`http_api`] (publishing through its HTTP
+//! API); [`ceiling`] (loadgen's own receive ceiling against a minimal source). Nothing here
+//! knows about commands, reports or the servers being compared; below it is only
+//! [`crate::sys`].
 
 pub mod ceiling;
 pub mod centrifugo;
@@ -25,6 +26,7 @@ pub mod http_api;
 pub mod idle;
 pub mod inflate;
 pub mod pacer;
+pub mod parse;
 pub mod payload;
 pub mod ramp;
 pub mod reader;
@@ -33,5 +35,6 @@ pub mod schedule;
 pub mod session;
 pub mod spec;
 pub mod step;
+pub mod storm;
 pub mod token;
 pub mod topology;

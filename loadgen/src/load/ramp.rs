@@ -412,6 +412,7 @@ impl<'a> Ramp<'a> {
                 connect_ns,
                 handshake_ns,
                 deflate,
+                ..
             } if matches!(self.states[i], State::Upgrading { .. }) => {
                 if let Some(join) = self.jobs[i].opts.join.clone() {
                     let State::Upgrading { stream, .. } =
@@ -431,15 +432,16 @@ impl<'a> Ramp<'a> {
                     };
                     self.upgrade(i, now);
                 } else {
-                    self.hand_over(i, leftover, connect_ns, handshake_ns, deflate);
+                    self.hand_over(i, leftover, Vec::new(), connect_ns, handshake_ns, deflate);
                 }
             }
             Step::Accepted {
                 leftover,
+                replies,
                 connect_ns,
                 handshake_ns,
                 deflate,
-            } => self.hand_over(i, leftover, connect_ns, handshake_ns, deflate),
+            } => self.hand_over(i, leftover, replies, connect_ns, handshake_ns, deflate),
         }
     }
 
@@ -469,6 +471,7 @@ impl<'a> Ramp<'a> {
         &mut self,
         i: usize,
         leftover: Vec<u8>,
+        replies: Vec<u8>,
         connect_ns: u64,
         handshake_ns: u64,
         deflate: bool,
@@ -481,8 +484,10 @@ impl<'a> Ramp<'a> {
             .map(|()| Connected {
                 stream,
                 leftover,
+                replies,
                 connect_ns,
                 handshake_ns,
+                ready_ns: clock::now_ns(),
                 deflate,
             })
             .map_err(ConnectError::Io);
@@ -543,6 +548,8 @@ enum Step {
     Fail(ConnectError),
     Accepted {
         leftover: Vec<u8>,
+        /// The frames of the set-up's replies (empty without a set-up).
+        replies: Vec<u8>,
         connect_ns: u64,
         handshake_ns: u64,
         /// The server agreed to permessage-deflate.
@@ -576,6 +583,7 @@ fn step_upgrade(state: &mut State, now: u64) -> Step {
     match ringcast_proto::handshake::parse_response(response, key) {
         Ok(Some(consumed)) => Step::Accepted {
             leftover: response[consumed..].to_vec(),
+            replies: Vec::new(),
             connect_ns: *connect_ns,
             handshake_ns: now.saturating_sub(*sent_ns),
             deflate: ringcast_proto::handshake::response_extensions(&response[..consumed])
@@ -628,6 +636,7 @@ fn step_join(state: &mut State, now: u64) -> Step {
     match join.judge(response) {
         JoinProgress::Joined { consumed } => Step::Accepted {
             leftover: response[consumed..].to_vec(),
+            replies: response[..consumed].to_vec(),
             connect_ns: *connect_ns,
             handshake_ns: now.saturating_sub(*sent_ns),
             deflate: *deflate,

@@ -8,7 +8,7 @@
 use super::child::Pinning;
 use super::cpu_quota::CpuQuota;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -97,6 +97,30 @@ pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     word.parse().ok()
 }
 
+/// How a started server says it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// It prints `listening on ADDR` on stdout (ringcast, the relay peers).
+    ListeningLine,
+    /// It accepts connections on 127.0.0.1 at this port (Centrifugo, which prints no address);
+    /// its stdout goes to the log beside its stderr.
+    Port(u16),
+}
+
+/// A server to start: program, arguments, environment, pinning, log, and how it says it is
+/// ready.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    /// Variables added to the server's environment (e.g. `GOMAXPROCS=1`).
+    pub env: &'a [(String, String)],
+    pub cpus: Option<&'a [usize]>,
+    pub log: Option<&'a Path>,
+    pub timeout: Duration,
+    pub ready: Readiness,
+}
+
 impl ServerProcess {
     /// Starts `program args`, pinned to `cpus`, its stderr appended to `log` (or discarded),
     /// and waits for its "listening on ADDR" line on stdout.
@@ -107,36 +131,52 @@ impl ServerProcess {
         log: Option<&Path>,
         timeout: Duration,
     ) -> Result<ServerProcess, ServerError> {
+        ServerProcess::launch(&Launch {
+            program,
+            args,
+            env: &[],
+            cpus: cpus.as_deref(),
+            log,
+            timeout,
+            ready: Readiness::ListeningLine,
+        })
+    }
+
+    /// Starts the server `l` describes and waits until it is ready.
+    pub fn launch(l: &Launch<'_>) -> Result<ServerProcess, ServerError> {
+        let program = l.program;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-        match log.and_then(|p| std::fs::File::create(p).ok()) {
+        cmd.args(l.args).stdin(Stdio::null());
+        cmd.envs(l.env.iter().map(|(k, v)| (k, v)));
+        let log_file = l.log.and_then(|p| std::fs::File::create(p).ok());
+        match l.ready {
+            Readiness::ListeningLine => {
+                cmd.stdout(Stdio::piped());
+            }
+            Readiness::Port(_) => {
+                match log_file.as_ref().and_then(|f| f.try_clone().ok()) {
+                    Some(f) => cmd.stdout(f),
+                    None => cmd.stdout(Stdio::null()),
+                };
+            }
+        }
+        match log_file {
             Some(f) => cmd.stderr(f),
             None => cmd.stderr(Stdio::null()),
         };
-        super::child::tie_to_loadgen(&mut cmd, cpus, Pinning::Required);
-        let command = format!("{} {}", program.display(), args.join(" "));
+        super::child::tie_to_loadgen(&mut cmd, l.cpus.map(<[usize]>::to_vec), Pinning::Required);
+        let env: String = l.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let command = format!("{env}{} {}", program.display(), l.args.join(" "));
         let mut child = cmd.spawn().map_err(|source| ServerError::Spawn {
             path: program.to_owned(),
             source,
         })?;
         let pid = child.id();
-        let stdout = child.stdout.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let Some(out) = stdout else { return };
-            let mut sent = false;
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(addr) = parse_listening_line(&line) {
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-                // Keep draining so the server never blocks on a full pipe.
-            }
-        });
-        let deadline = Instant::now() + timeout;
+        let rx = match l.ready {
+            Readiness::ListeningLine => watch_listening_line(&mut child),
+            Readiness::Port(port) => watch_port(port),
+        };
+        let deadline = Instant::now() + l.timeout;
         let addr = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(a) => break a,
@@ -144,7 +184,7 @@ impl ServerProcess {
                     if let Ok(Some(status)) = child.try_wait() {
                         return Err(ServerError::NoAddress {
                             path: program.to_owned(),
-                            secs: timeout.as_secs(),
+                            secs: l.timeout.as_secs(),
                             detail: format!(" (it exited: {status})"),
                         });
                     }
@@ -153,7 +193,7 @@ impl ServerProcess {
                         let _ = child.wait();
                         return Err(ServerError::NoAddress {
                             path: program.to_owned(),
-                            secs: timeout.as_secs(),
+                            secs: l.timeout.as_secs(),
                             detail: String::new(),
                         });
                     }
@@ -204,6 +244,45 @@ impl ServerProcess {
             }
         }
     }
+}
+
+/// The address of the server's `listening on ADDR` line, once it prints it; its stdout is
+/// drained until it closes, so that the server never blocks on a full pipe.
+fn watch_listening_line(child: &mut Child) -> mpsc::Receiver<SocketAddr> {
+    let stdout = child.stdout.take();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(out) = stdout else { return };
+        let mut sent = false;
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if !sent {
+                if let Some(addr) = parse_listening_line(&line) {
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// 127.0.0.1:`port`, once a connection to it succeeds (tried every 50 ms for at most a
+/// minute: the caller's own timeout is shorter).
+fn watch_port(port: u16) -> mpsc::Receiver<SocketAddr> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < give_up {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                let _ = tx.send(addr);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ fn color_of(server: &str) -> RGBColor {
         "node-ws" => RGBColor(44, 160, 44),
         "uwebsockets" => RGBColor(148, 103, 189),
         "tokio-tungstenite" => RGBColor(255, 127, 14),
+        "centrifugo" => RGBColor(23, 190, 207),
         _ => RGBColor(127, 127, 127),
     }
 }

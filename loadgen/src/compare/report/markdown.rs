@@ -222,12 +222,35 @@ fn idle_table(out: &mut String, r: &CompareReport, sc: &Scenario) {
     let _ = writeln!(out);
 }
 
+/// What the clients spoke, and how publishers published.
+pub fn protocol_line(r: &CompareReport) -> String {
+    if r.protocol != "centrifugo" {
+        return "relay: binary messages on the channel's path, forwarded to every other client"
+            .into();
+    }
+    format!(
+        "Centrifugo's client protocol (JSON) on `/connection/websocket`: each client connects \
+         with a token and subscribes; publishing via {}",
+        match r.publish_via.as_deref() {
+            Some("api") =>
+                "the server API (`POST /api/publish`, one keep-alive connection per publisher)",
+            _ => "publish commands on the publishers' own WebSockets (`--publish-via client`)",
+        }
+    )
+}
+
 /// compare.md.
 pub fn render_markdown(r: &CompareReport) -> String {
     let mut out = String::new();
+    let centrifugo = r.protocol == "centrifugo";
     let _ = writeln!(
         out,
-        "# ringcast compared with the servers our users run — {}\n",
+        "# ringcast compared with {} — {}\n",
+        if centrifugo {
+            "Centrifugo on Centrifugo's client protocol"
+        } else {
+            "the servers our users run"
+        },
         r.started_utc
     );
     let _ = writeln!(out, "```\n{}\n```\n", r.command);
@@ -244,6 +267,7 @@ pub fn render_markdown(r: &CompareReport) -> String {
         "| mode | {}, {} repetition(s), order reversed each repetition |",
         r.mode, r.repeat
     );
+    let _ = writeln!(out, "| protocol | {} |", protocol_line(r));
     let _ = writeln!(
         out,
         "| pinning | server on CPU {}, loadgen (1 reader thread + pacer) on CPU {} |",
@@ -364,16 +388,28 @@ pub fn render_markdown(r: &CompareReport) -> String {
             ScenarioKind::Load => {
                 let _ = writeln!(
                     out,
-                    "{} subscriber(s), {} publisher(s), {} channel(s), {}-byte messages. Latency curves: [`latency-{}.svg`](latency-{}.svg).\n",
-                    sc.subscribers, sc.publishers, sc.channels, sc.size_bytes, sc.id, sc.id
+                    "{} subscriber(s), {} publisher(s), {} channel(s), {}-byte {}. Latency curves: [`latency-{}.svg`](latency-{}.svg).\n",
+                    sc.subscribers,
+                    sc.publishers,
+                    sc.channels,
+                    sc.size_bytes,
+                    if centrifugo { "JSON data" } else { "messages" },
+                    sc.id,
+                    sc.id
                 );
                 load_table(&mut out, r, sc);
             }
+            ScenarioKind::Reconnect => super::reconnect::storm_table(&mut out, r, sc),
             ScenarioKind::Idle => {
                 let _ = writeln!(
                     out,
-                    "{} idle connections on one channel, opened as fast as the server accepts them (16 at a time), held {} s.\n",
+                    "{} idle connections on one channel{}, opened as fast as the server accepts them (16 at a time), held {} s.\n",
                     sc.subscribers,
+                    if centrifugo {
+                        ", each connected with its token and subscribed (the replies awaited) before it counts; the server's pings are answered"
+                    } else {
+                        ""
+                    },
                     if r.mode == "quick" { "1.5" } else { "2" }
                 );
                 idle_table(&mut out, r, sc);

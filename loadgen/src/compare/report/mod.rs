@@ -13,10 +13,12 @@
 //! - [`summary`]: medians, spreads, ratios to ringcast and warnings, from the cells.
 //! - [`cells`]: how one figure is written (ratios, capacities and their marks).
 //! - [`markdown`]: `compare.md`; [`text`]: the terminal summary; [`charts`]: the SVG files.
+//! - [`reconnect`]: the reconnect storm's table and lines.
 
 pub mod cells;
 pub mod charts;
 pub mod markdown;
+pub mod reconnect;
 pub mod summary;
 pub mod text;
 

@@ -12,8 +12,15 @@ pub fn render_text(r: &CompareReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nloadgen compare ({}, {} repetition(s)), {}",
-        r.mode, r.repeat, r.started_utc
+        "\nloadgen compare ({}, {} repetition(s), protocol {}{}), {}",
+        r.mode,
+        r.repeat,
+        r.protocol,
+        r.publish_via
+            .as_deref()
+            .map(|v| format!(", publishing via {v}"))
+            .unwrap_or_default(),
+        r.started_utc
     );
     for sc in &r.scenarios {
         let _ = writeln!(out, "\n  {}", sc.title);
@@ -52,6 +59,7 @@ pub fn render_text(r: &CompareReport) -> String {
                     }
                 }
             }
+            ScenarioKind::Reconnect => super::reconnect::storm_lines(&mut out, r, sc),
             ScenarioKind::Idle => {
                 for srv in &r.servers {
                     if let Some(s) = r.summary(&sc.id, &srv.name) {

@@ -184,9 +184,9 @@ impl Link {
                 self.worker.wait_for_memory().await;
             }
             if wait_first && !self.publisher {
-                // The socket was drained: wait for more without holding a small buffer
-                // (a grown one is kept).
-                if buf.is_empty() && buf.capacity() <= INITIAL_READ_BYTES {
+                // The socket was drained: wait for more without holding a buffer (this is
+                // not a publisher: what it sends now and then, a pong or a command, is small).
+                if buf.is_empty() {
                     buf = Vec::new();
                 }
                 self.connections

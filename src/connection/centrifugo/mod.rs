@@ -32,7 +32,6 @@ use crate::fanout::subscription::Subscription;
 use crate::fanout::Forwarding;
 use crate::worker::Worker;
 use codec::{Disconnect, ErrorCode, PublicationOut, Request};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -68,7 +67,9 @@ pub struct Session {
     /// The user (the token's `sub`; empty without tokens).
     user: Arc<str>,
     encoding: Encoding,
-    subscribed: HashMap<String, Subscribed>,
+    /// By channel name (a list: a connection rarely has more than a few, and idle connections
+    /// are many).
+    subscribed: Vec<(String, Subscribed)>,
     /// Replies of the frame being handled, one line each.
     replies: Vec<u8>,
     /// Forwards still to make (another thread's inbox was full).
@@ -87,7 +88,7 @@ impl Session {
             unusable: false,
             user: Arc::from(""),
             encoding,
-            subscribed: HashMap::new(),
+            subscribed: Vec::new(),
             replies: Vec::new(),
             pending: Vec::new(),
             last_published: None,
@@ -162,11 +163,8 @@ impl Session {
     /// Sends the replies gathered so far (one frame), and returns the forwards still to make.
     pub fn flush(&mut self, outbound: &Outbound) -> Option<Forwarding> {
         if !self.replies.is_empty() {
-            outbound.send_text(&self.replies);
-            self.replies.clear();
-            if self.replies.capacity() > 64 << 10 {
-                self.replies = Vec::new();
-            }
+            // Not kept between frames: most connections reply rarely, and idle ones are many.
+            outbound.send_text(&std::mem::take(&mut self.replies));
         }
         let mut pending = std::mem::take(&mut self.pending);
         match pending.len() {
@@ -198,7 +196,7 @@ impl Session {
 
     /// The connection ends: its subscriptions leave their channels.
     pub fn close(&mut self, worker: &Worker) {
-        for (_, subscribed) in self.subscribed.drain() {
+        for (_, subscribed) in self.subscribed.drain(..) {
             subscribed.history.leave(&self.user);
             worker
                 .fanout
@@ -320,7 +318,7 @@ impl Session {
                 }
             }
         }
-        if self.subscribed.contains_key(name) {
+        if self.subscribed.iter().any(|(n, _)| n == name) {
             codec::error(&mut self.replies, id, ErrorCode::AlreadySubscribed);
             return Ok(());
         }
@@ -401,19 +399,20 @@ impl Session {
             })
             .collect();
         codec::reply(&mut self.replies, id, "subscribe", &result);
-        self.subscribed.insert(
+        self.subscribed.push((
             request.channel,
             Subscribed {
                 channel,
                 subscription,
                 history,
             },
-        );
+        ));
         Ok(())
     }
 
     fn unsubscribe(&mut self, worker: &Worker, outbound: &Outbound, name: &str) {
-        if let Some(subscribed) = self.subscribed.remove(name) {
+        let found = self.subscribed.iter().position(|(n, _)| n == name);
+        if let Some((_, subscribed)) = found.map(|i| self.subscribed.swap_remove(i)) {
             outbound.unsubscribe(&subscribed.subscription);
             subscribed.history.leave(&self.user);
             worker

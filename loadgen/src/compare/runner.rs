@@ -408,6 +408,32 @@ pub fn run_load_cell(
     (cell, detail)
 }
 
+/// A cell of scenario `sc` on server `def` with its server started (and its tag for the log);
+/// or the cell with the start's error.
+fn start_cell(
+    plan: &Plan,
+    sc: &Scenario,
+    def: &ServerDef,
+    rep: u32,
+    position: u32,
+    compress: bool,
+) -> Result<(CellRun, String, ServerProcess), Box<CellRun>> {
+    let mut cell = new_cell(sc, def, rep, position);
+    let tag = format!("{} r{rep} {}", sc.id, def.name);
+    let log = plan.log_path(&sc.id, &def.name, rep, 0);
+    match def.start(plan.server_cpu, log.as_deref(), compress) {
+        Ok(server) => {
+            cell.server_command = server.command.clone();
+            Ok((cell, tag, server))
+        }
+        Err(e) => {
+            plan.say(&format!("{tag}: ERROR {e}"));
+            cell.error = Some(e.to_string());
+            Err(Box::new(cell))
+        }
+    }
+}
+
 /// The idle scenario on one server: hold the connections, read the server's memory.
 pub fn run_idle_cell(
     plan: &Plan,
@@ -417,18 +443,10 @@ pub fn run_idle_cell(
     position: u32,
 ) -> CellRun {
     let started = Instant::now();
-    let mut cell = new_cell(sc, def, rep, position);
-    let tag = format!("{} r{rep} {}", sc.id, def.name);
-    let log = plan.log_path(&sc.id, &def.name, rep, 0);
-    let server = match def.start(plan.server_cpu, log.as_deref(), sc.compress) {
-        Ok(s) => s,
-        Err(e) => {
-            plan.say(&format!("{tag}: ERROR {e}"));
-            cell.error = Some(e.to_string());
-            return cell;
-        }
+    let (mut cell, tag, server) = match start_cell(plan, sc, def, rep, position, sc.compress) {
+        Ok(started) => started,
+        Err(cell) => return *cell,
     };
-    cell.server_command = server.command.clone();
     let cfg = Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(true)))
         .map_err(CellError::from)
         .map(|target| HoldConfig {
@@ -492,18 +510,10 @@ pub fn run_reconnect_cell(
     position: u32,
 ) -> CellRun {
     let started = Instant::now();
-    let mut cell = new_cell(sc, def, rep, position);
-    let tag = format!("{} r{rep} {}", sc.id, def.name);
-    let log = plan.log_path(&sc.id, &def.name, rep, 0);
-    let server = match def.start(plan.server_cpu, log.as_deref(), false) {
-        Ok(s) => s,
-        Err(e) => {
-            plan.say(&format!("{tag}: ERROR {e}"));
-            cell.error = Some(e.to_string());
-            return cell;
-        }
+    let (mut cell, tag, server) = match start_cell(plan, sc, def, rep, position, false) {
+        Ok(started) => started,
+        Err(cell) => return *cell,
     };
-    cell.server_command = server.command.clone();
     let r = Target::parse(&format!("ws://{}{}", server.addr, plan.ws_path(false)))
         .map_err(|e| e.to_string())
         .and_then(|target| {

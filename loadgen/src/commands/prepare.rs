@@ -216,8 +216,21 @@ fn choose_cpus(c: &CommonArgs, all_cpus: &[usize], p: &mut Prepared) {
     }
     p.threads = c
         .threads
-        .unwrap_or_else(|| p.loadgen_cpus.as_ref().map_or(all_cpus.len(), |v| v.len()))
+        .unwrap_or_else(|| {
+            default_readers(p.loadgen_cpus.as_ref().map_or(all_cpus.len(), |v| v.len()))
+        })
         .max(1);
+}
+
+/// Reader threads by default on `cpus` cores for loadgen: one per core, but one core left to
+/// the pacer when there are three or more (with fewer, the pacer shares: a reader per core is
+/// worth more than a pacer of its own).
+fn default_readers(cpus: usize) -> usize {
+    if cpus >= 3 {
+        cpus - 1
+    } else {
+        cpus.max(1)
+    }
 }
 
 /// Every `--publish-on` index names one of the servers.
@@ -244,4 +257,17 @@ pub(super) fn stop_servers_on_error<T>(
         servers::stop_all(&mut p.servers, &mut p.broker);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_gets_a_core_of_its_own_from_three_on() {
+        assert_eq!(default_readers(1), 1);
+        assert_eq!(default_readers(2), 2);
+        assert_eq!(default_readers(3), 2);
+        assert_eq!(default_readers(8), 7);
+    }
 }

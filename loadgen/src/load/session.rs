@@ -494,7 +494,7 @@ impl Session {
             body,
             run_tag,
             spin_ns: cfg.spec.spin_ns,
-            cpus: cfg.part.cpus.clone(),
+            cpus: pacer_cpus(cfg.part.cpus.as_deref(), readers.len()),
             send_timeout: Duration::from_secs(5),
             realtime: cfg.spec.pacer_realtime,
         })?;
@@ -814,5 +814,33 @@ impl Session {
         for r in self.readers {
             let _ = r.join.join();
         }
+    }
+}
+
+/// The pacer's CPUs: those of loadgen's `cpus` no reader is pinned to (readers take them
+/// round-robin from the first), or all of them when the readers use every one.
+fn pacer_cpus(cpus: Option<&[usize]>, readers: usize) -> Option<Vec<usize>> {
+    let cpus = cpus.filter(|c| !c.is_empty())?;
+    if readers < cpus.len() {
+        Some(cpus[readers..].to_vec())
+    } else {
+        Some(cpus.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_takes_the_cores_no_reader_has() {
+        assert_eq!(pacer_cpus(Some(&[1, 2, 3]), 2), Some(vec![3]));
+        assert_eq!(
+            pacer_cpus(Some(&[1]), 1),
+            Some(vec![1]),
+            "shared when none is free"
+        );
+        assert_eq!(pacer_cpus(Some(&[1, 2]), 2), Some(vec![1, 2]));
+        assert_eq!(pacer_cpus(None, 1), None);
     }
 }

@@ -109,6 +109,8 @@ pub struct Outbound {
     out: RefCell<Out>,
     /// One per channel it reads; a write interleaves their blocks, each channel's in order.
     subscriptions: RefCell<Vec<Rc<Subscription>>>,
+    /// An unsubscribed one may still be in the list (dropped at the next write's start).
+    unsubscribed: Cell<bool>,
     ring: Rc<Ring>,
     metrics: Arc<ThreadMetrics>,
     /// How long a close may take before the socket is shut down regardless.
@@ -155,6 +157,7 @@ impl Outbound {
             stream,
             out: RefCell::default(),
             subscriptions: RefCell::new(Vec::with_capacity(1)),
+            unsubscribed: Cell::new(false),
             ring,
             metrics,
             close_timeout,
@@ -183,6 +186,7 @@ impl Outbound {
     /// middle of still goes out (frames stay whole), then it is dropped.
     pub fn unsubscribe(&self, subscription: &Rc<Subscription>) {
         subscription.finish();
+        self.unsubscribed.set(true);
         let out = self.out.borrow();
         if out.writing != Writing::InFlight {
             self.subscriptions.borrow_mut().retain(|s| s.is_live());
@@ -389,7 +393,12 @@ impl Outbound {
             return;
         }
         // Unsubscribed ones whose last bytes went out are dropped (no write is in flight).
-        self.subscriptions.borrow_mut().retain(|s| s.is_live());
+        if self.unsubscribed.get() {
+            let mut subscriptions = self.subscriptions.borrow_mut();
+            subscriptions.retain(|s| s.is_live());
+            self.unsubscribed
+                .set(subscriptions.iter().any(|s| !s.is_live_reader()));
+        }
         let subscriptions = self.subscriptions.borrow();
         for subscription in subscriptions.iter() {
             subscription.prepare();
@@ -403,7 +412,10 @@ impl Outbound {
                 });
             }
         }
-        let at_boundary = subscriptions.iter().all(|s| s.at_boundary());
+        // The one in the middle of a block, if any (at most one: a block begun is finished
+        // before another channel's bytes).
+        let midway = subscriptions.iter().position(|s| !s.at_boundary());
+        let at_boundary = midway.is_none();
         if at_boundary {
             let mut skip = out.control_written;
             for frame in &out.controls {
@@ -423,10 +435,7 @@ impl Outbound {
         let only_current = !at_boundary && !out.controls.is_empty();
         let mut written = 0;
         let mut reached_all = true;
-        let first = subscriptions
-            .iter()
-            .position(|s| !s.at_boundary())
-            .unwrap_or(0);
+        let first = midway.unwrap_or(0);
         let count = subscriptions.len();
         for index in (0..count).map(|i| (first + i) % count) {
             let subscription = &subscriptions[index];

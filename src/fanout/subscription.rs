@@ -302,6 +302,11 @@ impl Subscription {
         cursor.attached || cursor.tail.is_some() || cursor.in_flight
     }
 
+    /// Whether it still reads its log (not unsubscribed).
+    pub fn is_live_reader(&self) -> bool {
+        self.cursor.borrow().attached
+    }
+
     /// Takes it off the log's idle list (its connection is about to write).
     pub fn unpark(&self) {
         if self.park_slot.get() != NOT_PARKED {

@@ -479,8 +479,6 @@ impl PublishEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::recorder::Topology;
-    use crate::load::topology::Placement;
     use ringcast_proto::frame::encode_frame;
 
     fn stamp(seq: u64) -> Stamp {
@@ -615,15 +613,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut peer, _) = l.accept().unwrap();
-        let topo = Topology {
-            channels: 1,
-            publishers: 1,
-            subscribers: 1,
-        };
-        let mut rec = Recorder::new(1, topo, Placement::single(), Vec::new());
-        rec.step_start_ns = 0;
-        rec.window_start_ns = 0;
-        rec.window_end_ns = u64::MAX;
+        let mut rec = crate::load::parse::tests::recorder();
         let mut trackers = vec![SeqTracker::default()];
         use std::os::fd::AsRawFd;
         on_subscriber_text(&text, sock.as_raw_fd(), &mut rec, 0, 0, &mut trackers, 20);

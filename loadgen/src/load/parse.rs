@@ -437,7 +437,7 @@ fn send_pong(fd: RawFd, payload: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::load::payload::Stamp;
     use ringcast_proto::frame::encode_frame;
@@ -461,7 +461,7 @@ mod tests {
     }
 
     /// A recorder of one publisher and one subscriber, every message inside the window.
-    pub(super) fn recorder() -> Recorder {
+    pub(crate) fn recorder() -> Recorder {
         let topo = Topology {
             channels: 1,
             publishers: 1,

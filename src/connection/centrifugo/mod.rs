@@ -360,17 +360,15 @@ impl Session {
             result.epoch = history.epoch();
             result.offset = here;
             if request.recover {
+                // No epoch given: the client means the current one.
+                let epoch = if request.epoch.is_empty() {
+                    history.epoch().clone()
+                } else {
+                    Arc::from(request.epoch.as_str())
+                };
                 let since = StreamPosition {
                     offset: request.offset,
-                    epoch: Arc::from(request.epoch.as_str()),
-                };
-                let since = if request.epoch.is_empty() {
-                    StreamPosition {
-                        epoch: history.epoch().clone(),
-                        ..since
-                    }
-                } else {
-                    since
+                    epoch,
                 };
                 match history.recover(&since, here, worker.histories.retention()) {
                     Recovery::Recovered(missed) if missed.len() <= MAX_PUBLICATIONS => {

@@ -19,6 +19,7 @@ use super::plan::Plan;
 use super::scenarios::STORM_MESSAGES;
 use crate::load::client::{AddressError, Target};
 use crate::load::idle::{hold_idle, HoldConfig};
+use crate::load::pacer::DEFAULT_SEND_QUANTUM_NS;
 use crate::load::session::{Session, SessionError, StepOutcome, StepResult, StepSpec};
 use crate::load::spec::{LoadConfig, RunSpec};
 use crate::load::storm::{storm, StormConfig};
@@ -135,6 +136,7 @@ pub fn open_live(
         connect_timeout: Duration::from_secs(10),
         recv_buf_bytes: 256 * 1024,
         spin_ns: 0,
+        send_quantum_ns: DEFAULT_SEND_QUANTUM_NS,
         pacer_realtime: true,
         protocol: plan.protocol,
         publish_via: plan.publish_via,

@@ -6,7 +6,7 @@
 //! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
 //! opened concurrently, each on its own deadline), [`reader`] (epoll receive side) and
 //! [`parse`] (what the bytes it reads mean), [`pacer`] (send side), [`recorder`] (exact counts
-//! and histograms); [`spec`] (a run's settings, one serializable value), [`session`] (a set of
+//! and histograms) over [`tally`] (a latency's record in a few instructions); [`spec`] (a run's settings, one serializable value), [`session`] (a set of
 //! connections and the rate steps run on it), [`step`] (a step's parts as data, and their
 //! merge), [`idle`] (idle connections held to measure memory) and [`storm`] (a reconnect storm
 //! with recovery, Centrifugo); [`token`] (client tokens for servers that require them);
@@ -36,5 +36,6 @@ pub mod session;
 pub mod spec;
 pub mod step;
 pub mod storm;
+pub mod tally;
 pub mod token;
 pub mod topology;

@@ -506,6 +506,7 @@ pub(crate) mod tests {
             }
             assert_eq!(rec.counts.received, 50, "chunk {chunk}");
             assert_eq!(rec.counts.duplicated + rec.counts.malformed, 0);
+            rec.flush_pending();
             assert_eq!(rec.window_latency().len(), 50);
             assert_eq!(rec.counts.pings, 1, "chunk {chunk}");
             assert!(c.carry.is_empty());

@@ -11,11 +11,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::load::payload::Stamp;
+use crate::load::tally::LatencyTally;
+pub use crate::load::tally::MAX_LATENCY_NS;
 use crate::load::topology::Placement;
 pub use crate::load::topology::Topology;
-
-/// Highest latency the histograms can hold (1 hour, in ns); larger values are clamped.
-pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 
 /// A new latency histogram: 1 ns .. 1 h, 3 significant figures.
 pub fn new_histogram() -> Histogram<u64> {
@@ -405,8 +404,10 @@ pub struct Recorder {
     /// ([`Recorder::window_latency`]), built when asked for rather than recorded twice per
     /// message. Up to date after [`Recorder::flush_pending`].
     pub intervals: Vec<Histogram<u64>>,
-    /// Equal latencies of the same second not yet recorded.
-    pending: PendingRun,
+    /// Latencies counted but not yet in their second's histogram: two seconds' worth, so that
+    /// around a second's end, when connections read messages of both, neither is handed over
+    /// at every switch ([`PendingSeconds`]).
+    pending: PendingSeconds,
     /// The same, split by whether publisher and subscriber are on the same server ([0]) or on
     /// different ones ([1]): kept only when the run spans several servers.
     pub by_route: Option<[Histogram<u64>; 2]>,
@@ -434,16 +435,44 @@ struct PublisherInfo {
     timed: bool,
 }
 
-/// A run of deliveries with the same latency in the same second, counted but not yet in its
-/// histogram. Equal latencies come in runs whenever deliveries share a receive time (the
-/// frames of one read that were stamped with the same intended time, or a clock read shared by
-/// several receives): one `record_n` per run instead of one record (and its bucket lookup) per
-/// delivery. Exact: the histogram gets the same counts.
-#[derive(Debug, Clone, Copy, Default)]
-struct PendingRun {
-    second: usize,
-    latency_ns: u64,
-    count: u64,
+/// The seconds being counted: slot `second % 2` tallies that second's latencies until a
+/// message of second `second + 2` takes the slot over (the tally then goes to its histogram).
+#[derive(Debug, Clone, Default)]
+struct PendingSeconds {
+    slots: [(usize, LatencyTally); 2],
+}
+
+impl PendingSeconds {
+    /// The tally of `second`, the one it replaces handed to `intervals` first.
+    #[inline(always)]
+    fn tally(&mut self, second: usize, intervals: &mut Vec<Histogram<u64>>) -> &mut LatencyTally {
+        let slot = &mut self.slots[second % 2];
+        if slot.0 != second {
+            if !slot.1.is_empty() {
+                drain_second(&mut slot.1, slot.0, intervals);
+            }
+            slot.0 = second;
+        }
+        &mut slot.1
+    }
+
+    /// Hands every tally to its second's histogram.
+    fn flush(&mut self, intervals: &mut Vec<Histogram<u64>>) {
+        for (second, tally) in &mut self.slots {
+            if !tally.is_empty() {
+                drain_second(tally, *second, intervals);
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drain_second(tally: &mut LatencyTally, second: usize, intervals: &mut Vec<Histogram<u64>>) {
+    if second >= intervals.len() {
+        intervals.resize_with(second + 1, new_histogram);
+    }
+    tally.drain_into(&mut intervals[second]);
 }
 
 /// One step's measurements, taken from a [`Recorder`].
@@ -474,7 +503,7 @@ impl Recorder {
         Recorder {
             counts: DeliveryCounts::default(),
             intervals: Vec::new(),
-            pending: PendingRun::default(),
+            pending: PendingSeconds::default(),
             by_route: (placement.targets > 1).then(|| [new_histogram(), new_histogram()]),
             fanout: FanoutTable::new(topology.publishers),
             run_tag,
@@ -544,17 +573,9 @@ impl Recorder {
         {
             let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
             let second = ((stamp.intended_ns - self.window_start_ns) / 1_000_000_000) as usize;
-            let run = &mut self.pending;
-            if run.count > 0 && run.latency_ns == latency_ns && run.second == second {
-                run.count += 1;
-            } else {
-                self.flush_pending();
-                self.pending = PendingRun {
-                    second,
-                    latency_ns,
-                    count: 1,
-                };
-            }
+            self.pending
+                .tally(second, &mut self.intervals)
+                .record_n(latency_ns, 1);
             if let Some(routes) = &mut self.by_route {
                 let cross = self.placement.publisher_target(stamp.publisher) != target;
                 routes[usize::from(cross)].saturating_record(latency_ns);
@@ -563,30 +584,18 @@ impl Recorder {
         }
     }
 
-    /// Records the pending run of equal latencies into its second's histogram.
-    #[inline(always)]
+    /// Hands the latencies counted so far to their seconds' histograms.
     pub fn flush_pending(&mut self) {
-        let run = self.pending;
-        if run.count == 0 {
-            return;
-        }
-        self.pending.count = 0;
-        if run.second >= self.intervals.len() {
-            self.intervals.resize_with(run.second + 1, new_histogram);
-        }
-        self.intervals[run.second].saturating_record_n(run.latency_ns, run.count);
+        self.pending.flush(&mut self.intervals);
     }
 
     /// Latency of every message of the window so far: the sum of the per-second histograms
-    /// and of the pending run.
+    /// (call [`Recorder::flush_pending`] first for the latest).
     pub fn window_latency(&self) -> Histogram<u64> {
         let mut sum = new_histogram();
         for h in &self.intervals {
             // Same bounds: adding cannot fail.
             let _ = sum.add(h);
-        }
-        if self.pending.count > 0 {
-            sum.saturating_record_n(self.pending.latency_ns, self.pending.count);
         }
         sum
     }
@@ -717,10 +726,11 @@ mod tests {
     }
 
     #[test]
-    fn runs_of_equal_latencies_are_counted_exactly() {
+    fn latencies_are_counted_exactly() {
         // Runs of equal latency (one message to many subscribers in one batch), runs broken by
-        // a new value or a new second, and single values: the histograms get exactly the
-        // counts that one record per delivery would give.
+        // a new value or a new second, single values, and messages of one second arriving
+        // after the next second's: the histograms get exactly the counts that one record per
+        // delivery would give.
         let subscribers = 5u32;
         let topo = Topology {
             channels: 1,
@@ -747,14 +757,30 @@ mod tests {
                 want_per_second[second].record(latency).unwrap();
             }
             if seq == 250 {
-                // A look at the window mid-run includes the pending run.
+                // A look at the window mid-run, once flushed, has every delivery so far.
+                r.flush_pending();
                 assert_eq!(r.window_latency().len(), 251 * u64::from(subscribers));
             }
+        }
+        // Late arrivals of seconds 0, 1 and 2 (each slot taken over twice since), after
+        // seconds 3's: each lands in its own second.
+        for (second, t) in [(0u64, 0usize), (2, 1), (1, 2), (2, 3)] {
+            let intended = second * 1_000_000_000 + 5;
+            let latency = 2_000_000 + second;
+            r.on_message(
+                &stamp(0, 1_000 + second, intended),
+                0,
+                0,
+                &mut trackers[t],
+                intended + latency,
+            );
+            want_all.record(latency).unwrap();
+            want_per_second[second as usize].record(latency).unwrap();
         }
         let taken = r.take();
         assert_eq!(taken.latency, want_all);
         assert_eq!(taken.intervals, want_per_second);
-        assert_eq!(taken.counts.received, 400 * u64::from(subscribers));
+        assert_eq!(taken.counts.received, 400 * u64::from(subscribers) + 4);
     }
 
     #[test]

@@ -494,6 +494,7 @@ impl Session {
             body,
             run_tag,
             spin_ns: cfg.spec.spin_ns,
+            send_quantum_ns: cfg.spec.send_quantum_ns,
             cpus: pacer_cpus(cfg.part.cpus.as_deref(), readers.len()),
             send_timeout: Duration::from_secs(5),
             realtime: cfg.spec.pacer_realtime,

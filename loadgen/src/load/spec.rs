@@ -70,6 +70,8 @@ pub struct RunSpec {
     pub recv_buf_bytes: usize,
     /// Busy-wait before each send time.
     pub spin_ns: u64,
+    /// The pacer's shortest time between two wake-ups (0 in files from before it existed).
+    pub send_quantum_ns: u64,
     /// Run the pacer under SCHED_FIFO when allowed.
     pub pacer_realtime: bool,
     /// The first N subscribers stop reading for `stall_ns` from the first step's start.
@@ -319,6 +321,7 @@ mod tests {
             connect_timeout: Duration::from_millis(10_250),
             recv_buf_bytes: 256 * 1024,
             spin_ns: 3000,
+            send_quantum_ns: 50_000,
             pacer_realtime: true,
             stall_subscribers: 5,
             stall_ns: 2_000_000_000,

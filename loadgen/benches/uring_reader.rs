@@ -3,15 +3,19 @@
 //! `lean_reader.rs` checks loadgen's latencies at loads loadgen keeps up with. This program
 //! checks the other thing a load generator can get wrong: its ceiling. If loadgen's receive
 //! path cost more CPU per delivery than the server's send path, a sweep would find loadgen's
-//! limit and call it the server's. So this reader is built to be as cheap per delivery as a
-//! reader can be, on a different kernel interface from loadgen's: one plain (not multishot)
-//! io_uring receive armed per connection, into a 64 KiB buffer of its own, every completion
-//! reaped and every receive re-armed in one `io_uring_enter`; the clock read once per batch
-//! of completions; per frame only the stamp's intended time, one count in a log-linear array
-//! of its own (32 buckets per power of two: a value is read back within 1.6 %, well inside
-//! the 10 % its comparisons ask for) and a delivery count. No loss order per publisher, no
-//! fan-out table, no live view. It shares no code with loadgen's reader but the stamp layout
-//! and the frame header decoder.
+//! limit and call it the server's. So this reader is built lean, on a different kernel
+//! interface from loadgen's: one plain (not multishot) io_uring receive armed per
+//! connection, into a 64 KiB buffer of its own, every completion reaped and every receive
+//! re-armed in one `io_uring_enter` (`SINGLE_ISSUER | DEFER_TASKRUN`); the clock read once per
+//! batch of completions; per frame only the stamp's intended time, one count in a log-linear
+//! array of its own (32 buckets per power of two: a value is read back within 1.6 %, well
+//! inside the 10 % its comparisons ask for) and a delivery count. No loss order per
+//! publisher, no fan-out table, no live view. It shares no code with loadgen's reader but the
+//! stamp layout and the frame header decoder.
+//!
+//! Two variants measured slower on the 2-vCPU Intel VM of `benches/RESULTS.md` and were not
+//! kept: 16 KiB per connection, and a shared pool of 256 x 16 KiB buffers the ring picks from
+//! (`IOSQE_BUFFER_SELECT`, with `ENOBUFS` re-armed).
 //!
 //! Run it against a server, then publish with loadgen's publishers only (`loadgen run -c 0`);
 //! `scripts/headroom.py` does both at each rate of a grid, alternating with `loadgen run`.

@@ -12,10 +12,12 @@ use super::common::{AppError, Outcome};
 use super::prepare::Prepared;
 use crate::cli::{CommonArgs, Format};
 use crate::load::session::StepResult;
+use crate::load::step::OWN_DELAY_LIMIT_NS;
 use crate::report::model::{BrokerInfo, ConfigEcho, Summary, SCHEMA_VERSION};
 use crate::report::timeline::StepTimeline;
 use crate::report::{self, ReportError};
 use crate::sys::machine;
+use crate::units::fmt_ns;
 
 /// The command line as typed, each argument quoted when the shell would need it.
 fn command_line() -> String {
@@ -68,11 +70,18 @@ pub(super) fn new_summary(scenario: &str, c: &CommonArgs, p: &Prepared) -> Summa
     }
 }
 
-/// What saturated loadgen in step `s`, and how much: its busiest reader thread, its pacer
-/// thread, or its cores as a whole (the first of them over 90 %).
+/// What saturated loadgen in step `s`, and how much: the time delivered bytes waited in its
+/// sockets (when the kernel stamped them), else its busiest reader thread, its pacer thread,
+/// or its cores as a whole (the first of them over 90 %).
 pub(super) fn saturated_resource(s: &StepResult) -> String {
     let cores = s.cpu.loadgen_cores_used * 100.0 / f64::from(s.cpu.loadgen_cores.max(1));
-    if s.cpu.busiest_reader_util > 0.9 {
+    if let Some(d) = &s.cpu.own_delay {
+        format!(
+            "delivered bytes waited {} (p99) in its sockets before its readers took them, over the {} that marks a reader falling behind (its core(s) {cores:.0}% busy)",
+            fmt_ns(d.p99_ns),
+            fmt_ns(OWN_DELAY_LIMIT_NS)
+        )
+    } else if s.cpu.busiest_reader_util > 0.9 {
         format!(
             "its busiest reader thread ran {:.0}% of the time (its core(s) {cores:.0}%)",
             s.cpu.busiest_reader_util * 100.0

@@ -4,8 +4,8 @@
 //! is due), [`payload`] (the stamp every message carries), [`topology`] (who is who: channels,
 //! servers, loadgen processes); [`epoll`] (the readiness waits below); [`client`] (targets and
 //! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
-//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side) and
-//! [`parse`] (what the bytes it reads mean), [`pacer`] (send side), [`recorder`] (exact counts
+//! opened concurrently, each on its own deadline), [`reader`] (epoll receive side), [`rx_time`]
+//! (how long its bytes waited for it) and [`parse`] (what the bytes it reads mean), [`pacer`] (send side), [`recorder`] (exact counts
 //! and histograms) over [`tally`] (a latency's record in a few instructions); [`spec`] (a run's settings, one serializable value), [`session`] (a set of
 //! connections and the rate steps run on it), [`step`] (a step's parts as data, and their
 //! merge), [`idle`] (idle connections held to measure memory) and [`storm`] (a reconnect storm
@@ -31,6 +31,7 @@ pub mod payload;
 pub mod ramp;
 pub mod reader;
 pub mod recorder;
+pub mod rx_time;
 pub mod schedule;
 pub mod session;
 pub mod spec;

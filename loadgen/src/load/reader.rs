@@ -34,6 +34,7 @@ pub use crate::load::parse::{ReceivePath, Role, Wire};
 use crate::load::recorder::{
     new_histogram, DeliveryCounts, FanoutTable, Recorder, Taken, Topology,
 };
+use crate::load::rx_time::{self, RxClock, StampedRecv};
 use crate::load::topology::Placement;
 
 /// The smallest read buffer (a frame header and a stamp fit many times over).
@@ -100,6 +101,10 @@ pub struct ReaderReport {
     pub thread_cpu_ns: u64,
     /// Reads that returned data, since the thread started.
     pub reads: u64,
+    /// How long the bytes of each read of the window had waited in the socket for this
+    /// reader, once per delivery they carried ([`crate::load::rx_time`]); empty when the
+    /// kernel gave no receive stamps.
+    pub own_delay: Histogram<u64>,
 }
 
 /// Commands from the main thread.
@@ -203,6 +208,9 @@ struct Reader {
     /// Subscribers held back until the stall's release (none once released).
     stalled_left: bool,
     reads: u64,
+    stamped: StampedRecv,
+    rx_clock: RxClock,
+    own_delay: Histogram<u64>,
 }
 
 impl Reader {
@@ -240,6 +248,9 @@ impl Reader {
             stopping: false,
             stalled_left: false,
             reads: 0,
+            stamped: StampedRecv::default(),
+            rx_clock: RxClock::default(),
+            own_delay: new_histogram(),
         };
         for i in 0..r.path.conns.len() {
             if r.path.conns[i].waiting_for_stall {
@@ -265,6 +276,8 @@ impl Reader {
     /// wake-up is reported again by the next wait).
     fn watch(&mut self, idx: usize) -> Result<(), ReaderError> {
         let c = &mut self.path.conns[idx];
+        // Without stamps (an old kernel) the report falls back on CPU shares.
+        let _ = rx_time::enable(c.fd);
         self.epoll
             .add(c.fd, idx as u64, libc::EPOLLIN as u32)
             .map_err(ReaderError::Register)?;
@@ -307,6 +320,7 @@ impl Reader {
                             fanout,
                             thread_cpu_ns: clock::thread_cpu_ns(),
                             reads: self.reads,
+                            own_delay: std::mem::replace(&mut self.own_delay, new_histogram()),
                         });
                     }
                     Command::Stop => {
@@ -370,13 +384,16 @@ impl Reader {
     /// Waits up to 10 ms for readable connections, then reads each: until a read comes back
     /// shorter than the buffer (the socket is then most likely empty, and the extra read that
     /// would say so is saved) or [`READS_PER_WAKE`] full reads (then the next connection's turn:
-    /// level-triggered epoll reports the rest again). The receive time is taken after each read.
+    /// level-triggered epoll reports the rest again). The receive time is taken after each read,
+    /// and how long its bytes waited is counted once per delivery in it.
     fn wait_and_read(&mut self) -> Result<(), ReaderError> {
         let ready = self
             .epoll
             .wait(&mut self.events, 10)
             .map_err(ReaderError::Wait)?;
         self.sync_clock();
+        self.rx_clock.sync();
+        let window_start_ns = self.path.rec.window_start_ns;
         let Reader {
             epoll,
             events,
@@ -384,6 +401,9 @@ impl Reader {
             path,
             stopping,
             reads,
+            stamped,
+            rx_clock,
+            own_delay,
             ..
         } = self;
         for ev in events.iter().take(ready) {
@@ -391,19 +411,12 @@ impl Reader {
                 continue;
             };
             for _ in 0..READS_PER_WAKE {
-                // SAFETY: reading into our own buffer of `buf.len()` bytes from our own socket.
-                let got = unsafe {
-                    libc::recv(
-                        conn.fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
+                let (got, stamp) = stamped.recv(conn.fd, buf);
                 if got > 0 {
                     let recv_ns = clock::now_ns();
                     *reads += 1;
                     let got = got as usize;
+                    let before = path.rec.counts.received;
                     process_bytes(
                         conn,
                         &mut path.rec,
@@ -411,6 +424,13 @@ impl Reader {
                         &buf[..got],
                         recv_ns,
                     );
+                    let delivered = path.rec.counts.received - before;
+                    if let (Some(stamp), true) = (stamp, recv_ns >= window_start_ns) {
+                        if delivered > 0 {
+                            own_delay
+                                .saturating_record_n(rx_clock.waited_ns(stamp, recv_ns), delivered);
+                        }
+                    }
                     if got < buf.len() {
                         break;
                     }

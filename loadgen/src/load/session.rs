@@ -714,8 +714,10 @@ impl Session {
         let mut fanout = Vec::new();
         let mut busiest = 0.0f64;
         let mut reads = 0u64;
+        let mut own_delay = new_histogram();
         for (i, rep) in reports.into_iter().enumerate() {
             counts.merge(&rep.counts);
+            let _ = own_delay.add(&rep.own_delay);
             let _ = latency.add(&rep.latency);
             if rep.intervals.len() > intervals.len() {
                 intervals.resize_with(rep.intervals.len(), new_histogram);
@@ -773,6 +775,7 @@ impl Session {
             cores,
             busiest_reader_util: busiest,
             reads,
+            own_delay,
             runqueue_wait_share: wait_share,
             subscribers: self.cfg.part.share.subscribers.len() as u32,
             publishers: self.cfg.part.share.publishers.len() as u32,

@@ -13,6 +13,14 @@ use crate::load::recorder::{
 };
 use crate::load::topology::Topology;
 
+/// loadgen's own delay (p99) from which a step counts as limited by loadgen: 10 ms, a tenth
+/// of the default latency objective. A reader that keeps up takes each connection's bytes
+/// within a pass over its connections (well under a millisecond to a few at 1,000
+/// connections); one that falls behind lets its sockets fill, and its delay grows to the
+/// time a full receive buffer takes to drain, tens to hundreds of milliseconds. Its CPU share
+/// cannot tell the two apart: a reader that reads as fast as data comes is always busy.
+pub const OWN_DELAY_LIMIT_NS: u64 = 10_000_000;
+
 /// One rate step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepSpec {
@@ -40,7 +48,14 @@ pub struct CpuReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliveries_per_read: Option<f64>,
     pub pacer_util: f64,
-    /// True when loadgen itself was the bottleneck (> 90 % of its cores or of one reader).
+    /// How long delivered bytes waited in loadgen's sockets before its readers took them, per
+    /// delivery ([`crate::load::rx_time`]): loadgen's own share of each latency. `None` when
+    /// the kernel gave no receive stamps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_delay: Option<LatencySummary>,
+    /// True when loadgen itself was the bottleneck: its own delay's p99 over
+    /// [`OWN_DELAY_LIMIT_NS`] (without receive stamps: over 90 % of its cores or of one
+    /// reader busy).
     pub loadgen_saturated: bool,
     /// Server process CPU time / wall time (summed over the servers of a cluster), when their
     /// PIDs are known.
@@ -185,6 +200,10 @@ pub struct StepPart {
     /// Reads that returned data, warm-up and drain included.
     #[serde(default)]
     pub reads: u64,
+    /// How long delivered bytes waited in this process's sockets for its readers, per
+    /// delivery of the window and drain ([`crate::load::rx_time`]); empty without stamps.
+    #[serde(with = "hist_serde", default = "new_histogram")]
+    pub own_delay: Histogram<u64>,
     pub runqueue_wait_share: f64,
     pub subscribers: u32,
     pub publishers: u32,
@@ -243,7 +262,9 @@ pub fn merge(
     let mut unpinned_cores = 0u32;
     let (mut drained, mut drain_s) = (true, 0f64);
     let mut workers = Vec::new();
+    let mut own_delay = new_histogram();
     for (i, part) in parts.iter().enumerate() {
+        let _ = own_delay.add(&part.own_delay);
         for (total, n) in sent_per_channel.iter_mut().zip(&part.sent.sent_per_channel) {
             *total += n;
         }
@@ -307,9 +328,15 @@ pub fn merge(
     let received = counts.received;
     // The CPUs loadgen's processes could use between them (several workers may share one).
     let cores = cpus.map_or(unpinned_cores, |c| c.len() as u32).max(1);
-    let saturated = cpu_ns > 0.9 * f64::from(cores)
-        || busiest > 0.9
-        || workers.iter().any(|w| w.cores_used > 0.9);
+    let own_delay = (!own_delay.is_empty()).then(|| LatencySummary::of(&own_delay));
+    let saturated = match &own_delay {
+        Some(d) => d.p99_ns > OWN_DELAY_LIMIT_NS,
+        None => {
+            cpu_ns > 0.9 * f64::from(cores)
+                || busiest > 0.9
+                || workers.iter().any(|w| w.cores_used > 0.9)
+        }
+    };
     let result = StepResult {
         requested_rate_per_s: spec.rate_per_s,
         achieved_rate_per_s: in_window as f64 / duration_s,
@@ -339,6 +366,7 @@ pub fn merge(
             busiest_reader_util: busiest,
             deliveries_per_read: (reads > 0).then(|| counts.received as f64 / reads as f64),
             pacer_util: pacer,
+            own_delay,
             loadgen_saturated: saturated,
             server_cores_used: server.cores_used,
             server_rss_bytes: server.rss_bytes,
@@ -359,5 +387,92 @@ pub fn merge(
         latency,
         intervals,
         window_start_unix_s: parts.first().map_or(0.0, |p| p.window_start_unix_s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One process's part: its reader `busy` (share of the step's wall time) and how long its
+    /// bytes waited (`waits_ns`, one delivery each; none: no receive stamps).
+    fn part(busy: f64, waits_ns: &[u64]) -> StepPart {
+        let mut own_delay = new_histogram();
+        for &w in waits_ns {
+            own_delay.saturating_record(w);
+        }
+        let wall_ns = 1_000_000_000;
+        StepPart {
+            sent: Sent {
+                sent: 10,
+                sent_in_window: 10,
+                sent_per_channel: vec![10],
+                unsent: 0,
+                publisher_failures: Vec::new(),
+                send_lag: new_histogram(),
+                pacer_util: 0.05,
+            },
+            counts: DeliveryCounts::default(),
+            latency: new_histogram(),
+            intervals: Vec::new(),
+            window_start_unix_s: 0.0,
+            by_route: None,
+            fanout: Vec::new(),
+            drained: true,
+            drain_s: 0.0,
+            wall_ns,
+            cpu_ns: (busy * wall_ns as f64) as u64,
+            cores: 1,
+            busiest_reader_util: busy,
+            reads: 1,
+            own_delay,
+            runqueue_wait_share: 0.0,
+            subscribers: 1,
+            publishers: 1,
+            cpus: Some(vec![1]),
+        }
+    }
+
+    fn saturated(p: StepPart) -> bool {
+        let spec = StepSpec {
+            rate_per_s: 10.0,
+            warmup_ns: 0,
+            duration_ns: 1_000_000_000,
+            drain_ns: 0,
+        };
+        let topology = Topology {
+            channels: 1,
+            publishers: 1,
+            subscribers: 1,
+        };
+        merge(&spec, &topology, &[p], ServerUse::default())
+            .result
+            .cpu
+            .loadgen_saturated
+    }
+
+    /// With receive stamps, loadgen is saturated when its bytes waited over the limit (p99),
+    /// however busy its core; without them, when its core or a reader was over 90 % busy.
+    #[test]
+    fn saturation_is_the_wait_in_loadgens_sockets() {
+        let keeps_up = [200_000; 100];
+        let mut behind = [200_000; 100];
+        behind[98..].fill(OWN_DELAY_LIMIT_NS * 5);
+        assert!(
+            !saturated(part(0.99, &keeps_up)),
+            "busy, but reads within 0.2 ms"
+        );
+        assert!(saturated(part(0.5, &behind)), "bytes waited 50 ms");
+        let mut under_limit = keeps_up;
+        under_limit[98..].fill(OWN_DELAY_LIMIT_NS * 9 / 10);
+        assert!(
+            !saturated(part(0.99, &under_limit)),
+            "9 ms is under the limit"
+        );
+        assert!(
+            saturated(part(0.95, &[])),
+            "no stamps: the CPU share decides"
+        );
+        assert!(!saturated(part(0.5, &[])));
     }
 }

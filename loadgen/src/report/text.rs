@@ -147,6 +147,15 @@ fn step_block(out: &mut String, s: &StepResult, subs: u32, publishers: u32, rss_
         s.cpu.busiest_reader_util * 100.0,
         s.cpu.pacer_util * 100.0
     );
+    if let Some(d) = &s.cpu.own_delay {
+        let _ = writeln!(
+            out,
+            "  loadgen's own delay (bytes waiting in its sockets for its readers): p50 {}  p99 {}  max {}",
+            fmt_ns(d.p50_ns),
+            fmt_ns(d.p99_ns),
+            fmt_ns(d.max_ns)
+        );
+    }
     let _ = writeln!(
         out,
         "  Waiting for a CPU (run queue): loadgen {:.1}%{}",

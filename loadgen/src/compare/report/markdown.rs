@@ -372,9 +372,10 @@ pub fn render_markdown(r: &CompareReport) -> String {
     );
     let _ = writeln!(
         out,
-        "- **†**: loadgen was saturated (> 90 % of its core) at that step, or at the failing step \
-         just above the capacity: the figure may be the load generator's limit, not the server's. \
-         Loadgen's CPU share is shown per cell."
+        "- **†**: loadgen was saturated at that step, or at the failing step just above the \
+         capacity (delivered bytes waited over 10 ms, p99, in its sockets for its readers: \
+         loadgen's own delay, from the kernel's receive stamps): the figure may be the load \
+         generator's limit, not the server's. Loadgen's CPU share is shown per cell."
     );
     let _ = writeln!(
         out,

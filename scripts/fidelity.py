@@ -18,41 +18,14 @@ Usage (after `cargo build --release --workspace` and
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import re
 import statistics
 import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from yardstick import ROOT, bench_binary, start_server
 
-
-def lean_binary() -> str:
-    found = sorted(
-        glob.glob(os.path.join(ROOT, "target/release/deps/lean_reader-*")),
-        key=os.path.getmtime,
-    )
-    found = [f for f in found if os.access(f, os.X_OK) and not f.endswith(".d")]
-    if not found:
-        sys.exit("build it first: cargo bench -p loadgen --bench lean_reader --no-run")
-    return found[-1]
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", os.path.join(ROOT, "target/release/ringcast"),
-         "--listen", "127.0.0.1:0", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    line = server.stdout.readline()
-    m = re.search(r"127\.0\.0\.1:(\d+)", line)
-    if not m:
-        server.kill()
-        sys.exit(f"ringcast did not start: {line!r}")
-    return server, f"ws://127.0.0.1:{m.group(1)}/bench"
 
 
 def loadgen(url: str, subscribers: int, rate: int, warmup: float, duration: float,
@@ -72,7 +45,7 @@ def loadgen(url: str, subscribers: int, rate: int, warmup: float, duration: floa
 def lean(url: str, subscribers: int, rate: int, warmup: float, duration: float,
          extra: list[str]) -> dict:
     reader = subprocess.Popen(
-        [lean_binary(), url, str(subscribers), str(warmup), str(duration), "1"],
+        [bench_binary("lean_reader"), url, str(subscribers), str(warmup), str(duration), "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     if reader.stdout.readline().strip() != "ready":

@@ -32,9 +32,10 @@ use hdrhistogram::Histogram;
 use loadgen::load::clock;
 use loadgen::load::payload::{Stamp, STAMP_LEN};
 use ringcast_proto::frame::{decode_header, OpCode};
-use ringcast_proto::handshake::{client_request, parse_response};
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+#[path = "yardstick/upgrade.rs"]
+mod yardstick;
+use yardstick::upgrade;
 
 struct Conn {
     stream: TcpStream,
@@ -43,25 +44,9 @@ struct Conn {
 }
 
 fn open(host: &str, path: &str) -> Conn {
-    let mut stream = TcpStream::connect(host).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    stream
-        .write_all(client_request(host, path, KEY).as_bytes())
-        .expect("upgrade request");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).expect("upgrade answer");
-        assert!(n > 0, "closed during the upgrade");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(used) = parse_response(&buf, KEY).expect("a 101 answer") {
-            stream.set_nonblocking(true).expect("nonblocking");
-            return Conn {
-                stream,
-                carry: buf[used..].to_vec(),
-            };
-        }
-    }
+    let (stream, carry) = upgrade(host, path);
+    stream.set_nonblocking(true).expect("nonblocking");
+    Conn { stream, carry }
 }
 
 /// Every complete frame of `data`: the intended time of each stamped data frame; the length of

@@ -29,7 +29,7 @@
 //! one JSON line: deliveries of the window's messages received (`count`), expected
 //! (`expected`: RATE x DURATION_S messages x SUBSCRIBERS), the percentiles in ns and its CPU.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -37,9 +37,11 @@ use io_uring::{opcode, types, IoUring};
 use loadgen::load::clock;
 use loadgen::load::payload::{Stamp, STAMP_LEN};
 use ringcast_proto::frame::{decode_header, OpCode};
-use ringcast_proto::handshake::{client_request, parse_response};
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+#[path = "yardstick/upgrade.rs"]
+mod yardstick;
+use yardstick::upgrade;
+
 /// Bytes each connection's receive may take at once.
 const RECV_BYTES: usize = 64 * 1024;
 
@@ -52,28 +54,14 @@ struct Conn {
 }
 
 fn open(host: &str, path: &str) -> Conn {
-    let mut stream = TcpStream::connect(host).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    stream
-        .write_all(client_request(host, path, KEY).as_bytes())
-        .expect("upgrade request");
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).expect("upgrade answer");
-        assert!(n > 0, "closed during the upgrade");
-        got.extend_from_slice(&chunk[..n]);
-        if let Some(used) = parse_response(&got, KEY).expect("a 101 answer") {
-            let rest = &got[used..];
-            // The carry room: a 64-byte message's frame is far shorter than this.
-            let mut buf = vec![0u8; RECV_BYTES + 64 * 1024].into_boxed_slice();
-            buf[..rest.len()].copy_from_slice(rest);
-            return Conn {
-                stream,
-                buf,
-                carry: rest.len(),
-            };
-        }
+    let (stream, rest) = upgrade(host, path);
+    // The carry room: a 64-byte message's frame is far shorter than this.
+    let mut buf = vec![0u8; RECV_BYTES + 64 * 1024].into_boxed_slice();
+    buf[..rest.len()].copy_from_slice(&rest);
+    Conn {
+        stream,
+        buf,
+        carry: rest.len(),
     }
 }
 

@@ -47,6 +47,15 @@ fn low_rate_run_delivers_exactly_messages_times_subscribers() {
     );
     assert_eq!(st.fanout.count, 200, "every window message reached all 20");
     assert!(st.latency.p50_ns > 0 && st.latency.max_ns >= st.latency.p99_ns);
+    // The kernel stamped what loadgen's sockets received: loadgen's own delay covers every
+    // delivery read from the window's start on (the window's 4,000 and warm-up stragglers).
+    let own = st.cpu.own_delay.as_ref().expect("receive stamps on Linux");
+    assert!(
+        (4_000..=4_800).contains(&own.count),
+        "own delay counted {} deliveries",
+        own.count
+    );
+    assert!(own.max_ns >= own.p99_ns && own.p99_ns >= own.p50_ns);
     // "machine-busy" when other work shared the CPUs (CI, parallel tests).
     assert!(
         s.verdict == "ok" || s.verdict == "machine-busy",

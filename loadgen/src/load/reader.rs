@@ -425,11 +425,11 @@ impl Reader {
                         recv_ns,
                     );
                     let delivered = path.rec.counts.received - before;
-                    if let (Some(stamp), true) = (stamp, recv_ns >= window_start_ns) {
-                        if delivered > 0 {
-                            own_delay
-                                .saturating_record_n(rx_clock.waited_ns(stamp, recv_ns), delivered);
-                        }
+                    if let Some(stamp) =
+                        stamp.filter(|_| delivered > 0 && recv_ns >= window_start_ns)
+                    {
+                        own_delay
+                            .saturating_record_n(rx_clock.waited_ns(stamp, recv_ns), delivered);
                     }
                     if got < buf.len() {
                         break;

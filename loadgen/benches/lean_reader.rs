@@ -33,9 +33,9 @@ use loadgen::load::clock;
 use loadgen::load::payload::{Stamp, STAMP_LEN};
 use ringcast_proto::frame::{decode_header, OpCode};
 
-#[path = "yardstick/upgrade.rs"]
+#[path = "yardstick/setup.rs"]
 mod yardstick;
-use yardstick::upgrade;
+use yardstick::{pin_to, split_url, upgrade};
 
 struct Conn {
     stream: TcpStream,
@@ -77,21 +77,12 @@ fn main() {
         eprintln!("usage: lean_reader URL SUBSCRIBERS WARMUP_S DURATION_S [CPU]");
         std::process::exit(2);
     };
-    let rest_url = url.strip_prefix("ws://").expect("a ws:// URL");
-    let (host, path) = rest_url.split_at(rest_url.find('/').unwrap_or(rest_url.len()));
-    let path = if path.is_empty() { "/" } else { path };
+    let (host, path) = split_url(url);
     let n: usize = subscribers.parse().expect("SUBSCRIBERS");
     let warmup_ns = (warmup_s.parse::<f64>().expect("WARMUP_S") * 1e9) as u64;
     let duration_ns = (duration_s.parse::<f64>().expect("DURATION_S") * 1e9) as u64;
     if let Some(cpu) = rest.first() {
-        let cpu: usize = cpu.parse().expect("CPU");
-        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ..)
-        // touch only that set and this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        pin_to(cpu);
     }
 
     let mut conns: Vec<Conn> = (0..n).map(|_| open(host, path)).collect();

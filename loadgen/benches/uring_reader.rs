@@ -38,9 +38,9 @@ use loadgen::load::clock;
 use loadgen::load::payload::{Stamp, STAMP_LEN};
 use ringcast_proto::frame::{decode_header, OpCode};
 
-#[path = "yardstick/upgrade.rs"]
+#[path = "yardstick/setup.rs"]
 mod yardstick;
-use yardstick::upgrade;
+use yardstick::{pin_to, split_url, upgrade};
 
 /// Bytes each connection's receive may take at once.
 const RECV_BYTES: usize = 64 * 1024;
@@ -169,9 +169,7 @@ fn main() {
         eprintln!("usage: uring_reader URL SUBSCRIBERS WARMUP_S DURATION_S RATE [CPU]");
         std::process::exit(2);
     };
-    let rest_url = url.strip_prefix("ws://").expect("a ws:// URL");
-    let (host, path) = rest_url.split_at(rest_url.find('/').unwrap_or(rest_url.len()));
-    let path = if path.is_empty() { "/" } else { path };
+    let (host, path) = split_url(url);
     let n: usize = subscribers.parse().expect("SUBSCRIBERS");
     let duration: f64 = duration_s.parse().expect("DURATION_S");
     let rate: f64 = rate.parse().expect("RATE");
@@ -181,14 +179,7 @@ fn main() {
         start_end: None,
     };
     if let Some(cpu) = rest.first() {
-        let cpu: usize = cpu.parse().expect("CPU");
-        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ..)
-        // touch only that set and this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+        pin_to(cpu);
     }
 
     let mut conns: Vec<Conn> = (0..n).map(|_| open(host, path)).collect();

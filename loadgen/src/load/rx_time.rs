@@ -12,6 +12,9 @@
 //! queues fill, and the segments it reads are old. (When segments were merged in the queue,
 //! the stamp is the newest of them: the figure errs low, never high.)
 //!
+//! The first socket on a machine to ask for stamps turns them on for all shortly after (the
+//! kernel defers it): a read before that has none and is not counted.
+//!
 //! The stamp is wall-clock time (`CLOCK_REALTIME`); [`RxClock`] turns it into
 //! [`crate::load::clock::now_ns`]'s monotonic time with an offset taken once per wait.
 
@@ -143,6 +146,18 @@ mod tests {
         rx.sync();
         let mut recv = StampedRecv::default();
         let mut buf = [0u8; 64];
+        // The first socket on a machine to ask turns stamping on for all, a moment later (the
+        // kernel defers it to a work queue): what arrives before that has no stamp.
+        let mut stamped = false;
+        for _ in 0..200 {
+            b.write_all(b"x").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            if let (1, Some(_)) = recv.recv(a.as_raw_fd(), &mut buf) {
+                stamped = true;
+                break;
+            }
+        }
+        assert!(stamped, "no receive stamp within a second");
 
         let before = clock::now_ns();
         b.write_all(b"hello").unwrap();

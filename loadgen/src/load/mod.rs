@@ -6,7 +6,7 @@
 //! connect failures), [`clients`] (how a run's clients speak), [`ramp`] (many connections
 //! opened concurrently, each on its own deadline), [`reader`] (epoll receive side), [`rx_time`]
 //! (how long its bytes waited for it) and [`parse`] (what the bytes it reads mean), [`pacer`] (send side), [`recorder`] (exact counts
-//! and histograms) over [`tally`] (a latency's record in a few instructions); [`spec`] (a run's settings, one serializable value), [`session`] (a set of
+//! and histograms) and [`fanout`] (when a message's last subscriber got it) over [`tally`] (a latency's record in a few instructions); [`spec`] (a run's settings, one serializable value), [`session`] (a set of
 //! connections and the rate steps run on it), [`step`] (a step's parts as data, and their
 //! merge), [`idle`] (idle connections held to measure memory) and [`storm`] (a reconnect storm
 //! with recovery, Centrifugo); [`token`] (client tokens for servers that require them);
@@ -22,6 +22,7 @@ pub mod clients;
 pub mod clock;
 pub mod contention;
 pub mod epoll;
+pub mod fanout;
 pub mod http_api;
 pub mod idle;
 pub mod inflate;

@@ -290,14 +290,12 @@ fn process_frames<const CENTRIFUGO: bool>(
     };
     let mut pos = 0;
     while pos < data.len() {
-        // The frame nearly every delivery is: final, binary or text, no RSV bit, unmasked, a
-        // 7-bit length, whole in this chunk. Straight to the recorder, without the general
-        // header decoder and the dispatch on opcode and role.
-        if let (Some((channel, target)), Some(&[b0, b1])) = (subscriber, data.get(pos..pos + 2)) {
-            let end = pos + 2 + usize::from(b1);
-            if (b0 == 0x82 || b0 == 0x81) && b1 < 126 && end <= data.len() {
-                let payload = &data[pos + 2..end];
-                if CENTRIFUGO {
+        // The frames nearly every delivery is: straight to the recorder, without the general
+        // header decoder and the dispatch on opcode and role; relay messages a run at a time.
+        if let Some((channel, target)) = subscriber {
+            let mut plain = PlainFrames { data, pos };
+            if CENTRIFUGO {
+                if let Some(payload) = plain.next() {
                     centrifugo::on_subscriber_text(
                         payload,
                         conn.fd,
@@ -307,10 +305,18 @@ fn process_frames<const CENTRIFUGO: bool>(
                         &mut conn.trackers,
                         recv_ns,
                     );
-                } else {
-                    rec.on_message(payload, channel, target, &mut conn.trackers, recv_ns);
                 }
-                pos = end;
+            } else if let Some(first) = plain.next() {
+                if plain.pos == data.len() {
+                    // A read of one message, as at low rates.
+                    rec.on_message(first, channel, target, &mut conn.trackers, recv_ns);
+                } else {
+                    let trackers = &mut conn.trackers;
+                    rec.on_messages(first, &mut plain, channel, target, trackers, recv_ns);
+                }
+            }
+            if plain.pos != pos {
+                pos = plain.pos;
                 continue;
             }
         }
@@ -344,6 +350,32 @@ fn process_frames<const CENTRIFUGO: bool>(
         };
         conn.carry.extend_from_slice(&cut[..cut.len().min(keep)]);
         conn.carry_seen = cut.len();
+    }
+}
+
+/// The payloads of the frames nearly every delivery is, from `pos` on: final, binary or text,
+/// no RSV bit, unmasked, a 7-bit length, whole in `data`. Ends at the first other frame (or
+/// cut one), `pos` then at its start.
+struct PlainFrames<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for PlainFrames<'a> {
+    type Item = &'a [u8];
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let &[b0, b1] = self.data.get(self.pos..self.pos + 2)? else {
+            return None;
+        };
+        let end = self.pos + 2 + usize::from(b1);
+        if (b0 != 0x82 && b0 != 0x81) || b1 >= 126 || end > self.data.len() {
+            return None;
+        }
+        let payload = &self.data[self.pos + 2..end];
+        self.pos = end;
+        Some(payload)
     }
 }
 

@@ -10,17 +10,12 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+pub use crate::load::fanout::{merge_fanout, FanoutSlot, FanoutTable, PublisherFanout};
 use crate::load::payload::Stamp;
 use crate::load::tally::LatencyTally;
-pub use crate::load::tally::MAX_LATENCY_NS;
+pub use crate::load::tally::{new_histogram, MAX_LATENCY_NS};
 use crate::load::topology::Placement;
 pub use crate::load::topology::Topology;
-
-/// A new latency histogram: 1 ns .. 1 h, 3 significant figures.
-pub fn new_histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig 3).
-    Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| unreachable!())
-}
 
 /// Histograms on the wire: HdrHistogram's V2 serialized form (lossless: every bucket's count),
 /// base64 in a string, for `#[serde(with = "hist_serde")]`.
@@ -247,120 +242,6 @@ impl SeqTracker {
     }
 }
 
-/// Fan-out of one message as seen by one reader thread: how many of its subscribers got it and
-/// when the last of them did (as latency from the intended time).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FanoutSlot {
-    pub count: u32,
-    pub max_latency_ns: u64,
-}
-
-/// Fan-out slots of one publisher, indexed by `seq - base`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PublisherFanout {
-    pub base: u64,
-    pub slots: Vec<FanoutSlot>,
-}
-
-/// Largest jump ahead in sequence numbers a fan-out table follows (a corrupt or foreign seq
-/// must not allocate gigabytes).
-const MAX_FANOUT_AHEAD: u64 = 1 << 26;
-
-/// Per-thread fan-out tables, one per publisher.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FanoutTable {
-    pub publishers: Vec<PublisherFanout>,
-}
-
-impl FanoutTable {
-    pub fn new(publishers: u32) -> FanoutTable {
-        FanoutTable {
-            publishers: vec![PublisherFanout::default(); publishers as usize],
-        }
-    }
-
-    #[inline(always)]
-    pub fn record(&mut self, publisher: u32, seq: u64, latency_ns: u64) {
-        let Some(p) = self.publishers.get_mut(publisher as usize) else {
-            return;
-        };
-        if seq < p.base || seq - p.base > MAX_FANOUT_AHEAD {
-            return;
-        }
-        let i = (seq - p.base) as usize;
-        if i >= p.slots.len() {
-            p.slots.resize(i + 1, FanoutSlot::default());
-        }
-        let s = &mut p.slots[i];
-        s.count += 1;
-        s.max_latency_ns = s.max_latency_ns.max(latency_ns);
-    }
-
-    /// Moves the slots out (for merging) and continues after them.
-    pub fn take(&mut self) -> FanoutTable {
-        FanoutTable {
-            publishers: self
-                .publishers
-                .iter_mut()
-                .map(|p| {
-                    let slots = std::mem::take(&mut p.slots);
-                    let out = PublisherFanout {
-                        base: p.base,
-                        slots,
-                    };
-                    p.base += out.slots.len() as u64;
-                    out
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Merges the tables of all threads and records, for every message delivered to all
-/// `expected(publisher)` subscribers, the time its last subscriber got it.
-pub fn merge_fanout(
-    tables: &[FanoutTable],
-    expected: impl Fn(u32) -> u32,
-) -> (Histogram<u64>, u64) {
-    let mut hist = new_histogram();
-    let mut incomplete = 0u64;
-    let publishers = tables.iter().map(|t| t.publishers.len()).max().unwrap_or(0);
-    for p in 0..publishers {
-        let parts: Vec<&PublisherFanout> =
-            tables.iter().filter_map(|t| t.publishers.get(p)).collect();
-        let Some(lo) = parts
-            .iter()
-            .filter(|x| !x.slots.is_empty())
-            .map(|x| x.base)
-            .min()
-        else {
-            continue;
-        };
-        let hi = parts
-            .iter()
-            .map(|x| x.base + x.slots.len() as u64)
-            .max()
-            .unwrap_or(lo);
-        let mut merged = vec![FanoutSlot::default(); (hi - lo) as usize];
-        for part in &parts {
-            for (i, s) in part.slots.iter().enumerate() {
-                let m = &mut merged[(part.base - lo) as usize + i];
-                m.count += s.count;
-                m.max_latency_ns = m.max_latency_ns.max(s.max_latency_ns);
-            }
-        }
-        let want = expected(p as u32);
-        for m in merged.iter().filter(|m| m.count > 0) {
-            if m.count >= want {
-                hist.saturating_record(m.max_latency_ns.max(1));
-            } else {
-                incomplete += 1;
-            }
-        }
-    }
-    (hist, incomplete)
-}
-
 /// Latency figures of one histogram, in ns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
@@ -433,6 +314,24 @@ struct PublisherInfo {
     index_in_channel: u32,
     /// Its latency is measured (it shares this process's clock).
     timed: bool,
+}
+
+/// What [`Recorder::on_messages`] holds in locals to count a subscriber's next messages of
+/// one publisher whose intended times fall in one second of the window.
+#[derive(Debug, Clone, Copy)]
+struct InOrderRun {
+    publisher: u32,
+    /// Index of the publisher's tracker among the subscriber's.
+    tracker: usize,
+    /// The sequence number expected next (written back to the tracker when the run ends).
+    next: u64,
+    /// Intended times [from, until) inside the step, the window and the second.
+    from_ns: u64,
+    until_ns: u64,
+    /// The pending slot of that second.
+    slot: usize,
+    /// The publisher's fan-out table's first sequence number.
+    fan_base: u64,
 }
 
 /// The seconds being counted: slot `second % 2` tallies that second's latencies until a
@@ -528,7 +427,20 @@ impl Recorder {
         trackers: &mut [SeqTracker],
         recv_ns: u64,
     ) {
-        let Some(stamp) = Stamp::read(payload) else {
+        self.on_stamp(Stamp::read(payload), channel, target, trackers, recv_ns);
+    }
+
+    /// [`Recorder::on_message`] of a payload whose stamp is read (`None`: too short for one).
+    #[inline(always)]
+    fn on_stamp(
+        &mut self,
+        stamp: Option<Stamp>,
+        channel: u32,
+        target: u32,
+        trackers: &mut [SeqTracker],
+        recv_ns: u64,
+    ) {
+        let Some(stamp) = stamp else {
             self.counts.foreign += 1;
             return;
         };
@@ -582,6 +494,124 @@ impl Recorder {
             }
             self.fanout.record(stamp.publisher, stamp.seq, latency_ns);
         }
+    }
+
+    /// Records the data messages of one read of a subscriber of `channel` (connected to server
+    /// `target`), `first` and those after it, exactly as [`Recorder::on_message`] would one by
+    /// one, at a fraction of the instructions per message. `first` goes through
+    /// `on_message`; after it, the common case (the next message of the same publisher, timed,
+    /// in the same second of the window, its fan-out slot already there) is counted with what
+    /// it needs held in locals, and anything else goes through `on_message` and starts a new
+    /// run. Near capacity a read holds hundreds of messages and this loop is the reader's
+    /// user-space cost per delivery (`benches/RESULTS.md`, "loadgen's headroom").
+    #[inline]
+    pub fn on_messages<'a>(
+        &mut self,
+        first: &[u8],
+        rest: impl Iterator<Item = &'a [u8]>,
+        channel: u32,
+        target: u32,
+        trackers: &mut [SeqTracker],
+        recv_ns: u64,
+    ) {
+        let stamp = Stamp::read(first);
+        self.on_stamp_out_of_line(stamp, channel, target, trackers, recv_ns);
+        // The stamp `on_message` recorded last: the next run starts from it.
+        let mut after = stamp;
+        let mut run: Option<InOrderRun> = None;
+        let mut received = 0u64;
+        for payload in rest {
+            if let Some(last) = after.take() {
+                run = self.in_order_run(&last, channel, trackers);
+            }
+            let stamp = Stamp::read(payload);
+            if let (Some(r), Some(stamp)) = (run.as_mut(), stamp) {
+                if stamp.publisher == r.publisher
+                    && stamp.run_tag == self.run_tag
+                    && stamp.seq == r.next
+                    && stamp.intended_ns >= r.from_ns
+                    && stamp.intended_ns < r.until_ns
+                {
+                    let fan_index = stamp.seq.wrapping_sub(r.fan_base) as usize;
+                    let fan_slot = self
+                        .fanout
+                        .publishers
+                        .get_mut(r.publisher as usize)
+                        .and_then(|f| f.slots.get_mut(fan_index));
+                    if let Some(fan_slot) = fan_slot {
+                        let latency_ns = recv_ns.saturating_sub(stamp.intended_ns).max(1);
+                        r.next += 1;
+                        received += 1;
+                        self.pending.slots[r.slot].1.record_n(latency_ns, 1);
+                        fan_slot.count += 1;
+                        fan_slot.max_latency_ns = fan_slot.max_latency_ns.max(latency_ns);
+                        continue;
+                    }
+                }
+            }
+            if let Some(r) = run.take() {
+                trackers[r.tracker].next = r.next;
+            }
+            self.on_stamp_out_of_line(stamp, channel, target, trackers, recv_ns);
+            after = stamp;
+        }
+        if let Some(r) = run {
+            trackers[r.tracker].next = r.next;
+        }
+        self.counts.received += received;
+    }
+
+    /// [`Recorder::on_stamp`] as a call: the rare case of [`Recorder::on_messages`], kept out
+    /// of its loop.
+    #[inline(never)]
+    fn on_stamp_out_of_line(
+        &mut self,
+        stamp: Option<Stamp>,
+        channel: u32,
+        target: u32,
+        trackers: &mut [SeqTracker],
+        recv_ns: u64,
+    ) {
+        self.on_stamp(stamp, channel, target, trackers, recv_ns);
+    }
+
+    /// What [`Recorder::on_messages`] needs to count the messages after `last` (just recorded
+    /// by `on_message`) without it: `None` when the next one could need anything else.
+    fn in_order_run(
+        &self,
+        last: &Stamp,
+        channel: u32,
+        trackers: &[SeqTracker],
+    ) -> Option<InOrderRun> {
+        let info = self.publishers.get(last.publisher as usize)?;
+        let tracker = info.index_in_channel as usize;
+        let usable = last.run_tag == self.run_tag
+            && info.channel == channel
+            && info.timed
+            && self.by_route.is_none()
+            && last.intended_ns >= self.step_start_ns
+            && last.intended_ns >= self.window_start_ns
+            && last.intended_ns < self.window_end_ns
+            && trackers.get(tracker)?.next == last.seq + 1;
+        if !usable {
+            return None;
+        }
+        let second = ((last.intended_ns - self.window_start_ns) / 1_000_000_000) as usize;
+        if self.pending.slots[second % 2].0 != second {
+            return None;
+        }
+        let second_start = self.window_start_ns + second as u64 * 1_000_000_000;
+        Some(InOrderRun {
+            publisher: last.publisher,
+            tracker,
+            next: last.seq + 1,
+            from_ns: second_start.max(self.step_start_ns),
+            until_ns: second_start
+                .saturating_add(1_000_000_000)
+                .min(self.window_end_ns),
+            slot: second % 2,
+            fan_base: self.fanout.publishers.get(last.publisher as usize)?.base,
+        })
     }
 
     /// Hands the latencies counted so far to their seconds' histograms.
@@ -781,6 +811,111 @@ mod tests {
         assert_eq!(taken.latency, want_all);
         assert_eq!(taken.intervals, want_per_second);
         assert_eq!(taken.counts.received, 400 * u64::from(subscribers) + 4);
+    }
+
+    /// `on_messages` over reads of any size gives what `on_message` gives one message at a
+    /// time: counts, trackers, every second's histogram and the fan-out tables, through runs
+    /// broken by every case it hands over (another publisher, a gap, a duplicate, a late
+    /// message, a new second, the window's edges, the step's start, a short or foreign
+    /// payload, a fan-out slot not there yet).
+    #[test]
+    fn a_read_at_a_time_counts_what_a_message_at_a_time_does() {
+        let topo = Topology {
+            channels: 1,
+            publishers: 2,
+            subscribers: 3,
+        };
+        let fresh = || {
+            let mut r = Recorder::new(9, topo.clone(), Placement::single(), vec![true, true]);
+            r.step_start_ns = 500_000_000;
+            r.window_start_ns = 1_000_000_000;
+            r.window_end_ns = 4_000_000_000;
+            r
+        };
+        let (mut one, mut many) = (fresh(), fresh());
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut rand = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        // Per subscriber: the payloads it receives, mostly in order, 200 per second and
+        // publisher from 0.4 s to 4.2 s.
+        let mut streams: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+        for stream in &mut streams {
+            let mut seqs = [0u64; 2];
+            while seqs.iter().any(|&q| q < 760) {
+                let p = if rand(8) == 0 { 1 } else { 0 } as usize;
+                let seq = seqs[p];
+                if seq >= 760 {
+                    seqs[1 - p] += 1;
+                    continue;
+                }
+                let intended = 400_000_000 + seq * 5_000_000;
+                let emit = |seq: u64, t: u64, out: &mut Vec<Vec<u8>>| {
+                    out.push(stamp(p as u32, seq, t).to_vec());
+                };
+                match rand(40) {
+                    0 => {} // lost
+                    1 => {
+                        emit(seq, intended, stream);
+                        emit(seq, intended, stream); // duplicate
+                    }
+                    2 if seq > 3 => {
+                        emit(seq, intended, stream);
+                        emit(seq - 3, 400_000_000 + (seq - 3) * 5_000_000, stream);
+                    }
+                    3 => stream.push(b"short".to_vec()),
+                    4 => {
+                        let mut foreign = stamp(p as u32, seq, intended);
+                        foreign[0] ^= 1;
+                        stream.push(foreign.to_vec());
+                        emit(seq, intended, stream);
+                    }
+                    _ => emit(seq, intended, stream),
+                }
+                seqs[p] += 1;
+            }
+        }
+        let mut trackers_one = vec![vec![SeqTracker::default(); 2]; 3];
+        let mut trackers_many = trackers_one.clone();
+        let mut at = [0usize; 3];
+        let mut recv_ns = 0;
+        while (0..3).any(|s| at[s] < streams[s].len()) {
+            let s = rand(3) as usize;
+            let n = (1 + rand(60) as usize).min(streams[s].len() - at[s]);
+            if n == 0 {
+                continue;
+            }
+            let read = &streams[s][at[s]..at[s] + n];
+            at[s] += n;
+            recv_ns += rand(3_000_000);
+            let latest = read
+                .iter()
+                .filter_map(|p| Stamp::read(p))
+                .map(|t| t.intended_ns);
+            let now = recv_ns.max(latest.max().unwrap_or(0) + 1 + rand(2_000_000));
+            recv_ns = now;
+            for payload in read {
+                one.on_message(payload, 0, 0, &mut trackers_one[s], now);
+            }
+            let (first, rest) = (&read[0], read[1..].iter().map(|p| p.as_slice()));
+            many.on_messages(first, rest, 0, 0, &mut trackers_many[s], now);
+        }
+        assert_eq!(format!("{trackers_one:?}"), format!("{trackers_many:?}"));
+        let (a, b) = (one.take(), many.take());
+        assert_eq!(a.counts, b.counts);
+        assert!(a.counts.received > 2_000, "{:?}", a.counts);
+        assert!(a.counts.duplicated > 0 && a.counts.out_of_order > 0 && a.counts.foreign > 0);
+        assert!(a.counts.late_from_earlier_step > 0);
+        assert_eq!(a.intervals, b.intervals);
+        assert_eq!(a.intervals.len(), 3);
+        assert_eq!(a.latency, b.latency);
+        assert_eq!(
+            serde_json::to_string(&a.fanout).unwrap(),
+            serde_json::to_string(&b.fanout).unwrap()
+        );
     }
 
     #[test]

@@ -15,6 +15,12 @@ use hdrhistogram::Histogram;
 /// Highest latency the histograms can hold (1 hour, in ns); larger values are clamped.
 pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 
+/// A new latency histogram: 1 ns .. 1 h, 3 significant figures (the layout a tally mirrors).
+pub fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig 3).
+    Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap_or_else(|_| unreachable!())
+}
+
 /// log2 of half the sub-buckets of a bucket: 3 significant digits need 2,048 sub-buckets.
 const HALF_MAGNITUDE: u32 = 10;
 const SUB_BUCKET_MASK: u64 = (1 << (HALF_MAGNITUDE + 1)) - 1;
@@ -32,7 +38,7 @@ const fn bucket_of(value: u64) -> u32 {
     LEADING_ZERO_BASE - (value | SUB_BUCKET_MASK).leading_zeros()
 }
 
-/// The bucket of `value` in a `recorder::new_histogram()`: HdrHistogram's `counts_index_for` with a unit
+/// The bucket of `value` in a [`new_histogram`]: HdrHistogram's `counts_index_for` with a unit
 /// of 1 and 2,048 sub-buckets.
 #[inline(always)]
 const fn index_of(value: u64) -> usize {
@@ -54,17 +60,17 @@ fn lowest_of(index: usize) -> u64 {
 #[derive(Debug, Clone)]
 pub struct LatencyTally {
     counts: Box<[u64]>,
-    /// The range of slots that may hold counts (`lo > hi`: none).
-    lo: usize,
-    hi: usize,
+    /// Something was counted since the last drain. A plain store per record, where keeping the
+    /// range of slots in use was a load, a compare and a store on the same two words for every
+    /// delivery; a drain scans all the slots instead (~270 KB, a few times a second).
+    dirty: bool,
 }
 
 impl Default for LatencyTally {
     fn default() -> Self {
         LatencyTally {
             counts: vec![0; SLOTS].into_boxed_slice(),
-            lo: usize::MAX,
-            hi: 0,
+            dirty: false,
         }
     }
 }
@@ -84,39 +90,32 @@ impl LatencyTally {
         if let Some(c) = self.counts.get_mut(i) {
             *c += n;
         }
-        self.lo = self.lo.min(i);
-        self.hi = self.hi.max(i);
+        self.dirty = true;
     }
 
     /// True when nothing is counted.
     pub fn is_empty(&self) -> bool {
-        self.lo > self.hi
+        !self.dirty
     }
 
-    /// Adds every count to `hist` (a `recorder::new_histogram()`) and starts empty again.
+    /// Adds every count to `hist` (a [`new_histogram`]) and starts empty again.
     pub fn drain_into(&mut self, hist: &mut Histogram<u64>) {
         if self.is_empty() {
             return;
         }
-        for i in self.lo..=self.hi.min(SLOTS - 1) {
-            let n = std::mem::take(&mut self.counts[i]);
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            let n = std::mem::take(c);
             if n > 0 {
                 hist.saturating_record_n(lowest_of(i), n);
             }
         }
-        self.lo = usize::MAX;
-        self.hi = 0;
+        self.dirty = false;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// What `recorder::new_histogram` makes.
-    fn new_histogram() -> Histogram<u64> {
-        Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).unwrap()
-    }
 
     /// Values around every power of two and every bucket edge, up to past the maximum.
     fn probe_values() -> Vec<u64> {

@@ -111,11 +111,9 @@ pub fn render_markdown(s: &Summary) -> String {
             fmt_rate(cap.rate_per_s),
             fmt_ns(cap.p99_ns),
             s.config.slo_p99_ms.unwrap_or(0.0),
-            if cap.limited_by_loadgen {
-                " — limited by the load generator, not the server"
-            } else {
-                ""
-            }
+            cap.loadgen_bound_note()
+                .map(|n| format!(" — {n}"))
+                .unwrap_or_default()
         );
     }
     spread::markdown(&mut out, s);

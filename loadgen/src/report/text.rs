@@ -301,11 +301,9 @@ pub fn render_text(s: &Summary) -> String {
                     fmt_rate(cap.rate_per_s),
                     fmt_ns(cap.p99_ns),
                     s.config.slo_p99_ms.unwrap_or(0.0),
-                    if cap.limited_by_loadgen {
-                        "  -- LOADGEN-BOUND: the load generator was saturated"
-                    } else {
-                        ""
-                    }
+                    cap.loadgen_bound_note()
+                        .map(|n| format!("  -- {n}"))
+                        .unwrap_or_default()
                 );
             }
             None => {

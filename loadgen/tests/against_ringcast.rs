@@ -196,19 +196,6 @@ fn default_run_without_url_writes_every_file() {
     );
     let cap = s.capacity.expect("capacity");
     assert_eq!(cap.step, 1);
-    // The server's CPU at the capacity step over the cores it was pinned to (loadgen pins the
-    // server it starts on a machine of 2+ cores).
-    if let Some(cpus) = &s.server.pinned_cpus {
-        let used = s.steps[1]
-            .cpu
-            .server_cores_used
-            .expect("server CPU measured");
-        let share = cap.server_busy_share.expect("server busy share");
-        assert!(
-            (share - used / cpus.len() as f64).abs() < 1e-9,
-            "{share} vs {used}"
-        );
-    }
     assert!(s.machine.cores >= 1 && !s.machine.kernel.is_empty());
     let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).unwrap();
     let rows = loadgen::report::hgrm::parse(&hgrm);

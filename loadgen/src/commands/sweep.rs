@@ -103,22 +103,12 @@ pub(super) fn sweep_as(
         .iter()
         .enumerate()
         .any(|(i, s)| s.cpu.loadgen_saturated && (Some(i) == cap || s.passed == Some(false)));
-    // What the server was given: the cores loadgen pinned it to, or its quota of one.
-    let server_allowance = summary
-        .server
-        .pinned_cpus
-        .as_ref()
-        .filter(|cpus| summary.server.started_by_loadgen && !cpus.is_empty())
-        .map(|cpus| c.server_cpu_quota.unwrap_or(cpus.len() as f64));
     summary.capacity = cap.map(|i| Capacity {
         deliveries_per_s: steps[i].deliveries_per_s,
         rate_per_s: steps[i].requested_rate_per_s,
         step: i,
         p99_ns: steps[i].latency.p99_ns,
         limited_by_loadgen: saturated_bound,
-        server_busy_share: server_allowance
-            .zip(steps[i].cpu.server_cores_used)
-            .map(|(given, used)| used / given),
     });
     // The bisection ends on a passing step below a failing one: only a sweep in which no step
     // failed has not found the limit.

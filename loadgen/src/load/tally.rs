@@ -62,7 +62,7 @@ pub struct LatencyTally {
     counts: Box<[u64]>,
     /// Something was counted since the last drain. A plain store per record, where keeping the
     /// range of slots in use was a load, a compare and a store on the same two words for every
-    /// delivery; a drain scans all the slots instead (~270 KB, a few times a second).
+    /// delivery; a drain reads all the slots instead (~270 KB, a few times a second).
     dirty: bool,
 }
 
@@ -104,9 +104,8 @@ impl LatencyTally {
             return;
         }
         for (i, c) in self.counts.iter_mut().enumerate() {
-            let n = std::mem::take(c);
-            if n > 0 {
-                hist.saturating_record_n(lowest_of(i), n);
+            if *c > 0 {
+                hist.saturating_record_n(lowest_of(i), std::mem::take(c));
             }
         }
         self.dirty = false;

@@ -111,9 +111,11 @@ pub fn render_markdown(s: &Summary) -> String {
             fmt_rate(cap.rate_per_s),
             fmt_ns(cap.p99_ns),
             s.config.slo_p99_ms.unwrap_or(0.0),
-            cap.loadgen_bound_note()
-                .map(|n| format!(" — {n}"))
-                .unwrap_or_default()
+            if cap.limited_by_loadgen {
+                " — limited by the load generator, not the server"
+            } else {
+                ""
+            }
         );
     }
     spread::markdown(&mut out, s);

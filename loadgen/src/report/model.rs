@@ -83,37 +83,6 @@ pub struct Capacity {
     pub p99_ns: u64,
     /// True when loadgen was saturated at or below this step (the figure is loadgen's limit).
     pub limited_by_loadgen: bool,
-    /// The server's CPU time at this step over what it was given (the cores loadgen pinned it
-    /// to, or its `--server-cpu-quota`), when loadgen started it: near 1, the server too was
-    /// at its limit; well below, a loadgen-bound figure is below the server's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_busy_share: Option<f64>,
-}
-
-/// A server at least this busy (its CPU time over what it was given) at a loadgen-bound
-/// capacity was near its own limit too: past 90 % a core has little left to give, and the
-/// figure is then both sides' limit.
-pub const SERVER_NEAR_LIMIT: f64 = 0.9;
-
-impl Capacity {
-    /// What a report adds to the capacity when loadgen was the limit (`None` otherwise): how
-    /// busy the server was at that rate, when known, which says where its own limit lies.
-    pub fn loadgen_bound_note(&self) -> Option<String> {
-        if !self.limited_by_loadgen {
-            return None;
-        }
-        Some(match self.server_busy_share {
-            Some(b) if b >= SERVER_NEAR_LIMIT => format!(
-                "LOADGEN-BOUND, and the server was {:.0}% busy at this rate: both near their limits",
-                b * 100.0
-            ),
-            Some(b) => format!(
-                "LOADGEN-BOUND: the server was only {:.0}% busy at this rate, its own limit is higher",
-                b * 100.0
-            ),
-            None => "LOADGEN-BOUND: the load generator was saturated, not the server".to_owned(),
-        })
-    }
 }
 
 /// Everything a run produced (summary.json).
@@ -169,34 +138,6 @@ pub fn machine_description(m: &MachineInfo) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Capacity;
-
-    /// A loadgen-bound capacity says how busy the server was, which places its own limit.
-    #[test]
-    fn a_loadgen_bound_capacity_says_where_the_servers_limit_lies() {
-        let mut cap = Capacity {
-            limited_by_loadgen: false,
-            server_busy_share: Some(0.5),
-            ..Capacity::default()
-        };
-        assert_eq!(cap.loadgen_bound_note(), None);
-        cap.limited_by_loadgen = true;
-        let note = cap.loadgen_bound_note().unwrap();
-        assert!(
-            note.contains("only 50% busy") && note.contains("limit is higher"),
-            "{note}"
-        );
-        cap.server_busy_share = Some(0.95);
-        let note = cap.loadgen_bound_note().unwrap();
-        assert!(
-            note.contains("95% busy") && note.contains("both near"),
-            "{note}"
-        );
-        cap.server_busy_share = None;
-        let note = cap.loadgen_bound_note().unwrap();
-        assert!(note.contains("load generator was saturated"), "{note}");
-    }
-
     use super::*;
 
     #[test]
@@ -222,7 +163,6 @@ mod tests {
             step: 0,
             p99_ns: 5,
             limited_by_loadgen: false,
-            server_busy_share: None,
         });
         s.warnings.push("x".into());
         let text = serde_json::to_string_pretty(&s).unwrap();
